@@ -1,0 +1,36 @@
+"""Who may see and act on owned objects.
+
+Every owned object is visible to its owner and to members of the owner's teams (Django groups);
+everyone else gets 404, so outsiders cannot even learn an object exists. Acting on an object
+(cancel, retry, delete) is for its owner and staff; teammates may look but not touch.
+"""
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.db.models import Q, QuerySet
+from django.http import Http404
+
+
+def teammate_ids(user):
+    """A subquery of the ids of users who share at least one team with `user` (itself included)."""
+    User = get_user_model()
+    return User.objects.filter(Q(pk=user.pk) | Q(groups__in=user.groups.all())).values("pk")
+
+
+def visible_to(queryset: QuerySet, user, owner_field: str = "owner") -> QuerySet:
+    if not user.is_authenticated:
+        return queryset.none()
+    if user.is_superuser:
+        return queryset
+    return queryset.filter(**{f"{owner_field}__in": teammate_ids(user)})
+
+
+def get_visible_or_404(queryset: QuerySet, user, **lookup):
+    obj = visible_to(queryset, user).filter(**lookup).first()
+    if obj is None:
+        raise Http404("No such object, or you may not see it.")
+    return obj
+
+
+def can_manage(user, obj, owner_field: str = "owner") -> bool:
+    return user.is_authenticated and (user.is_staff or getattr(obj, f"{owner_field}_id") == user.pk)

@@ -1,0 +1,117 @@
+"""The job model family: one row per job is the truth; Celery messages carry only its id."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "QUEUED", "Queued"
+    RUNNING = "RUNNING", "Running"
+    SUCCEEDED = "SUCCEEDED", "Succeeded"
+    FAILED = "FAILED", "Failed"
+    CANCELLED = "CANCELLED", "Cancelled"
+
+
+FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class JobKind(models.TextChoices):
+    DIAGNOSTICS = "diagnostics", "Worker diagnostics"
+    PROBE = "probe", "Pipeline probe"
+
+
+class Job(models.Model):
+    kind = models.CharField(max_length=40, choices=JobKind.choices, db_index=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="jobs")
+    title = models.CharField(max_length=200, blank=True)
+    status = models.CharField(max_length=12, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
+    queue = models.CharField(max_length=20, default="cpu")
+    params = models.JSONField(default=dict, blank=True)
+    resources = models.JSONField(default=dict, blank=True, help_text="requested resources, e.g. {'gpus': 1}")
+    retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
+
+    attempts = models.PositiveSmallIntegerField(default=0)
+    max_attempts = models.PositiveSmallIntegerField(default=3)
+    lease_owner = models.CharField(max_length=200, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    celery_task_id = models.CharField(max_length=80, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True, help_text="last successful publish to the broker")
+
+    progress = models.FloatField(default=0.0)
+    eta_seconds = models.FloatField(null=True, blank=True)
+    progress_message = models.CharField(max_length=200, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, help_text="readable reason for FAILED")
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "lease_expires_at"]), models.Index(fields=["owner", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    @property
+    def display_title(self) -> str:
+        return self.title or str(self)
+
+    @property
+    def log_path(self):
+        """The full log file; paths are built from ids only."""
+        return settings.JOB_LOG_DIR / str(int(self.pk)) / "job.log"
+
+
+class JobLogLine(models.Model):
+    """The last N log lines of a job (the full log is a file under the data dir)."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="log_lines")
+    seq = models.PositiveIntegerField()
+    level = models.CharField(max_length=10, default="info")
+    message = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["seq"]
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="unique_job_log_seq")]
+
+
+class JobMetric(models.Model):
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="metrics")
+    name = models.CharField(max_length=80)
+    step = models.IntegerField()
+    value = models.FloatField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "step"]
+        # Idempotent recording: a retried or resumed job rewrites a point, never duplicates it.
+        constraints = [models.UniqueConstraint(fields=["job", "name", "step"], name="unique_job_metric_point")]
+
+
+class WorkerNode(models.Model):
+    """A Celery worker process as last seen through its own heartbeat."""
+
+    name = models.CharField(max_length=200, unique=True)  # celery node name, e.g. gpu0@host
+    hostname = models.CharField(max_length=200)
+    queues = models.JSONField(default=list)
+    pid = models.IntegerField(null=True)
+    devices = models.JSONField(default=dict)
+    started_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField(db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

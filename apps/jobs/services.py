@@ -1,0 +1,92 @@
+"""The only place that creates jobs and sends them to Celery (after the transaction commits)."""
+from __future__ import annotations
+
+import logging
+import uuid
+
+import redis
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps.accounts.visibility import can_manage
+from apps.jobs import lifecycle
+from apps.jobs.models import FINISHED_STATUSES, Job, JobStatus
+from puyu_site.celery import app as celery_app
+from workers.tasks.catalog import KINDS, InvalidParams, task_name, validate_params
+
+log = logging.getLogger(__name__)
+
+__all__ = ["InvalidParams", "submit_job", "dispatch", "cancel_job", "retry_job", "PermissionDenied"]
+
+
+class PermissionDenied(Exception):
+    """The user may see the job but not act on it (a teammate, not the owner)."""
+
+
+def submit_job(owner, kind: str, params: dict | None = None, *, queue: str | None = None, title: str = "",
+               resources: dict | None = None, retry_of: Job | None = None) -> Job:
+    clean = validate_params(kind, params)
+    queue = queue or KINDS[kind].default_queue
+    if queue not in settings.JOB_QUEUES:
+        raise InvalidParams("queue", f"unknown queue {queue!r} (known: {', '.join(settings.JOB_QUEUES)})")
+    with transaction.atomic():
+        job = Job.objects.create(
+            owner=owner, kind=kind, params=clean, queue=queue, title=title[:200], resources=resources or {},
+            max_attempts=settings.JOB_MAX_ATTEMPTS, retry_of=retry_of,
+        )
+        transaction.on_commit(lambda: dispatch(job.pk))
+    return job
+
+
+def dispatch(job_id: int) -> bool:
+    """Publish the job's message. A failure (Redis down) leaves the job QUEUED with no
+    `dispatched_at`, and the beat task tries again; a duplicate message is harmless because
+    only one claim can win."""
+    job = Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).first()
+    if job is None:
+        return False
+    celery_id = f"job-{job.pk}-{uuid.uuid4().hex[:12]}"
+    Job.objects.filter(pk=job.pk).update(celery_task_id=celery_id)
+    try:
+        celery_app.send_task(task_name(job.kind), args=[job.pk], queue=job.queue, task_id=celery_id)
+    except Exception as exc:  # kombu raises several connection errors; all mean "try later"
+        log.warning("job %s: could not reach the broker (%s); beat will dispatch it later", job.pk, exc)
+        return False
+    Job.objects.filter(pk=job.pk).update(dispatched_at=timezone.now())
+    return True
+
+
+def cancel_job(job: Job, user) -> str:
+    if not can_manage(user, job):
+        raise PermissionDenied("only the owner or staff can cancel this job")
+    status = lifecycle.request_cancel(job)
+    if status == JobStatus.CANCELLED and job.celery_task_id:
+        # Best effort: a revoked message is dropped by workers; if it still arrives, the claim
+        # finds the job CANCELLED and does nothing.
+        try:
+            celery_app.control.revoke(job.celery_task_id)
+        except Exception as exc:
+            log.info("revoke of %s failed (harmless): %s", job.celery_task_id, exc)
+    return status
+
+
+def retry_job(job: Job, user) -> Job:
+    """A new job with the same kind, queue and parameters; the old one keeps its history."""
+    if not can_manage(user, job):
+        raise PermissionDenied("only the owner or staff can retry this job")
+    if job.status not in FINISHED_STATUSES:
+        raise InvalidParams("status", f"only finished jobs can be retried; this one is {job.status}")
+    return submit_job(user, job.kind, job.params, queue=job.queue, title=job.title, resources=job.resources, retry_of=job)
+
+
+def queue_depths() -> dict[str, int | None]:
+    """Messages waiting in the broker per queue (None when Redis cannot be reached)."""
+    depths: dict[str, int | None] = {}
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+        for queue in settings.JOB_QUEUES:
+            depths[queue] = client.llen(queue)
+    except redis.RedisError:
+        depths = {queue: None for queue in settings.JOB_QUEUES}
+    return depths

@@ -1,0 +1,11 @@
+"""The JSON API (django-ninja): typed request/response schemas and the OpenAPI document at
+/api/openapi.json come from the same type hints, with far less code than DRF serializers."""
+from ninja import NinjaAPI
+
+from apps.accounts.api import API_AUTH
+from apps.accounts.api import router as accounts_router
+from apps.jobs.api import router as jobs_router
+
+api = NinjaAPI(title="Puyu Studio API", version="1.0", auth=API_AUTH, urls_namespace="api")
+api.add_router("/", accounts_router)
+api.add_router("/", jobs_router)

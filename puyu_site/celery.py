@@ -1,0 +1,11 @@
+"""The Celery app. Configuration lives in Django settings under the CELERY_ namespace."""
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "puyu_site.settings")
+
+app = Celery("puyu")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+# Tasks live in workers/tasks, not in the apps (the apps never import the worker core).
+app.conf.imports = ("workers.tasks.jobs", "workers.tasks.maintenance", "workers.tasks.presence")

@@ -1,0 +1,229 @@
+"""Puyu Studio settings: everything comes from the environment, parsed strictly (see env.py).
+
+Development is the default (`PUYU_ENV=development`): SQLite under the data dir, a secret key
+generated once and kept there. `PUYU_ENV=production` requires SECRET_KEY and ALLOWED_HOSTS and
+turns on the HTTPS settings so `manage.py check --deploy` passes.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from puyu_site.database import database_from_url
+from puyu_site.env import (
+    SettingError,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_path,
+    env_redis_url,
+    env_str,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+PUYU_ENV = env_str("PUYU_ENV", "development", choices=("development", "production"))
+PRODUCTION = PUYU_ENV == "production"
+
+DATA_DIR = env_path("PUYU_DATA_DIR", BASE_DIR / "var")
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+JOB_LOG_DIR = DATA_DIR / "jobs"
+
+
+def _secret_key() -> str:
+    key = os.environ.get("SECRET_KEY", "")
+    if key:
+        if PRODUCTION and len(key) < 50:
+            raise SettingError("SECRET_KEY must be at least 50 characters in production")
+        return key
+    if PRODUCTION:
+        raise SettingError("SECRET_KEY is required when PUYU_ENV=production")
+    # Development: generate once and keep it, so sessions survive restarts.
+    path = DATA_DIR / "secret_key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(64))
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("DEBUG", default=not PRODUCTION)
+if PRODUCTION and DEBUG:
+    raise SettingError("DEBUG=1 is refused when PUYU_ENV=production")
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]", "testserver"])
+if PRODUCTION and not ALLOWED_HOSTS:
+    raise SettingError("ALLOWED_HOSTS is required when PUYU_ENV=production (comma-separated host names)")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",  # must come first: it replaces runserver with the ASGI server
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_htmx",
+    "ninja",
+    "apps.accounts",
+    "apps.jobs",
+    "apps.studio",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "apps.accounts.middleware.LoginRequiredMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "puyu_site.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+WSGI_APPLICATION = None
+ASGI_APPLICATION = "puyu_site.asgi.application"
+
+DATABASES = {"default": database_from_url(os.environ.get("DATABASE_URL"), DATA_DIR / "puyu.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+def _plotly_js_dir() -> Path:
+    # plotly's to_html would inline 4.8 MB of JS and its CDN is unreachable offline: serve the
+    # copy inside the plotly package as a static file instead. Found without importing plotly.
+    import importlib.util
+
+    spec = importlib.util.find_spec("plotly")
+    return Path(spec.origin).parent / "package_data"
+
+
+STATICFILES_DIRS = [BASE_DIR / "static", ("vendor/plotly", _plotly_js_dir())]
+STATIC_ROOT = DATA_DIR / "staticfiles"
+# Development serves from the finders (no collectstatic needed); production uses the
+# manifest storage that `collectstatic` (run by the launcher) fills.
+WHITENOISE_USE_FINDERS = not PRODUCTION
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+
+# ---- Redis, Channels, Celery -------------------------------------------------------------
+# The launcher starts an embedded Redis and exports REDIS_URL; the fallback lets one-off
+# commands (migrate, shell) start without it. Submitting a job while Redis is unreachable is
+# fine: the job stays QUEUED and beat dispatches it once Redis is back.
+REDIS_URL = env_redis_url("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            # redis-py 8 defaults to a 5 s socket timeout, which would close idle websockets.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+            # The default capacity (100) silently drops messages of long token streams.
+            "capacity": 1000,
+            "expiry": 60,
+        },
+    }
+}
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = None  # results live in the database rows, not in Redis
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "cpu"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+# A submit while Redis is down must return quickly: the row is already committed and beat
+# dispatches it later, so do not block the web request retrying the publish.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "socket_timeout": 5, "socket_connect_timeout": 2}
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SEND_TASK_EVENTS = False
+
+# ---- The job system -----------------------------------------------------------------------
+JOB_QUEUES = ("gpu", "cpu")
+CONTROL_QUEUE = "control"
+JOB_HEARTBEAT_SECONDS = env_float("PUYU_JOB_HEARTBEAT_SECONDS", 5.0, minimum=0.2)
+JOB_LEASE_SECONDS = env_float("PUYU_JOB_LEASE_SECONDS", 30.0, minimum=1.0)
+if JOB_LEASE_SECONDS <= 2 * JOB_HEARTBEAT_SECONDS:
+    raise SettingError(
+        f"PUYU_JOB_LEASE_SECONDS={JOB_LEASE_SECONDS} must exceed twice PUYU_JOB_HEARTBEAT_SECONDS={JOB_HEARTBEAT_SECONDS}"
+    )
+JOB_MAX_ATTEMPTS = env_int("PUYU_JOB_MAX_ATTEMPTS", 3, minimum=1, maximum=10)
+JOB_REAPER_INTERVAL_SECONDS = env_float("PUYU_REAPER_INTERVAL_SECONDS", 10.0, minimum=0.5)
+JOB_DISPATCH_GRACE_SECONDS = env_float("PUYU_DISPATCH_GRACE_SECONDS", 5.0, minimum=0.0)
+JOB_LOG_TAIL_LINES = env_int("PUYU_JOB_LOG_TAIL_LINES", 500, minimum=10)
+WORKER_HEARTBEAT_SECONDS = env_float("PUYU_WORKER_HEARTBEAT_SECONDS", 10.0, minimum=0.5)
+WORKER_ONLINE_SECONDS = 3 * WORKER_HEARTBEAT_SECONDS
+
+CELERY_BEAT_SCHEDULE = {
+    "maintain-jobs": {
+        "task": "jobs.maintain",
+        "schedule": JOB_REAPER_INTERVAL_SECONDS,
+        # An old tick is useless once the next one is due; never let them pile up.
+        "options": {"queue": CONTROL_QUEUE, "expires": JOB_REAPER_INTERVAL_SECONDS},
+    },
+}
+
+# ---- Production hardening (PUYU_ENV=production) ------------------------------------------
+if PRODUCTION:
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.channels.server": {"level": "WARNING"}},
+}

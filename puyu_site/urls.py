@@ -1,0 +1,26 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from apps.accounts import views as account_views
+from apps.jobs import views as job_views
+from apps.studio import views as studio_views
+from puyu_site.api import api
+
+urlpatterns = [
+    path("", studio_views.dashboard, name="dashboard"),
+    path("healthz", studio_views.healthz, name="healthz"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/tokens/", account_views.tokens, name="tokens"),
+    path("accounts/tokens/<int:token_id>/revoke/", account_views.revoke_token, name="token-revoke"),
+    path("jobs/", job_views.job_list, name="job-list"),
+    path("jobs/new/<slug:kind>/", job_views.job_new, name="job-new"),
+    path("jobs/<int:job_id>/", job_views.job_detail, name="job-detail"),
+    path("jobs/<int:job_id>/cancel/", job_views.job_cancel, name="job-cancel"),
+    path("jobs/<int:job_id>/retry/", job_views.job_retry, name="job-retry"),
+    path("jobs/<int:job_id>/log/", job_views.job_log_download, name="job-log"),
+    path("s/<slug:slug>/", studio_views.section, name="section"),
+    path("admin/", admin.site.urls),
+    path("api/", api.urls),
+]

@@ -1,0 +1,133 @@
+// Live job page: renders the snapshot embedded in the page, then follows the job's websocket.
+// On every (re)connect the server sends a fresh snapshot from the database, so a reload or a
+// dropped connection never loses state; log lines and metric points are de-duplicated.
+(function () {
+  "use strict";
+  const script = document.currentScript;
+  const jobId = script.dataset.jobId;
+  const FINISHED = ["SUCCEEDED", "FAILED", "CANCELLED"];
+  const MAX_LOG_LINES = 500;
+  const $ = (id) => document.getElementById(id);
+
+  const state = { status: null, metrics: {}, logSeq: 0, chartPending: false };
+
+  function fmtEta(seconds) {
+    if (seconds === null || seconds === undefined) return "";
+    if (seconds < 60) return `ETA ${Math.round(seconds)} s`;
+    const m = Math.floor(seconds / 60), s = Math.round(seconds % 60);
+    return m < 60 ? `ETA ${m} min ${s} s` : `ETA ${Math.floor(m / 60)} h ${m % 60} min`;
+  }
+
+  function setStatus(data) {
+    state.status = data.status;
+    const el = $("job-status");
+    el.textContent = data.status.charAt(0) + data.status.slice(1).toLowerCase();
+    el.className = "status " + data.status.toLowerCase();
+    $("job-attempts").textContent = data.attempts;
+    const finished = FINISHED.includes(data.status);
+    $("job-cancel-requested").hidden = !data.cancel_requested || finished;
+    const cancel = $("cancel-form"), retry = $("retry-form");
+    if (cancel) cancel.hidden = finished;
+    if (retry) retry.hidden = !finished;
+    $("job-error").hidden = !data.error;
+    $("job-error").textContent = data.error || "";
+    setProgress(data);
+  }
+
+  function setProgress(data) {
+    if (data.progress !== undefined) {
+      $("job-progress").value = data.progress;
+      $("job-progress-text").textContent = Math.floor(data.progress * 100) + "%";
+    }
+    $("job-eta").textContent = FINISHED.includes(state.status) ? "" : fmtEta(data.eta_seconds);
+    if (data.message !== undefined) $("job-message").textContent = data.message || "";
+  }
+
+  function addLog(line) {
+    if (line.seq <= state.logSeq) return;
+    state.logSeq = line.seq;
+    const pre = $("job-log");
+    const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    const row = document.createElement("span");
+    row.className = "log-" + line.level;
+    row.textContent = line.message + "\n";
+    pre.appendChild(row);
+    while (pre.childNodes.length > MAX_LOG_LINES) pre.removeChild(pre.firstChild);
+    if (atBottom) pre.scrollTop = pre.scrollHeight;
+  }
+
+  function addMetric(point) {
+    const series = (state.metrics[point.name] ||= { steps: [], values: [], seen: new Set() });
+    if (series.seen.has(point.step)) return;
+    series.seen.add(point.step);
+    series.steps.push(point.step);
+    series.values.push(point.value);
+    scheduleChart();
+  }
+
+  function scheduleChart() {
+    if (state.chartPending) return;
+    state.chartPending = true;
+    requestAnimationFrame(drawChart);
+  }
+
+  function drawChart() {
+    state.chartPending = false;
+    if (!window.Plotly) { setTimeout(scheduleChart, 100); return; }
+    const names = Object.keys(state.metrics).sort();
+    if (!names.length) return;
+    // One y-axis per metric: their units differ (GFLOP/s vs GB/s vs loss).
+    const traces = names.map((name, i) => ({
+      x: state.metrics[name].steps, y: state.metrics[name].values, name: name, mode: "lines+markers",
+      yaxis: i === 0 ? "y" : "y" + (i + 1),
+    }));
+    const layout = { margin: { t: 20, r: 60, b: 40, l: 60 }, xaxis: { title: { text: "step" } },
+                     legend: { orientation: "h" }, height: 320 };
+    names.forEach((name, i) => {
+      const axis = { title: { text: name } };
+      if (i > 0) Object.assign(axis, { overlaying: "y", side: i % 2 ? "right" : "left", anchor: "x" });
+      layout[i === 0 ? "yaxis" : "yaxis" + (i + 1)] = axis;
+    });
+    Plotly.react($("job-chart"), traces, layout, { displaylogo: false, responsive: true });
+    $("job-chart").dataset.points = String(names.reduce((n, k) => n + state.metrics[k].steps.length, 0));
+  }
+
+  function applySnapshot(snap) {
+    setStatus(snap);
+    (snap.log || []).forEach(addLog);
+    for (const [name, series] of Object.entries(snap.metrics || {})) {
+      series.steps.forEach((step, i) => addMetric({ name, step, value: series.values[i] }));
+    }
+    if (snap.result) {
+      $("job-result-card").hidden = false;
+      $("job-result").textContent = JSON.stringify(snap.result, null, 2);
+    }
+  }
+
+  let retryDelay = 500;
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const ws = new WebSocket(`${scheme}://${location.host}/ws/jobs/${jobId}/`);
+    ws.onopen = () => { retryDelay = 500; $("live-state").textContent = "live"; };
+    ws.onmessage = (msg) => {
+      const { event, data } = JSON.parse(msg.data);
+      if (event === "snapshot") applySnapshot(data);
+      else if (event === "status") {
+        setStatus(data);
+        // The result arrives with the final state: fetch it from the database.
+        if (FINISHED.includes(data.status)) ws.send(JSON.stringify({ action: "snapshot" }));
+      } else if (event === "progress") setProgress(data);
+      else if (event === "log") addLog(data);
+      else if (event === "metric") addMetric(data);
+    };
+    ws.onclose = (ev) => {
+      if (ev.code === 4401 || ev.code === 4404) { $("live-state").textContent = "not allowed"; return; }
+      $("live-state").textContent = "reconnecting…";
+      setTimeout(connect, retryDelay);
+      retryDelay = Math.min(retryDelay * 2, 10000);
+    };
+  }
+
+  applySnapshot(JSON.parse($("job-snapshot").textContent));
+  connect();
+})();

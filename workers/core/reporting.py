@@ -1,0 +1,57 @@
+"""How a core job talks to whoever runs it: progress, logs, metrics, and cooperative cancel.
+
+The Celery adapter implements Reporter with database rows and websocket pushes; the command
+line uses ConsoleReporter. A job calls `reporter.check_cancelled()` once per step, so a cancel
+takes effect within one step of being requested.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Protocol, runtime_checkable
+
+
+class JobCancelled(Exception):
+    """Raised inside a job when its runner asked it to stop."""
+
+
+@runtime_checkable
+class Reporter(Protocol):
+    def progress(self, fraction: float, message: str = "") -> None: ...
+
+    def log(self, message: str, level: str = "info") -> None: ...
+
+    def metric(self, name: str, step: int, value: float) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+
+def check_cancelled(reporter: Reporter) -> None:
+    if reporter.should_stop():
+        raise JobCancelled("stopped on request")
+
+
+class ConsoleReporter:
+    """Prints to a stream; used by `python -m workers.core` and in core tests."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.fractions: list[float] = []
+        self.metrics: list[tuple[str, int, float]] = []
+        self.lines: list[str] = []
+        self.stop_requested = False
+        self._start = time.monotonic()
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        self.fractions.append(fraction)
+        print(f"[{time.monotonic() - self._start:7.2f}s] {fraction:6.1%} {message}", file=self.stream)
+
+    def log(self, message: str, level: str = "info") -> None:
+        self.lines.append(message)
+        print(f"{level.upper():7} {message}", file=self.stream)
+
+    def metric(self, name: str, step: int, value: float) -> None:
+        self.metrics.append((name, step, value))
+
+    def should_stop(self) -> bool:
+        return self.stop_requested

@@ -1,0 +1,105 @@
+"""The one base task that owns a job's lifecycle. Subclasses only say which core job to run.
+
+claim (conditional UPDATE) → heartbeat thread renewing the lease → run the core with a
+DatabaseReporter → record SUCCEEDED / FAILED / CANCELLED. A duplicate delivery finds the job
+claimed and returns. A worker that dies leaves the message unacknowledged and the lease
+expiring; the beat reaper re-queues the job (or fails it once its attempts are used up).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import traceback
+
+from celery import Task
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from apps.jobs import lifecycle
+from apps.jobs.models import Job, JobStatus
+from workers.core.registry import run_core_job
+from workers.core.reporting import JobCancelled
+from workers.core.specs import SpecError
+from workers.tasks.reporter import DatabaseReporter
+
+log = logging.getLogger(__name__)
+
+
+class LeaseHeartbeat:
+    """Renews the job's lease every JOB_HEARTBEAT_SECONDS in a thread, so a long step in the core
+    cannot make a live job look dead. Losing the lease tells the reporter to stop."""
+
+    def __init__(self, job_id: int, worker: str, lost: threading.Event) -> None:
+        self.job_id, self.worker, self.lost = job_id, worker, lost
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(settings.JOB_HEARTBEAT_SECONDS):
+                try:
+                    if not lifecycle.renew_lease(self.job_id, self.worker):
+                        log.warning("job %s: lease lost; stopping", self.job_id)
+                        self.lost.set()
+                        return
+                except Exception:  # a DB hiccup: keep trying until the lease really expires
+                    log.exception("job %s: heartbeat failed", self.job_id)
+        finally:
+            connection.close()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+class JobTask(Task):
+    abstract = True
+    acks_late = True
+    reject_on_worker_lost = True
+    ignore_result = True
+    max_retries = 0
+    typing = False
+
+    def worker_name(self) -> str:
+        return f"{self.request.hostname or 'local'}:{os.getpid()}"
+
+    def execute(self, job: Job, reporter: DatabaseReporter) -> dict:
+        return run_core_job(job.kind, job.params, reporter)
+
+    def run(self, job_id: int):
+        close_old_connections()
+        worker = self.worker_name()
+        job = lifecycle.claim(int(job_id), worker)
+        if job is None:
+            log.info("job %s: not claimable (finished, cancelled, or held by another worker)", job_id)
+            return "skipped"
+        reporter = DatabaseReporter(job, worker)
+        reporter.log(f"attempt {job.attempts} of {job.max_attempts} on {worker}")
+        try:
+            with LeaseHeartbeat(job.pk, worker, reporter.lost):
+                result = self.execute(job, reporter)
+        except JobCancelled:
+            if reporter.lost.is_set():
+                return "lease lost"
+            reporter.log("cancelled on request", "warning")
+            lifecycle.finish(job.pk, worker, JobStatus.CANCELLED)
+            return JobStatus.CANCELLED
+        except SpecError as exc:
+            reporter.log(f"invalid parameters: {exc}", "error")
+            lifecycle.finish(job.pk, worker, JobStatus.FAILED, error=f"invalid parameters: {exc}")
+            return JobStatus.FAILED
+        except Exception as exc:
+            # Errors in the job itself are not retried: they would fail the same way again.
+            # Only a lost worker earns another attempt (see lifecycle.reap_stale).
+            reporter.log(traceback.format_exc(), "error")
+            lifecycle.finish(job.pk, worker, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+            return JobStatus.FAILED
+        finally:
+            reporter.close()
+        lifecycle.finish(job.pk, worker, JobStatus.SUCCEEDED, result=result)
+        return JobStatus.SUCCEEDED

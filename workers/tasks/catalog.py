@@ -1,0 +1,44 @@
+"""What the web side may know about job kinds: the Celery task that runs each kind, its default
+queue, and validation of its parameters. The apps reach the core only through this module, and
+it imports only the light spec classes (no torch), so the web process stays fast to start."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from workers.core.registry import CORE_JOBS
+from workers.core.specs import SpecError, build_spec
+
+
+class InvalidParams(ValueError):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    task_name: str
+    default_queue: str
+
+
+KINDS: dict[str, KindInfo] = {
+    "diagnostics": KindInfo("jobs.diagnostics", "gpu"),
+    "probe": KindInfo("jobs.probe", "cpu"),
+}
+
+
+def task_name(kind: str) -> str:
+    return KINDS[kind].task_name
+
+
+def validate_params(kind: str, params: dict | None) -> dict:
+    """The normalised parameters (defaults filled in), or InvalidParams naming the field."""
+    if kind not in KINDS:
+        raise InvalidParams("kind", f"unknown job kind {kind!r} (known: {', '.join(sorted(KINDS))})")
+    if params is not None and not isinstance(params, dict):
+        raise InvalidParams("params", "must be an object of field: value")
+    try:
+        return asdict(build_spec(CORE_JOBS[kind].spec_class, params))
+    except SpecError as exc:
+        raise InvalidParams(exc.field, exc.reason) from None

@@ -1,0 +1,81 @@
+"""The Reporter the core sees when it runs under Celery: rows in the database (the truth) plus a
+push to the job's websocket group. Progress writes are throttled; logs and metrics are not."""
+from __future__ import annotations
+
+import threading
+import time
+from django.conf import settings
+from django.db.models import Max
+
+from apps.jobs import events
+from apps.jobs.models import Job, JobLogLine, JobMetric
+
+PROGRESS_MIN_INTERVAL = 0.2  # seconds between progress writes; the last one is always written
+CANCEL_CHECK_INTERVAL = 1.0  # seconds between reads of the cancel flag
+TRIM_EVERY = 50  # delete log rows beyond the tail every this many lines
+
+
+class DatabaseReporter:
+    def __init__(self, job: Job, worker: str) -> None:
+        self.job_id = job.pk
+        self.worker = worker
+        self.lost = threading.Event()  # set by the heartbeat when the lease is taken away
+        self._cancel = job.cancel_requested
+        self._last_cancel_check = time.monotonic()
+        self._last_progress_write = 0.0
+        self._attempt_started = time.monotonic()
+        self._start_fraction = job.progress
+        self._seq = JobLogLine.objects.filter(job_id=job.pk).aggregate(m=Max("seq"))["m"] or 0
+        path = job.log_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a", encoding="utf-8")
+
+    # -- Reporter protocol --------------------------------------------------------------------
+    def progress(self, fraction: float, message: str = "") -> None:
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        now = time.monotonic()
+        if fraction < 1.0 and now - self._last_progress_write < PROGRESS_MIN_INTERVAL:
+            return
+        self._last_progress_write = now
+        eta = self._eta(fraction, now)
+        Job.objects.filter(pk=self.job_id, lease_owner=self.worker).update(
+            progress=fraction, eta_seconds=eta, progress_message=message[:200]
+        )
+        events.publish(self.job_id, "progress", {"progress": fraction, "eta_seconds": eta, "message": message[:200]})
+
+    def log(self, message: str, level: str = "info") -> None:
+        self._seq += 1
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        self._file.write(f"{stamp} {level.upper():7} {message}\n")
+        self._file.flush()
+        JobLogLine.objects.create(job_id=self.job_id, seq=self._seq, level=level, message=message)
+        if self._seq % TRIM_EVERY == 0:
+            JobLogLine.objects.filter(job_id=self.job_id, seq__lte=self._seq - settings.JOB_LOG_TAIL_LINES).delete()
+        events.publish(self.job_id, "log", {"seq": self._seq, "level": level, "message": message})
+
+    def metric(self, name: str, step: int, value: float) -> None:
+        JobMetric.objects.bulk_create(
+            [JobMetric(job_id=self.job_id, name=name, step=step, value=value)],
+            update_conflicts=True, unique_fields=["job", "name", "step"], update_fields=["value"],
+        )
+        events.publish(self.job_id, "metric", {"name": name, "step": step, "value": value})
+
+    def should_stop(self) -> bool:
+        if self.lost.is_set():
+            return True
+        now = time.monotonic()
+        if not self._cancel and now - self._last_cancel_check >= CANCEL_CHECK_INTERVAL:
+            self._last_cancel_check = now
+            self._cancel = Job.objects.filter(pk=self.job_id, cancel_requested=True).exists()
+        return self._cancel
+
+    # -----------------------------------------------------------------------------------------
+    def _eta(self, fraction: float, now: float) -> float | None:
+        done_this_attempt = fraction - self._start_fraction
+        if done_this_attempt <= 0 or fraction >= 1.0:
+            return None if fraction < 1.0 else 0.0
+        rate = done_this_attempt / (now - self._attempt_started)
+        return round((1.0 - fraction) / rate, 1)
+
+    def close(self) -> None:
+        self._file.close()
