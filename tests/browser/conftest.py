@@ -1,0 +1,61 @@
+"""Playwright fixtures for the browser tests: one Debian chromium for the session, a fresh
+context (cookies, storage) and page per test.
+
+Never run `playwright install`: the tests drive the system chromium at /usr/bin/chromium."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+CHROMIUM = os.environ.get("PUYU_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+]
+VIEWPORT = {"width": 1280, "height": 900}
+# The machine running the suite may be small and busy (two cores shared with workers, beat,
+# daphne and other test runs): give the browser generous defaults.
+DEFAULT_TIMEOUT_MS = 30_000
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not os.path.exists(CHROMIUM) and not shutil.which(CHROMIUM):
+        pytest.skip(f"no chromium at {CHROMIUM}")
+    sync_api = pytest.importorskip("playwright.sync_api")
+
+    # Playwright's sync API drives its own asyncio event loop in this thread (through greenlets),
+    # so while it is started asyncio reports a running loop and Django's async-safety guard
+    # refuses every ORM call from the test (SynchronousOnlyOperation) - including the
+    # transactional_db flush at teardown. The ORM calls here really are synchronous, made from
+    # the test's thread while no coroutine is in flight, so switching the guard off is safe.
+    # It is restored when the browser stops.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    playwright = sync_api.sync_playwright().start()
+    try:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+    finally:
+        playwright.stop()
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(DEFAULT_TIMEOUT_MS)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.js_errors = errors  # tests assert the live page ran without uncaught exceptions
+    yield page
+    context.close()

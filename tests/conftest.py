@@ -1,0 +1,83 @@
+"""Shared fixtures: a real Redis, three users (owner, teammate, outsider), API clients."""
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import Group, User
+
+from puyu_site.redis_server import EmbeddedRedis
+from tests.env_plugin import REDIS_PORT
+
+PASSWORD = "correct-horse-battery-staple"
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = EmbeddedRedis(port=REDIS_PORT).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _redis_running(redis_server):
+    """Every test may enqueue or push events; make sure the session Redis is up (a test may
+    have stopped it to simulate an outage)."""
+    if redis_server.process is None:
+        redis_server.start()
+    yield
+
+
+@pytest.fixture(scope="session")
+def password_hash():
+    """Hash PASSWORD once: the real PBKDF2 hasher costs ~1 s a call on these machines, and
+    daphne in the browser tests must verify it with the production hasher."""
+    from django.contrib.auth.hashers import make_password
+
+    return make_password(PASSWORD)
+
+
+@pytest.fixture
+def make_user(db, password_hash):
+    def make(username, **extra):
+        return User.objects.create(username=username, password=password_hash, **extra)
+
+    return make
+
+
+@pytest.fixture
+def users(make_user):
+    team = Group.objects.create(name="lab")
+    owner = make_user("owner")
+    teammate = make_user("teammate")
+    outsider = make_user("outsider")
+    owner.groups.add(team)
+    teammate.groups.add(team)
+    return {"owner": owner, "teammate": teammate, "outsider": outsider}
+
+
+@pytest.fixture
+def owner(users):
+    return users["owner"]
+
+
+def login_client(client, user):
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def api_token():
+    from apps.accounts.models import APIToken
+
+    def make(user, name="test"):
+        return APIToken.issue(user, name)[1]
+
+    return make
+
+
+@pytest.fixture
+def stack(transactional_db, tmp_path):
+    from tests.stack import Stack
+
+    running = Stack(tmp_path)
+    yield running
+    running.stop()
