@@ -134,6 +134,7 @@ def _plotly_js_dir() -> Path:
 
 STATICFILES_DIRS = [BASE_DIR / "static", ("vendor/plotly", _plotly_js_dir())]
 STATIC_ROOT = DATA_DIR / "staticfiles"
+STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns about a missing root before collectstatic
 # Development serves from the finders (no collectstatic needed); production uses the
 # manifest storage that `collectstatic` (run by the launcher) fills.
 WHITENOISE_USE_FINDERS = not PRODUCTION

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.shortcuts import get_object_or_404
-from ninja import Router, Schema
+from ninja import Router, Schema, Status
 from ninja.security import HttpBearer, SessionAuth
 
 from apps.accounts.models import APIToken
@@ -66,10 +66,10 @@ def list_tokens(request):
 def create_token(request, payload: TokenIn):
     name = payload.name.strip()[:100] or "unnamed"
     token, raw = APIToken.issue(request.auth, name)
-    return 201, {**TokenOut.from_orm(token).dict(), "token": raw}
+    return Status(201, {**TokenOut.from_orm(token).model_dump(), "token": raw})
 
 
 @router.delete("/tokens/{token_id}", response={204: None})
 def revoke_token(request, token_id: int):
     get_object_or_404(APIToken, pk=token_id, user=request.auth).revoke()
-    return 204, None
+    return Status(204, None)

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
-from ninja import Query, Router, Schema
+from ninja import Query, Router, Schema, Status
 from ninja.errors import HttpError
 
 from apps.accounts.visibility import get_visible_or_404, visible_to
@@ -113,7 +113,7 @@ def list_jobs(request, filters: JobFilters = Query(...)):
 @router.post("/jobs", response={201: JobOut})
 def create_job(request, payload: JobIn):
     job = _act(lambda: services.submit_job(request.auth, payload.kind, payload.params, queue=payload.queue, title=payload.title))
-    return 201, job
+    return Status(201, job)
 
 
 @router.get("/jobs/{job_id}", response=JobOut)
@@ -142,7 +142,7 @@ def cancel_job(request, job_id: int):
 
 @router.post("/jobs/{job_id}/retry", response={201: JobOut})
 def retry_job(request, job_id: int):
-    return 201, _act(services.retry_job, _job_or_404(request, job_id), request.auth)
+    return Status(201, _act(services.retry_job, _job_or_404(request, job_id), request.auth))
 
 
 @router.get("/workers", response=list[WorkerOut])

@@ -77,9 +77,9 @@ def assert_actions(page, finished: bool) -> None:
     page.wait_for_function(f"document.getElementById('{gone}-form').hidden && !document.getElementById('{shown}-form').hidden")
 
 
-def test_a_user_logs_in_starts_diagnostics_and_watches_it_finish(stack, django_user_model, page):
+def test_a_user_logs_in_starts_diagnostics_and_watches_it_finish(stack, make_user, page):
     steps = 30
-    django_user_model.objects.create_user("ada", password=PASSWORD)
+    make_user("ada")  # password: PASSWORD
     stack.worker()
     url = stack.web()
 
@@ -145,8 +145,8 @@ def test_a_user_logs_in_starts_diagnostics_and_watches_it_finish(stack, django_u
     screenshot(page, "dashboard.png")
 
 
-def test_a_user_cancels_a_running_job_from_its_page(stack, django_user_model, page):
-    django_user_model.objects.create_user("grace", password=PASSWORD)
+def test_a_user_cancels_a_running_job_from_its_page(stack, make_user, page):
+    make_user("grace")  # password: PASSWORD
     stack.worker()
     url = stack.web()
 
@@ -178,8 +178,8 @@ def card(scope, title: str):
     return scope.locator(f"section.card:has(> h2:text-is('{title}'))")
 
 
-def test_the_dashboard_shows_the_worker_online(stack, django_user_model, page):
-    django_user_model.objects.create_user("linus", password=PASSWORD)
+def test_the_dashboard_shows_the_worker_online(stack, make_user, page):
+    make_user("linus")  # password: PASSWORD
     stack.worker()
     url = stack.web()
 
