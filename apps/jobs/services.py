@@ -33,23 +33,33 @@ def submit_job(owner, kind: str, params: dict | None = None, *, queue: str | Non
     with transaction.atomic():
         job = Job.objects.create(
             owner=owner, kind=kind, params=clean, queue=queue, title=title[:200], resources=resources or {},
-            max_attempts=settings.JOB_MAX_ATTEMPTS, retry_of=retry_of,
+            max_attempts=settings.JOB_MAX_ATTEMPTS, retry_of=retry_of, celery_task_id=_new_task_id(),
         )
-        transaction.on_commit(lambda: dispatch(job.pk))
+        # The message id is chosen with the row, so publishing after commit costs no extra query.
+        transaction.on_commit(lambda: _publish(job))
     return job
 
 
+def _new_task_id() -> str:
+    return f"job-{uuid.uuid4().hex}"
+
+
 def dispatch(job_id: int) -> bool:
-    """Publish the job's message. A failure (Redis down) leaves the job QUEUED with no
-    `dispatched_at`, and the beat task tries again; a duplicate message is harmless because
-    only one claim can win."""
+    """(Re-)publish a QUEUED job's message under a new id (used by beat for jobs that no
+    message is known to carry). A duplicate message is harmless: only one claim can win."""
     job = Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).first()
     if job is None:
         return False
-    celery_id = f"job-{job.pk}-{uuid.uuid4().hex[:12]}"
-    Job.objects.filter(pk=job.pk).update(celery_task_id=celery_id)
+    job.celery_task_id = _new_task_id()
+    Job.objects.filter(pk=job.pk).update(celery_task_id=job.celery_task_id)
+    return _publish(job)
+
+
+def _publish(job: Job) -> bool:
+    """Send the job's message. A failure (Redis down) leaves the job QUEUED with no
+    `dispatched_at`, and the beat task tries again."""
     try:
-        celery_app.send_task(task_name(job.kind), args=[job.pk], queue=job.queue, task_id=celery_id)
+        celery_app.send_task(task_name(job.kind), args=[job.pk], queue=job.queue, task_id=job.celery_task_id)
     except Exception as exc:  # kombu raises several connection errors; all mean "try later"
         log.warning("job %s: could not reach the broker (%s); beat will dispatch it later", job.pk, exc)
         return False

@@ -137,3 +137,10 @@ def test_the_openapi_schema_describes_the_job_endpoints(client):
     schemes = schema["components"]["securitySchemes"]
     assert schemes["TokenAuth"] == {"type": "http", "scheme": "bearer"}
     assert schemes["SessionAuth"]["in"] == "cookie"
+
+
+def test_using_a_token_records_when_it_was_last_used(client, owner, api_token):
+    raw = api_token(owner)
+    assert APIToken.objects.get(user=owner).last_used_at is None
+    call(client, "get", "/api/me", raw)
+    assert APIToken.objects.get(user=owner).last_used_at is not None
