@@ -57,11 +57,10 @@
   }
 
   function addMetric(point) {
-    const series = (state.metrics[point.name] ||= { steps: [], values: [], seen: new Set() });
-    if (series.seen.has(point.step)) return;
-    series.seen.add(point.step);
-    series.steps.push(point.step);
-    series.values.push(point.value);
+    // step → value: a point seen twice (snapshot and live event) is drawn once; a resumed job
+    // that re-reports a step replaces it.
+    const series = (state.metrics[point.name] ||= new Map());
+    series.set(point.step, point.value);
     scheduleChart();
   }
 
@@ -77,19 +76,21 @@
     const names = Object.keys(state.metrics).sort();
     if (!names.length) return;
     // One y-axis per metric: their units differ (GFLOP/s vs GB/s vs loss).
-    const traces = names.map((name, i) => ({
-      x: state.metrics[name].steps, y: state.metrics[name].values, name: name, mode: "lines+markers",
-      yaxis: i === 0 ? "y" : "y" + (i + 1),
-    }));
-    const layout = { margin: { t: 20, r: 60, b: 40, l: 60 }, xaxis: { title: { text: "step" } },
-                     legend: { orientation: "h" }, height: 320 };
+    // Fresh, step-sorted arrays on every draw: Plotly.react compares arrays by identity.
+    const traces = names.map((name, i) => {
+      const steps = [...state.metrics[name].keys()].sort((a, b) => a - b);
+      return { x: steps, y: steps.map((s) => state.metrics[name].get(s)), name: name, mode: "lines+markers",
+               yaxis: i === 0 ? "y" : "y" + (i + 1) };
+    });
+    const layout = { margin: { t: 40, r: 60, b: 45, l: 60 }, xaxis: { title: { text: "step" } },
+                     legend: { orientation: "h", x: 0, y: 1.02, yanchor: "bottom" }, height: 320 };
     names.forEach((name, i) => {
       const axis = { title: { text: name } };
       if (i > 0) Object.assign(axis, { overlaying: "y", side: i % 2 ? "right" : "left", anchor: "x" });
       layout[i === 0 ? "yaxis" : "yaxis" + (i + 1)] = axis;
     });
     Plotly.react($("job-chart"), traces, layout, { displaylogo: false, responsive: true });
-    $("job-chart").dataset.points = String(names.reduce((n, k) => n + state.metrics[k].steps.length, 0));
+    $("job-chart").dataset.points = String(names.reduce((n, k) => n + state.metrics[k].size, 0));
   }
 
   function applySnapshot(snap) {

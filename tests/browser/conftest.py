@@ -18,13 +18,15 @@ VIEWPORT = {"width": 1280, "height": 900}
 # The machine running the suite may be small and busy (two cores shared with workers, beat,
 # daphne and other test runs): give the browser generous defaults.
 DEFAULT_TIMEOUT_MS = 30_000
+EXPECT_TIMEOUT_MS = 15_000  # playwright's own default for expect() is 5 s
 
 
 @pytest.fixture(scope="session")
 def browser():
+    # A missing browser is a failure, not a skip: `make test` installs Debian chromium as root.
     if not os.path.exists(CHROMIUM) and not shutil.which(CHROMIUM):
-        pytest.skip(f"no chromium at {CHROMIUM}")
-    sync_api = pytest.importorskip("playwright.sync_api")
+        pytest.fail(f"no chromium at {CHROMIUM}: run `make browser` as root (apt-get install chromium)")
+    from playwright import sync_api
 
     # Playwright's sync API drives its own asyncio event loop in this thread (through greenlets),
     # so while it is started asyncio reports a running loop and Django's async-safety guard
@@ -34,6 +36,7 @@ def browser():
     # It is restored when the browser stops.
     previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    sync_api.expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     playwright = sync_api.sync_playwright().start()
     try:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
