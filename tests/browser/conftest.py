@@ -1,4 +1,4 @@
-"""Playwright fixtures for the browser tests: one Debian chromium for the session, a fresh
+"""Playwright fixtures for the browser tests: one Debian chromium per test module, a fresh
 context (cookies, storage) and page per test.
 
 Never run `playwright install`: the tests drive the system chromium at /usr/bin/chromium."""
@@ -21,7 +21,9 @@ DEFAULT_TIMEOUT_MS = 30_000
 EXPECT_TIMEOUT_MS = 15_000  # playwright's own default for expect() is 5 s
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright runs it holds an event loop in this thread, which
+# would break async_to_sync (and the websocket tests) in every module that runs after this one.
+@pytest.fixture(scope="module")
 def browser():
     # A missing browser is a failure, not a skip: `make test` installs Debian chromium as root.
     if not os.path.exists(CHROMIUM) and not shutil.which(CHROMIUM):

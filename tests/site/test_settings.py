@@ -48,7 +48,7 @@ def test_the_default_is_sqlite_under_the_data_dir_with_a_kept_secret_key(tmp_pat
 
 
 def test_production_mode_passes_the_deploy_checks(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PUYU_", "DATABASE_URL"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PUYU_", "DATABASE_URL", "DJANGO_ALLOW_ASYNC"))}
     env.update(PUYU_ENV="production", PUYU_DATA_DIR=str(tmp_path), SECRET_KEY="k" * 30 + "Q9!z" * 10,
                ALLOWED_HOSTS="studio.example.org")
     out = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
