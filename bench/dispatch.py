@@ -135,7 +135,7 @@ def main() -> int:
 
         from apps.accounts.models import APIToken
         from apps.jobs.models import Job, JobStatus
-        from workers.core.registry import run_core_job
+        from workers.core.kinds import run_core_job
         from workers.core.reporting import ConsoleReporter
 
         call_command("migrate", "--noinput", verbosity=0)

@@ -9,7 +9,7 @@ import pytest
 
 from workers.core.diagnostics import DiagnosticsSpec, run_diagnostics
 from workers.core.probe import ProbeSpec, run_probe
-from workers.core.registry import run_core_job
+from workers.core.kinds import run_core_job
 from workers.core.reporting import ConsoleReporter, JobCancelled, Reporter
 from workers.core.specs import SpecError, build_spec
 

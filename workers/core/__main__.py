@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from workers.core.registry import CORE_JOBS, run_core_job
+from workers.core.kinds import CORE_JOBS, run_core_job
 from workers.core.reporting import ConsoleReporter
 from workers.core.specs import SpecError
 

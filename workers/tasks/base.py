@@ -18,7 +18,7 @@ from django.db import close_old_connections, connection
 
 from apps.jobs import lifecycle
 from apps.jobs.models import Job, JobStatus
-from workers.core.registry import run_core_job
+from workers.core.kinds import run_core_job
 from workers.core.reporting import JobCancelled
 from workers.core.specs import SpecError
 from workers.tasks.reporter import DatabaseReporter

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from workers.core.registry import CORE_JOBS
+from workers.core.kinds import CORE_JOBS
 from workers.core.specs import SpecError, build_spec
 
 
