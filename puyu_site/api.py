@@ -5,7 +5,9 @@ from ninja import NinjaAPI
 from apps.accounts.api import API_AUTH
 from apps.accounts.api import router as accounts_router
 from apps.jobs.api import router as jobs_router
+from apps.registry.api import router as registry_router
 
 api = NinjaAPI(title="Puyu Studio API", version="1.0", auth=API_AUTH, urls_namespace="api")
 api.add_router("/", accounts_router)
 api.add_router("/", jobs_router)
+api.add_router("/", registry_router)

@@ -29,6 +29,12 @@ PRODUCTION = PUYU_ENV == "production"
 DATA_DIR = env_path("PUYU_DATA_DIR", BASE_DIR / "var")
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 JOB_LOG_DIR = DATA_DIR / "jobs"
+MODEL_STORE_DIR = DATA_DIR / "models"
+UPLOAD_DIR = DATA_DIR / "uploads"
+# Folders a user may import models from (their immediate sub-folders are offered in the form).
+# A user never types a server path: the form lists what is there.
+MODEL_IMPORT_DIRS = [Path(p).resolve() for p in env_list("PUYU_MODEL_IMPORT_DIRS", [str(DATA_DIR / "import")])]
+MAX_UPLOAD_BYTES = env_int("PUYU_MAX_UPLOAD_BYTES", 20 * 2**30, minimum=1)
 
 
 def _secret_key() -> str:
@@ -72,6 +78,7 @@ INSTALLED_APPS = [
     "apps.accounts",
     "apps.jobs",
     "apps.studio",
+    "apps.registry",
 ]
 
 MIDDLEWARE = [
@@ -135,6 +142,11 @@ def _plotly_js_dir() -> Path:
 STATICFILES_DIRS = [BASE_DIR / "static", ("vendor/plotly", _plotly_js_dir())]
 STATIC_ROOT = DATA_DIR / "staticfiles"
 STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns about a missing root before collectstatic
+for _folder in (MODEL_STORE_DIR, UPLOAD_DIR, DATA_DIR / "import"):
+    _folder.mkdir(parents=True, exist_ok=True)
+# Uploads stream to disk beside their final place (same file system: the move is a rename).
+FILE_UPLOAD_TEMP_DIR = str(UPLOAD_DIR)
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 2**20
 # Development serves from the finders (no collectstatic needed); production uses the
 # manifest storage that `collectstatic` (run by the launcher) fills.
 WHITENOISE_USE_FINDERS = not PRODUCTION

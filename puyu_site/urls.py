@@ -4,6 +4,7 @@ from django.urls import path
 
 from apps.accounts import views as account_views
 from apps.jobs import views as job_views
+from apps.registry import views as registry_views
 from apps.studio import views as studio_views
 from puyu_site.api import api
 
@@ -20,6 +21,17 @@ urlpatterns = [
     path("jobs/<int:job_id>/cancel/", job_views.job_cancel, name="job-cancel"),
     path("jobs/<int:job_id>/retry/", job_views.job_retry, name="job-retry"),
     path("jobs/<int:job_id>/log/", job_views.job_log_download, name="job-log"),
+    path("models/", registry_views.model_list, name="model-list"),
+    path("models/import/", registry_views.model_import, name="model-import"),
+    path("models/<int:model_id>/", registry_views.model_detail, name="model-detail"),
+    path("models/<int:model_id>/aliases/", registry_views.alias_move, name="alias-move"),
+    path("models/versions/<int:version_id>/", registry_views.version_detail, name="version-detail"),
+    path("models/versions/<int:version_id>/download/", registry_views.version_download, name="version-download"),
+    path("models/versions/<int:version_id>/files/<path:name>", registry_views.version_file, name="version-file"),
+    path("models/versions/<int:version_id>/merge/", registry_views.version_merge, name="version-merge"),
+    path("models/versions/<int:version_id>/quantize/", registry_views.version_quantize, name="version-quantize"),
+    path("models/versions/<int:version_id>/delete/", registry_views.version_delete, name="version-delete"),
+    path("models/versions/<int:version_id>/notes/", registry_views.version_notes, name="version-notes"),
     path("s/<slug:slug>/", studio_views.section, name="section"),
     path("admin/", admin.site.urls),
     path("api/", api.urls),

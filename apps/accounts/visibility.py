@@ -25,8 +25,8 @@ def visible_to(queryset: QuerySet, user, owner_field: str = "owner") -> QuerySet
     return queryset.filter(**{f"{owner_field}__in": teammate_ids(user)})
 
 
-def get_visible_or_404(queryset: QuerySet, user, **lookup):
-    obj = visible_to(queryset, user).filter(**lookup).first()
+def get_visible_or_404(queryset: QuerySet, user, owner_field: str = "owner", **lookup):
+    obj = visible_to(queryset, user, owner_field).filter(**lookup).first()
     if obj is None:
         raise Http404("No such object, or you may not see it.")
     return obj

@@ -19,6 +19,9 @@ FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 class JobKind(models.TextChoices):
     DIAGNOSTICS = "diagnostics", "Worker diagnostics"
     PROBE = "probe", "Pipeline probe"
+    MODEL_IMPORT = "model_import", "Model import"
+    MODEL_MERGE = "model_merge", "Adapter merge"
+    MODEL_QUANTIZE = "model_quantize", "Quantization"
 
 
 class Job(models.Model):

@@ -4,8 +4,6 @@ SECTIONS = {
                  "then tokenize and pack them for training."),
     "training": ("Training", "Pretraining, continued pretraining, SFT (full, LoRA, QLoRA) and DPO jobs with "
                  "pre-flight checks, live loss curves, checkpoints and resume."),
-    "models": ("Models", "The model registry: imported and trained versions with lineage, adapters, merges, "
-               "quantized versions, aliases and model cards."),
     "serving": ("Serving", "Deployments with continuous batching, token streaming and an OpenAI-compatible API "
                 "with keys and quotas."),
     "leaderboards": ("Leaderboards", "Evaluation jobs on standard benchmarks (MMLU, GSM8K, HumanEval, …) and "

@@ -6,6 +6,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from workers.core.diagnostics import DiagnosticsSpec, run_diagnostics
+from workers.core.model_jobs import (
+    ModelImportSpec,
+    ModelMergeSpec,
+    ModelQuantizeSpec,
+    run_model_import,
+    run_model_merge,
+    run_model_quantize,
+)
 from workers.core.probe import ProbeSpec, run_probe
 from workers.core.reporting import Reporter
 from workers.core.specs import build_spec
@@ -20,6 +28,9 @@ class CoreJob:
 CORE_JOBS: dict[str, CoreJob] = {
     "diagnostics": CoreJob(DiagnosticsSpec, run_diagnostics),
     "probe": CoreJob(ProbeSpec, run_probe),
+    "model_import": CoreJob(ModelImportSpec, run_model_import),
+    "model_merge": CoreJob(ModelMergeSpec, run_model_merge),
+    "model_quantize": CoreJob(ModelQuantizeSpec, run_model_quantize),
 }
 
 

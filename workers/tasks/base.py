@@ -14,7 +14,7 @@ import traceback
 
 from celery import Task
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, transaction
 
 from apps.jobs import lifecycle
 from apps.jobs.models import Job, JobStatus
@@ -24,6 +24,10 @@ from workers.core.specs import SpecError
 from workers.tasks.reporter import DatabaseReporter
 
 log = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """Another worker (or the reaper) holds the job now; this attempt must store nothing."""
 
 
 class LeaseHeartbeat:
@@ -71,6 +75,11 @@ class JobTask(Task):
     def execute(self, job: Job, reporter: DatabaseReporter) -> dict:
         return run_core_job(job.kind, job.params, reporter)
 
+    def record(self, job: Job, result: dict) -> dict:
+        """Store what the job produced (e.g. register a model version). Runs in the same
+        transaction as the SUCCEEDED transition, so both happen or neither; keep it idempotent."""
+        return result
+
     def run(self, job_id: int):
         close_old_connections()
         worker = self.worker_name()
@@ -101,5 +110,16 @@ class JobTask(Task):
             return JobStatus.FAILED
         finally:
             reporter.close()
-        lifecycle.finish(job.pk, worker, JobStatus.SUCCEEDED, result=result)
+        try:
+            with transaction.atomic():
+                result = self.record(job, result)
+                if not lifecycle.finish(job.pk, worker, JobStatus.SUCCEEDED, result=result):
+                    raise LeaseLost()
+        except LeaseLost:
+            log.warning("job %s: lease lost before its result was recorded; nothing stored", job.pk)
+            return "lease lost"
+        except Exception as exc:
+            log.exception("job %s: recording the result failed", job.pk)
+            lifecycle.finish(job.pk, worker, JobStatus.FAILED, error=f"recording the result failed: {type(exc).__name__}: {exc}")
+            return JobStatus.FAILED
         return JobStatus.SUCCEEDED

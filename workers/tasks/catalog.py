@@ -25,7 +25,17 @@ class KindInfo:
 KINDS: dict[str, KindInfo] = {
     "diagnostics": KindInfo("jobs.diagnostics", "gpu"),
     "probe": KindInfo("jobs.probe", "cpu"),
+    "model_import": KindInfo("registry.import", "cpu"),
+    "model_merge": KindInfo("registry.merge", "cpu"),
+    "model_quantize": KindInfo("registry.quantize", "cpu"),
 }
+
+
+def archive_stream(folder, arcname: str):
+    """A model folder as a streamed tar, for downloads served by the web process."""
+    from workers.core.modelstore import archive_stream as stream
+
+    return stream(folder, arcname)
 
 
 def task_name(kind: str) -> str:

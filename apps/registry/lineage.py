@@ -1,0 +1,72 @@
+"""The lineage graph on a model card: where a version came from and what came of it, drawn
+left to right by generation with plotly (served locally, no CDN)."""
+from __future__ import annotations
+
+from django.urls import reverse
+
+from apps.accounts.visibility import visible_to
+from apps.registry.models import ModelVersion
+
+MAX_NODES = 60
+
+
+def lineage_nodes(version: ModelVersion, user) -> tuple[dict, list[tuple[str, str]]]:
+    """Nodes {key: (label, url, column)} and edges (from, to) around `version`, limited to what
+    `user` may see."""
+    visible = visible_to(ModelVersion.objects.select_related("model", "source_job"), user, "model__owner")
+    nodes: dict[str, tuple[str, str, int]] = {}
+    edges: list[tuple[str, str]] = []
+
+    def add(v: ModelVersion, column: int) -> str:
+        key = f"v{v.pk}"
+        if key not in nodes:
+            nodes[key] = (f"{v.model.name} v{v.number}<br>{v.kind}", reverse("version-detail", args=[v.pk]), column)
+        return key
+
+    def walk_up(v: ModelVersion, column: int) -> None:
+        key = add(v, column)
+        if v.source_job_id:
+            job_key = f"j{v.source_job_id}"
+            nodes.setdefault(job_key, (f"job #{v.source_job_id}<br>{v.source_job.get_kind_display()}",
+                                       reverse("job-detail", args=[v.source_job_id]), column - 1))
+            edges.append((job_key, key))
+        for ancestor in (v.parent, v.adapter):
+            if ancestor is not None and len(nodes) < MAX_NODES and visible.filter(pk=ancestor.pk).exists():
+                edges.append((f"v{ancestor.pk}", key))
+                walk_up(ancestor, column - 2)
+
+    def walk_down(v: ModelVersion, column: int) -> None:
+        key = add(v, column)
+        for child in visible.filter(parent=v) | visible.filter(adapter=v):
+            if len(nodes) >= MAX_NODES:
+                return
+            edges.append((key, f"v{child.pk}"))
+            walk_down(child, column + 2)
+
+    walk_up(version, 0)
+    walk_down(version, 0)
+    return nodes, sorted(set(edges))
+
+
+def lineage_figure(version: ModelVersion, user) -> str:
+    import plotly.graph_objects as go
+
+    nodes, edges = lineage_nodes(version, user)
+    columns: dict[int, list[str]] = {}
+    for key, (_, _, column) in nodes.items():
+        columns.setdefault(column, []).append(key)
+    position = {key: (column, row - (len(keys) - 1) / 2) for column, keys in columns.items() for row, key in enumerate(keys)}
+    fig = go.Figure()
+    for a, b in edges:
+        (x0, y0), (x1, y1) = position[a], position[b]
+        fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", line={"color": "#98a2b3"}, hoverinfo="skip"))
+    keys = list(nodes)
+    fig.add_trace(go.Scatter(
+        x=[position[k][0] for k in keys], y=[position[k][1] for k in keys], mode="markers+text",
+        text=[nodes[k][0] for k in keys], textposition="bottom center", customdata=[nodes[k][1] for k in keys],
+        marker={"size": 18, "color": ["#2357d9" if k == f"v{version.pk}" else ("#f79009" if k.startswith("j") else "#98a2b3") for k in keys]},
+        hovertemplate="%{text}<extra></extra>",
+    ))
+    fig.update_layout(showlegend=False, height=260, margin={"t": 10, "b": 40, "l": 10, "r": 10},
+                      xaxis={"visible": False}, yaxis={"visible": False}, plot_bgcolor="white")
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id="lineage-graph", config={"displaylogo": False})

@@ -1,0 +1,242 @@
+"""The only place that changes the registry: imports, merges and quantizations become jobs;
+aliases, notes and deletes are recorded with who and when."""
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+
+from apps.accounts.visibility import can_manage
+from apps.jobs import services as jobs
+from apps.jobs.models import Job, JobStatus
+from apps.registry.models import (
+    AliasMove,
+    ModelAlias,
+    ModelVersion,
+    RegisteredModel,
+    VersionKind,
+    VersionRequest,
+    VersionUse,
+)
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+class RegistryError(ValueError):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+class PermissionDenied(jobs.PermissionDenied):
+    pass
+
+
+def _require_manager(user, model: RegisteredModel) -> None:
+    if not can_manage(user, model):
+        raise PermissionDenied("only the model's owner or staff can change it")
+
+
+# ---- import sources ------------------------------------------------------------------------
+
+def import_choices() -> list[tuple[str, str]]:
+    """Sub-folders of the allowlisted import directories, as (choice value, label)."""
+    choices = []
+    for index, root in enumerate(settings.MODEL_IMPORT_DIRS):
+        if root.is_dir():
+            for child in sorted(root.iterdir()):
+                if child.is_dir() and not child.is_symlink() and not child.name.startswith("."):
+                    choices.append((f"{index}/{child.name}", f"{root}/{child.name}"))
+    return choices
+
+
+def resolve_import_choice(value: str) -> Path:
+    """Map a choice back to its folder, refusing anything that is not one of the offered ones."""
+    index, _, name = (value or "").partition("/")
+    roots = settings.MODEL_IMPORT_DIRS
+    if not index.isdigit() or int(index) >= len(roots) or not name or "/" in name or name in (".", ".."):
+        raise RegistryError("folder", f"{value!r} is not one of the offered import folders")
+    root = roots[int(index)]
+    folder = (root / name).resolve()
+    if folder.parent != root or not folder.is_dir():
+        raise RegistryError("folder", f"{name!r} is not a folder in {root}")
+    return folder
+
+
+def store_upload(uploaded) -> str:
+    """Move an uploaded archive (already streamed to disk by Django) under the upload dir with
+    a name built from a uuid; returns that name."""
+    name = uploaded.name.lower()
+    suffix = next((s for s in ARCHIVE_SUFFIXES if name.endswith(s)), None)
+    if suffix is None:
+        raise RegistryError("archive", f"{uploaded.name!r}: upload a .zip, .tar, .tar.gz or .tgz archive")
+    if uploaded.size > settings.MAX_UPLOAD_BYTES:
+        raise RegistryError("archive", f"{uploaded.name!r} is {uploaded.size:,} bytes; the limit is {settings.MAX_UPLOAD_BYTES:,}")
+    stored = f"{uuid.uuid4().hex}{suffix}"
+    target = settings.UPLOAD_DIR / stored
+    if hasattr(uploaded, "temporary_file_path"):
+        shutil.move(uploaded.temporary_file_path(), target)
+    else:
+        with open(target, "wb") as fh:
+            for chunk in uploaded.chunks():
+                fh.write(chunk)
+    return stored
+
+
+def _target_model(user, model: RegisteredModel | None, model_name: str, description: str) -> RegisteredModel:
+    if model is not None:
+        _require_manager(user, model)
+        return model
+    name = (model_name or "").strip()
+    if not name:
+        raise RegistryError("model_name", "name the new model (or choose an existing one)")
+    if RegisteredModel.objects.filter(owner=user, name=name).exists():
+        raise RegistryError("model_name", f"you already have a model named {name!r}; choose it instead")
+    return RegisteredModel.objects.create(owner=user, name=name, description=description)
+
+
+def _registry_job(user, kind: str, params: dict, request: dict, *, uses=(), queue: str | None = None) -> Job:
+    """Create the job, what it will register, and what it reads, in one transaction."""
+    with transaction.atomic():
+        uid = uuid.uuid4()
+        params = {**params, "output_dir": str(settings.MODEL_STORE_DIR / str(uid))}
+        job = jobs.submit_job(user, kind, params, queue=queue, title=request.pop("title", ""))
+        VersionRequest.objects.create(job=job, uid=uid, **request)
+        for version, role in uses:
+            VersionUse.objects.create(version=version, job=job, role=role)
+    return job
+
+
+def start_import(user, *, source: str, model: RegisteredModel | None = None, model_name: str = "",
+                 description: str = "", folder: str = "", upload: str = "", hub_id: str = "") -> Job:
+    with transaction.atomic():
+        target = _target_model(user, model, model_name, description)
+        params = {"source": source}
+        if source == "folder":
+            params["path"] = str(resolve_import_choice(folder))
+            detail = Path(params["path"]).name
+        elif source == "archive":
+            if not upload or "/" in upload:
+                raise RegistryError("archive", "upload an archive")
+            params["path"] = str(settings.UPLOAD_DIR / upload)
+            detail = upload
+        elif source == "hub":
+            params["hub_id"] = hub_id.strip()
+            detail = hub_id
+        elif source == "starter":
+            detail = "SmolLM2-135M-Instruct"
+        else:
+            raise RegistryError("source", f"unknown import source {source!r}")
+        return _registry_job(user, "model_import", params, {
+            "model": target, "kind": VersionKind.BASE, "source": f"import:{source}", "upload": upload if source == "archive" else "",
+            "title": f"Import {detail} into {target.name}",
+        })
+
+
+def start_merge(user, adapter: ModelVersion) -> Job:
+    _require_manager(user, adapter.model)
+    if adapter.kind != VersionKind.ADAPTER or adapter.parent is None:
+        raise RegistryError("version", f"{adapter} is not an adapter with a base version; only adapters can be merged")
+    return _registry_job(user, "model_merge", {"base_dir": str(adapter.parent.path), "adapter_dir": str(adapter.path)}, {
+        "model": adapter.model, "kind": VersionKind.MERGED, "parent": adapter.parent, "adapter": adapter,
+        "source": "model_merge", "title": f"Merge {adapter} into {adapter.parent}",
+    }, uses=[(adapter, "adapter"), (adapter.parent, "base")])
+
+
+def start_quantize(user, version: ModelVersion, method: str, eval_text: str = "") -> Job:
+    _require_manager(user, version.model)
+    if version.kind in (VersionKind.ADAPTER, VersionKind.QUANTIZED):
+        raise RegistryError("version", f"{version} is {version.kind}; quantize a base or merged version")
+    return _registry_job(user, "model_quantize", {"source_dir": str(version.path), "method": method, "eval_text": eval_text}, {
+        "model": version.model, "kind": VersionKind.QUANTIZED, "parent": version, "source": "model_quantize",
+        "title": f"Quantize {version} ({method})",
+    }, uses=[(version, "source")], queue="gpu" if method == "nf4" else None)
+
+
+# ---- what a finished registry job stores --------------------------------------------------
+
+def register_version(job: Job, result: dict) -> ModelVersion:
+    """Called by the worker in the transaction that marks the job SUCCEEDED. Idempotent: a
+    job produces exactly one version."""
+    existing = ModelVersion.objects.filter(source_job=job).first()
+    if existing:
+        return existing
+    request = VersionRequest.objects.select_related("model").get(job=job)
+    facts = result["facts"]
+    kind = request.kind
+    if kind == VersionKind.BASE and facts["kind"] == "adapter":
+        kind = VersionKind.ADAPTER
+    number = (ModelVersion.objects.filter(model=request.model).aggregate(m=Max("number"))["m"] or 0) + 1
+    version = ModelVersion.objects.create(
+        uid=request.uid, model=request.model, number=number, kind=kind, parent=request.parent, adapter=request.adapter,
+        source=request.source, source_detail=result.get("source_detail", "")[:300], source_job=job,
+        architecture=facts.get("architecture", ""), parameter_count=facts.get("parameter_count", 0),
+        context_length=facts.get("context_length"), dtype=facts.get("dtype", ""), size_bytes=facts.get("size_bytes", 0),
+        has_chat_template=facts.get("has_chat_template", False), files=facts.get("files", []),
+        adapter_config=facts.get("adapter"), quantization=facts.get("quantization"),
+        evaluation=result.get("evaluation") or {}, created_by=job.owner,
+    )
+    if not request.model.architecture and version.architecture:
+        RegisteredModel.objects.filter(pk=request.model.pk).update(architecture=version.architecture)
+    if request.upload:
+        upload = settings.UPLOAD_DIR / request.upload
+        transaction.on_commit(lambda: upload.unlink(missing_ok=True))
+    return version
+
+
+# ---- aliases, notes, delete -----------------------------------------------------------------
+
+def move_alias(user, model: RegisteredModel, name: str, version: ModelVersion) -> ModelAlias:
+    _require_manager(user, model)
+    if version.model_id != model.pk:
+        raise RegistryError("version", f"{version} is not a version of {model}")
+    name = (name or "").strip().lower()
+    if not name.replace("-", "").replace("_", "").isalnum() or len(name) > 40:
+        raise RegistryError("alias", f"{name!r}: use letters, digits, - and _ (at most 40)")
+    with transaction.atomic():
+        alias = ModelAlias.objects.select_for_update().filter(model=model, name=name).first()
+        previous = alias.version if alias else None
+        if alias is None:
+            alias = ModelAlias.objects.create(model=model, name=name, version=version, updated_by=user)
+        elif previous != version:
+            alias.version, alias.updated_by = version, user
+            alias.save(update_fields=["version", "updated_by", "updated_at"])
+        else:
+            return alias
+        AliasMove.objects.create(alias=alias, from_version=previous, to_version=version, moved_by=user)
+    return alias
+
+
+def update_notes(user, version: ModelVersion, notes: str) -> None:
+    _require_manager(user, version.model)
+    ModelVersion.objects.filter(pk=version.pk).update(notes=notes[:20_000])
+
+
+def usage_blockers(version: ModelVersion) -> list[str]:
+    """Why a version may not be deleted now (empty when it may)."""
+    blockers = [f"alias {a.name!r} points to it" for a in version.aliases.all()]
+    blockers += [f"{child} was derived from it" for child in version.children.all()]
+    blockers += [f"{merged} was merged from it" for merged in version.merged_into.all()]
+    blockers += [f"{use.job} ({use.job.get_status_display().lower()}) uses it as {use.role}"
+                 for use in version.uses.select_related("job").filter(job__status__in=ACTIVE)]
+    return blockers
+
+
+def delete_version(user, version: ModelVersion) -> None:
+    _require_manager(user, version.model)
+    path = version.path
+    with transaction.atomic():
+        blockers = usage_blockers(version)
+        if blockers:
+            raise RegistryError("version", f"{version} is in use: " + "; ".join(blockers))
+        try:
+            version.delete()
+        except IntegrityError as exc:  # a use appeared between the check and the delete
+            raise RegistryError("version", f"{version} is in use: {exc}") from None
+        # Files go only once the row is gone for good.
+        transaction.on_commit(lambda: shutil.rmtree(path, ignore_errors=True))
