@@ -89,6 +89,7 @@ class ImportIn(Schema):
     description: str = ""
     folder: str = ""
     hub_id: str = ""
+    base_version_id: int | None = None  # for adapters: the version they were trained on
 
 
 class QuantizeIn(Schema):
@@ -144,18 +145,20 @@ def import_model(request, payload: ImportIn):
     model = _model(request, payload.model_id) if payload.model_id else None
     if payload.source == "archive":
         raise HttpError(422, "source: upload archives to /api/models/import/archive")
+    base = _version(request, payload.base_version_id) if payload.base_version_id else None
     return Status(201, _act(lambda: services.start_import(
         request.auth, source=payload.source, model=model, model_name=payload.model_name, description=payload.description,
-        folder=payload.folder, hub_id=payload.hub_id)))
+        folder=payload.folder, hub_id=payload.hub_id, base_version=base)))
 
 
 @router.post("/models/import/archive", response={201: JobOut})
 def import_archive(request, archive: File[UploadedFile], model_name: Form[str] = "", model_id: Form[int | None] = None,
-                   description: Form[str] = ""):
+                   description: Form[str] = "", base_version_id: Form[int | None] = None):
     model = _model(request, model_id) if model_id else None
+    base = _version(request, base_version_id) if base_version_id else None
     return Status(201, _act(lambda: services.start_import(
         request.auth, source="archive", model=model, model_name=model_name, description=description,
-        upload=services.store_upload(archive))))
+        upload=services.store_upload(archive), base_version=base)))
 
 
 @router.get("/models/{model_id}", response=ModelDetailOut)

@@ -1,7 +1,7 @@
 from django import forms
 
 from apps.accounts.visibility import visible_to
-from apps.registry.models import RegisteredModel
+from apps.registry.models import ModelVersion, RegisteredModel
 from apps.registry.services import import_choices
 
 SOURCES = [("folder", "A folder in the import directory"), ("archive", "An uploaded archive (.zip, .tar, .tar.gz)"),
@@ -17,11 +17,16 @@ class ImportForm(forms.Form):
     folder = forms.ChoiceField(required=False)
     archive = forms.FileField(required=False)
     hub_id = forms.CharField(max_length=200, required=False, help_text="e.g. HuggingFaceTB/SmolLM2-135M-Instruct")
+    base_version = forms.ModelChoiceField(queryset=ModelVersion.objects.none(), required=False, empty_label="—",
+                                          help_text="for an adapter: the version it was trained on (needed to merge it)")
 
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["model"].queryset = RegisteredModel.objects.filter(owner=user) if user else RegisteredModel.objects.none()
         self.fields["folder"].choices = [("", "—")] + import_choices()
+        if user:
+            self.fields["base_version"].queryset = visible_to(
+                ModelVersion.objects.select_related("model").exclude(kind="adapter"), user, "model__owner")
 
     def clean(self):
         data = super().clean()

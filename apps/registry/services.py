@@ -113,7 +113,11 @@ def _registry_job(user, kind: str, params: dict, request: dict, *, uses=(), queu
 
 
 def start_import(user, *, source: str, model: RegisteredModel | None = None, model_name: str = "",
-                 description: str = "", folder: str = "", upload: str = "", hub_id: str = "") -> Job:
+                 description: str = "", folder: str = "", upload: str = "", hub_id: str = "",
+                 base_version: ModelVersion | None = None) -> Job:
+    """`base_version` is the registry version an imported adapter was trained on (its parent)."""
+    if base_version is not None and base_version.kind == VersionKind.ADAPTER:
+        raise RegistryError("base_version", f"{base_version} is an adapter; an adapter's base must be a full model")
     with transaction.atomic():
         target = _target_model(user, model, model_name, description)
         params = {"source": source}
@@ -134,8 +138,8 @@ def start_import(user, *, source: str, model: RegisteredModel | None = None, mod
             raise RegistryError("source", f"unknown import source {source!r}")
         return _registry_job(user, "model_import", params, {
             "model": target, "kind": VersionKind.BASE, "source": f"import:{source}", "upload": upload if source == "archive" else "",
-            "title": f"Import {detail} into {target.name}",
-        })
+            "parent": base_version, "title": f"Import {detail} into {target.name}",
+        }, uses=[(base_version, "base")] if base_version else ())
 
 
 def start_merge(user, adapter: ModelVersion) -> Job:
@@ -168,12 +172,14 @@ def register_version(job: Job, result: dict) -> ModelVersion:
         return existing
     request = VersionRequest.objects.select_related("model").get(job=job)
     facts = result["facts"]
-    kind = request.kind
-    if kind == VersionKind.BASE and facts["kind"] == "adapter":
-        kind = VersionKind.ADAPTER
+    kind, parent = request.kind, request.parent
+    if request.source.startswith("import:"):
+        # What was imported decides: an adapter keeps the base it was given; a full model has none.
+        kind = VersionKind.ADAPTER if facts["kind"] == "adapter" else VersionKind.BASE
+        parent = parent if kind == VersionKind.ADAPTER else None
     number = (ModelVersion.objects.filter(model=request.model).aggregate(m=Max("number"))["m"] or 0) + 1
     version = ModelVersion.objects.create(
-        uid=request.uid, model=request.model, number=number, kind=kind, parent=request.parent, adapter=request.adapter,
+        uid=request.uid, model=request.model, number=number, kind=kind, parent=parent, adapter=request.adapter,
         source=request.source, source_detail=result.get("source_detail", "")[:300], source_job=job,
         architecture=facts.get("architecture", ""), parameter_count=facts.get("parameter_count", 0),
         context_length=facts.get("context_length"), dtype=facts.get("dtype", ""), size_bytes=facts.get("size_bytes", 0),

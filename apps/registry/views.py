@@ -50,7 +50,7 @@ def model_import(request):
             upload = services.store_upload(data["archive"]) if data["source"] == "archive" else ""
             job = services.start_import(request.user, source=data["source"], model=data["model"], model_name=data["model_name"],
                                         description=data["description"], folder=data["folder"], upload=upload,
-                                        hub_id=data["hub_id"])
+                                        hub_id=data["hub_id"], base_version=data["base_version"])
         except (services.RegistryError, services.jobs.InvalidParams) as exc:
             form.add_error(exc.field if exc.field in form.fields else None, exc.reason)
         else:

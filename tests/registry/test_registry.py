@@ -136,12 +136,10 @@ def test_a_hub_import_on_an_offline_machine_fails_with_a_clear_reason(owner, mon
 
 def test_an_adapter_imports_as_an_adapter_and_merges_into_a_version_with_lineage(owner, offer):
     base = import_folder(owner, offer, "base")
-    job = run(services.start_import(owner, source="folder", folder=offer("lora", source="adapter"), model_name="lora"))
+    job = run(services.start_import(owner, source="folder", folder=offer("lora", source="adapter"), model_name="lora",
+                                    base_version=base))
     adapter = ModelVersion.objects.get(source_job=job)
-    assert adapter.kind == VersionKind.ADAPTER and adapter.adapter_config["r"] == 4
-    # An imported adapter names its base by path/hub id; link it to the registry's base version.
-    ModelVersion.objects.filter(pk=adapter.pk).update(parent=base)
-    adapter.refresh_from_db()
+    assert adapter.kind == VersionKind.ADAPTER and adapter.adapter_config["r"] == 4 and adapter.parent == base
     merge = run(services.start_merge(owner, adapter))
     assert merge.status == JobStatus.SUCCEEDED, merge.error
     merged = ModelVersion.objects.get(source_job=merge)
@@ -153,6 +151,18 @@ def test_only_an_adapter_with_a_base_can_be_merged(owner, offer):
     base = import_folder(owner, offer)
     with pytest.raises(services.RegistryError, match="only adapters can be merged"):
         services.start_merge(owner, base)
+    orphan = ModelVersion.objects.get(source_job=run(services.start_import(
+        owner, source="folder", folder=offer("lora", source="adapter"), model_name="orphan")))
+    assert orphan.kind == VersionKind.ADAPTER and orphan.parent is None
+    with pytest.raises(services.RegistryError, match="adapter with a base version"):
+        services.start_merge(owner, orphan)
+
+
+def test_a_full_model_imported_with_a_base_chosen_keeps_no_parent(owner, offer):
+    base = import_folder(owner, offer, "base")
+    other = ModelVersion.objects.get(source_job=run(services.start_import(
+        owner, source="folder", folder=offer("full"), model_name="full", base_version=base)))
+    assert (other.kind, other.parent) == (VersionKind.BASE, None)
 
 
 def test_quantizing_records_the_size_and_the_perplexity_change(owner, offer):
@@ -288,3 +298,20 @@ def test_the_packaged_starter_model_imports_once_into_a_chat_model_that_loads_in
     output = model.generate(**prompt, max_new_tokens=12, do_sample=False)
     answer = tokenizer.decode(output[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_the_model_card_draws_the_lineage_from_import_jobs_to_the_merged_version(client, owner, offer):
+    from apps.registry.lineage import lineage_nodes
+
+    base = import_folder(owner, offer, "base")
+    adapter = ModelVersion.objects.get(source_job=run(services.start_import(
+        owner, source="folder", folder=offer("lora", source="adapter"), model_name="lora", base_version=base)))
+    merged = ModelVersion.objects.get(source_job=run(services.start_merge(owner, ModelVersion.objects.get(pk=adapter.pk))))
+    nodes, edges = lineage_nodes(base, owner)
+    assert {f"v{base.pk}", f"v{adapter.pk}", f"v{merged.pk}", f"j{base.source_job_id}"} <= set(nodes)
+    assert (f"v{base.pk}", f"v{merged.pk}") in edges and (f"v{adapter.pk}", f"v{merged.pk}") in edges
+    client.force_login(owner)
+    page = client.get(f"/models/versions/{merged.pk}/").content.decode()
+    assert 'id="lineage-graph"' in page and "Merge into" not in page and "Merged" in page
+    adapter_page = client.get(f"/models/versions/{adapter.pk}/").content.decode()
+    assert 'id="merge-button"' in adapter_page and 'id="delete-button" disabled' in adapter_page

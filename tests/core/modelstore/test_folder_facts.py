@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tests.fixtures.tiny_models import build_tiny_llama
-from workers.core.modelstore import inspect_folder
+from workers.core.modelstore import FolderFacts, inspect_folder
 
 
 def parameters_of(folder):
@@ -66,6 +66,7 @@ def test_facts_serialise_to_json(tiny_model_dir, tiny_adapter_dir):
     for folder in (tiny_model_dir, tiny_adapter_dir):
         facts = inspect_folder(folder).to_dict()
         assert json.loads(json.dumps(facts)) == facts
+        assert FolderFacts.from_dict(json.loads(json.dumps(facts))) == inspect_folder(folder)
         assert set(facts["files"][0]) == {"path", "size", "sha256"}
 
 

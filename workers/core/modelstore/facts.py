@@ -61,6 +61,11 @@ class FolderFacts:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "FolderFacts":
+        """The inverse of to_dict (e.g. for facts stored as JSON in the database)."""
+        return cls(**{**data, "files": [FileFact(**fact) for fact in data.get("files", [])]})
+
 
 @dataclass
 class TensorStats:
