@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.humanize",
     "channels",
     "django_htmx",
     "ninja",
@@ -147,6 +148,12 @@ for _folder in (MODEL_STORE_DIR, UPLOAD_DIR, DATA_DIR / "import"):
 # Uploads stream to disk beside their final place (same file system: the move is a rename).
 FILE_UPLOAD_TEMP_DIR = str(UPLOAD_DIR)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 2**20
+# Refuse an over-size upload from its Content-Length, before any of it is written to disk.
+FILE_UPLOAD_HANDLERS = [
+    "apps.registry.uploads.SizeLimitUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 # Development serves from the finders (no collectstatic needed); production uses the
 # manifest storage that `collectstatic` (run by the launcher) fills.
 WHITENOISE_USE_FINDERS = not PRODUCTION

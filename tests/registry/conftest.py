@@ -38,8 +38,10 @@ def offer(import_dir, tiny_model_source):
 
 @pytest.fixture(autouse=True)
 def model_store(tmp_path, settings):
-    """Each test gets its own model store, so leftovers of one cannot hide or fake another's."""
+    """Each test gets its own model store and upload dir, so leftovers of one cannot hide or fake another's."""
     store = tmp_path / "models"
     store.mkdir()
     settings.MODEL_STORE_DIR = store
+    settings.UPLOAD_DIR = tmp_path / "uploads"
+    settings.UPLOAD_DIR.mkdir()
     return store

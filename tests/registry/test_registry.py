@@ -315,3 +315,10 @@ def test_the_model_card_draws_the_lineage_from_import_jobs_to_the_merged_version
     assert 'id="lineage-graph"' in page and "Merge into" not in page and "Merged" in page
     adapter_page = client.get(f"/models/versions/{adapter.pk}/").content.decode()
     assert 'id="merge-button"' in adapter_page and 'id="delete-button" disabled' in adapter_page
+
+
+def test_an_upload_over_the_size_limit_is_refused_before_it_is_stored(client, owner, api_token, tiny_model_source, settings):
+    settings.MAX_UPLOAD_BYTES = 10_000
+    response = upload_archive(client, api_token(owner), folder_files(tiny_model_source["model"]))
+    assert response.status_code == 400
+    assert list(settings.UPLOAD_DIR.glob("*.zip")) == [] and not Job.objects.exists()

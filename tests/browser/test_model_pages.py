@@ -1,0 +1,59 @@
+"""The model registry pages in a real browser: a user imports a model folder from the form,
+follows the import job to its end, and finds the model card with its facts, lineage graph and
+actions; an alias is set from the model page."""
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.test_job_pages import log_in, screenshot
+from tests.fixtures.tiny_models import build_tiny_llama, train_tokenizer
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+
+@pytest.fixture
+def import_folder(settings, tmp_path):
+    """A tiny model in the default import directory, which the web and worker processes read."""
+    root = settings.MODEL_IMPORT_DIRS[0]
+    target = root / "tiny-llama"
+    shutil.rmtree(target, ignore_errors=True)
+    build_tiny_llama(target, tokenizer_dir=train_tokenizer(tmp_path / "tokenizer"))
+    yield target
+    shutil.rmtree(target, ignore_errors=True)
+
+
+def test_a_user_imports_a_model_folder_and_reads_its_card(stack, make_user, page, import_folder):
+    make_user("ada")
+    stack.worker("cpu0", "cpu")
+    url = stack.web()
+    log_in(page, url, "ada")
+
+    page.goto(url + "/models/import/")
+    page.check("input[name=source][value=folder]")
+    page.select_option("#id_folder", label=str(import_folder))
+    page.fill("#id_model_name", "tiny-llama")
+    page.click("#import-form button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/jobs/\d+/$"))
+    expect(page.locator("#job-status")).to_have_text("Succeeded", timeout=90_000)
+
+    page.goto(url + "/models/")
+    page.click("text=tiny-llama")
+    expect(page.locator("#versions")).to_contain_text("Base")
+    page.fill("#alias-form input[name=name]", "production")
+    page.click("#alias-form button[type=submit]")
+    expect(page.locator("#aliases")).to_contain_text("production")
+    expect(page.locator("main")).to_contain_text("moved production to tiny-llama v1")
+
+    page.click("#versions a:text('v1')")
+    expect(page.locator("h1")).to_contain_text("tiny-llama v1")
+    expect(page.locator("#fact-parameters")).not_to_have_text("0")
+    expect(page.locator("main")).to_contain_text("LlamaForCausalLM")
+    expect(page.locator("main")).to_contain_text("config.json")
+    # plotly drew the lineage: the import job and the version as two nodes
+    page.wait_for_function("document.querySelectorAll('#lineage-graph .scatterlayer .point').length >= 2")
+    expect(page.locator("#delete-button")).to_be_disabled()  # the production alias points here
+    screenshot(page, "model-card.png")
