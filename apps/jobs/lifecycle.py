@@ -80,7 +80,8 @@ def renew_lease(job_id: int, worker: str) -> bool:
 
 def finish(job_id: int, worker: str, status: str, *, result: dict | None = None, error: str = "") -> bool:
     """Record the outcome, only if `worker` still holds the lease."""
-    assert status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+    if status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
+        raise ValueError(f"finish: {status!r} is not a final status")
     fields = {"status": status, "finished_at": timezone.now(), "error": error[:4000], "eta_seconds": None, "lease_expires_at": None}
     if status == JobStatus.SUCCEEDED:
         fields.update(progress=1.0, result=result)

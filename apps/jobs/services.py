@@ -81,12 +81,20 @@ def cancel_job(job: Job, user) -> str:
     return status
 
 
+# Kinds whose jobs carry state outside Job.params (e.g. what a registry job will register)
+# resubmit through their own app: kind → function(old_job, user) -> new Job.
+RETRY_HANDLERS: dict = {}
+
+
 def retry_job(job: Job, user) -> Job:
     """A new job with the same kind, queue and parameters; the old one keeps its history."""
     if not can_manage(user, job):
         raise PermissionDenied("only the owner or staff can retry this job")
     if job.status not in FINISHED_STATUSES:
         raise InvalidParams("status", f"only finished jobs can be retried; this one is {job.status}")
+    handler = RETRY_HANDLERS.get(job.kind)
+    if handler is not None:
+        return handler(job, user)
     return submit_job(user, job.kind, job.params, queue=job.queue, title=job.title, resources=job.resources, retry_of=job)
 
 

@@ -5,3 +5,10 @@ class RegistryConfig(AppConfig):
     name = "apps.registry"
     label = "registry"
     verbose_name = "Model registry"
+
+    def ready(self):
+        from apps.jobs.services import RETRY_HANDLERS
+        from apps.registry.services import REGISTRY_KINDS, retry_registry_job
+
+        for kind in REGISTRY_KINDS:
+            RETRY_HANDLERS[kind] = retry_registry_job

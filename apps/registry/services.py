@@ -100,16 +100,31 @@ def _target_model(user, model: RegisteredModel | None, model_name: str, descript
     return RegisteredModel.objects.create(owner=user, name=name, description=description)
 
 
-def _registry_job(user, kind: str, params: dict, request: dict, *, uses=(), queue: str | None = None) -> Job:
+REGISTRY_KINDS = ("model_import", "model_merge", "model_quantize")
+
+
+def _registry_job(user, kind: str, params: dict, request: dict, *, uses=(), queue: str | None = None,
+                  retry_of: Job | None = None) -> Job:
     """Create the job, what it will register, and what it reads, in one transaction."""
     with transaction.atomic():
         uid = uuid.uuid4()
         params = {**params, "output_dir": str(settings.MODEL_STORE_DIR / str(uid))}
-        job = jobs.submit_job(user, kind, params, queue=queue, title=request.pop("title", ""))
+        job = jobs.submit_job(user, kind, params, queue=queue, title=request.pop("title", ""), retry_of=retry_of)
         VersionRequest.objects.create(job=job, uid=uid, **request)
         for version, role in uses:
             VersionUse.objects.create(version=version, job=job, role=role)
     return job
+
+
+def retry_registry_job(job: Job, user) -> Job:
+    """Run a finished registry job again: same inputs, a fresh output folder and request."""
+    request = VersionRequest.objects.get(job=job)
+    params = {k: v for k, v in job.params.items() if k != "output_dir"}
+    if request.upload and not (settings.UPLOAD_DIR / request.upload).exists():
+        raise RegistryError("archive", "the uploaded archive is gone (imported already?); upload it again")
+    fields = {f: getattr(request, f) for f in ("model", "kind", "parent", "adapter", "source", "upload")}
+    uses = [(use.version, use.role) for use in job.model_uses.select_related("version")]
+    return _registry_job(user, job.kind, params, {**fields, "title": job.title}, uses=uses, queue=job.queue, retry_of=job)
 
 
 def start_import(user, *, source: str, model: RegisteredModel | None = None, model_name: str = "",

@@ -322,3 +322,17 @@ def test_an_upload_over_the_size_limit_is_refused_before_it_is_stored(client, ow
     response = upload_archive(client, api_token(owner), folder_files(tiny_model_source["model"]))
     assert response.status_code == 400
     assert list(settings.UPLOAD_DIR.glob("*.zip")) == [] and not Job.objects.exists()
+
+
+def test_retrying_a_failed_import_runs_it_again_into_a_fresh_folder_and_registers_once(owner, offer, import_dir):
+    from apps.jobs import services as job_services
+
+    value = offer("flaky", mutate=lambda d: (d / "training_args.bin").write_bytes(b"x"))
+    failed = run(services.start_import(owner, source="folder", folder=value, model_name="flaky"))
+    assert failed.status == JobStatus.FAILED
+    (import_dir / "flaky" / "training_args.bin").unlink()  # the user fixes the folder
+    again = run(job_services.retry_job(failed, owner))
+    assert again.status == JobStatus.SUCCEEDED, again.error
+    assert again.retry_of == failed and again.params["output_dir"] != failed.params["output_dir"]
+    version = ModelVersion.objects.get(source_job=again)
+    assert version.model.name == "flaky" and ModelVersion.objects.count() == 1
