@@ -52,3 +52,11 @@ def test_importing_the_core_job_registry_loads_neither_django_nor_torch():
     code = "import sys, workers.core.kinds; print(sorted(m for m in ('django', 'torch') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_the_web_process_loads_every_page_and_api_module_without_importing_ml_libraries():
+    code = ("import os, sys, django; os.environ['DJANGO_SETTINGS_MODULE'] = 'puyu_site.settings'; django.setup(); "
+            "import puyu_site.urls, puyu_site.asgi; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'torchao', 'plotly') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr

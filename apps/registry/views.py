@@ -6,6 +6,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from apps.accounts.visibility import can_manage, get_visible_or_404, teammate_ids
+from apps.jobs.models import Job
 from apps.registry import services
 from apps.registry.downloads import version_archive_response
 from apps.registry.forms import AliasForm, ImportForm, QuantizeForm, visible_models
@@ -99,7 +100,7 @@ def _act(request, version_id, action, success):
         messages.error(request, exc.reason)
     else:
         messages.success(request, success)
-        if hasattr(result, "kind") and hasattr(result, "status"):  # a job
+        if isinstance(result, Job):  # merge and quantize: follow the job
             return redirect("job-detail", job_id=result.pk)
         if result == "deleted":
             return redirect("model-detail", model_id=version.model_id)
