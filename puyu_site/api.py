@@ -4,6 +4,7 @@ from ninja import NinjaAPI
 
 from apps.accounts.api import API_AUTH
 from apps.accounts.api import router as accounts_router
+from apps.datasets.api import router as datasets_router
 from apps.jobs.api import router as jobs_router
 from apps.registry.api import router as registry_router
 
@@ -11,3 +12,4 @@ api = NinjaAPI(title="Puyu Studio API", version="1.0", auth=API_AUTH, urls_names
 api.add_router("/", accounts_router)
 api.add_router("/", jobs_router)
 api.add_router("/", registry_router)
+api.add_router("/", datasets_router)

@@ -30,6 +30,7 @@ DATA_DIR = env_path("PUYU_DATA_DIR", BASE_DIR / "var")
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 JOB_LOG_DIR = DATA_DIR / "jobs"
 MODEL_STORE_DIR = DATA_DIR / "models"
+DATASET_STORE_DIR = DATA_DIR / "datasets"
 UPLOAD_DIR = DATA_DIR / "uploads"
 # Folders a user may import models from (their immediate sub-folders are offered in the form).
 # A user never types a server path: the form lists what is there.
@@ -80,6 +81,7 @@ INSTALLED_APPS = [
     "apps.jobs",
     "apps.studio",
     "apps.registry",
+    "apps.datasets",
 ]
 
 MIDDLEWARE = [
@@ -143,7 +145,7 @@ def _plotly_js_dir() -> Path:
 STATICFILES_DIRS = [BASE_DIR / "static", ("vendor/plotly", _plotly_js_dir())]
 STATIC_ROOT = DATA_DIR / "staticfiles"
 STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns about a missing root before collectstatic
-for _folder in (MODEL_STORE_DIR, UPLOAD_DIR, DATA_DIR / "import"):
+for _folder in (MODEL_STORE_DIR, DATASET_STORE_DIR, UPLOAD_DIR, DATA_DIR / "import"):
     _folder.mkdir(parents=True, exist_ok=True)
 # Uploads stream to disk beside their final place (same file system: the move is a rename).
 FILE_UPLOAD_TEMP_DIR = str(UPLOAD_DIR)

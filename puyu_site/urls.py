@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from apps.accounts import views as account_views
+from apps.datasets import views as dataset_views
 from apps.jobs import views as job_views
 from apps.registry import views as registry_views
 from apps.studio import views as studio_views
@@ -21,6 +22,17 @@ urlpatterns = [
     path("jobs/<int:job_id>/cancel/", job_views.job_cancel, name="job-cancel"),
     path("jobs/<int:job_id>/retry/", job_views.job_retry, name="job-retry"),
     path("jobs/<int:job_id>/log/", job_views.job_log_download, name="job-log"),
+    path("datasets/", dataset_views.dataset_list, name="dataset-list"),
+    path("datasets/upload/", dataset_views.dataset_upload, name="dataset-upload"),
+    path("datasets/generate/", dataset_views.dataset_generate, name="dataset-generate"),
+    path("datasets/<int:dataset_id>/", dataset_views.dataset_detail, name="dataset-detail"),
+    path("datasets/uploads/<int:upload_id>/", dataset_views.upload_detail, name="dataset-upload-detail"),
+    path("datasets/uploads/<int:upload_id>/exclude/", dataset_views.upload_exclude, name="dataset-upload-exclude"),
+    path("datasets/versions/<int:version_id>/", dataset_views.version_detail, name="dataset-version-detail"),
+    path("datasets/versions/<int:version_id>/render/", dataset_views.version_render, name="dataset-version-render"),
+    path("datasets/versions/<int:version_id>/download/", dataset_views.version_download, name="dataset-version-download"),
+    path("datasets/versions/<int:version_id>/clean/", dataset_views.version_clean, name="dataset-version-clean"),
+    path("datasets/versions/<int:version_id>/delete/", dataset_views.version_delete, name="dataset-version-delete"),
     path("models/", registry_views.model_list, name="model-list"),
     path("models/import/", registry_views.model_import, name="model-import"),
     path("models/<int:model_id>/", registry_views.model_detail, name="model-detail"),

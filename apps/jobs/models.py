@@ -22,6 +22,9 @@ class JobKind(models.TextChoices):
     MODEL_IMPORT = "model_import", "Model import"
     MODEL_MERGE = "model_merge", "Adapter merge"
     MODEL_QUANTIZE = "model_quantize", "Quantization"
+    DATASET_IMPORT = "dataset_import", "Dataset import"
+    DATASET_CLEAN = "dataset_clean", "Dataset cleaning"
+    DATASET_GENERATE = "dataset_generate", "Dataset generation"
 
 
 class Job(models.Model):

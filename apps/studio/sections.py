@@ -1,7 +1,5 @@
 """The studio's sections. Those not built yet get a page that says what is coming."""
 SECTIONS = {
-    "datasets": ("Datasets", "Import, validate, preview, version and clean data sets (a WanJuan-style pipeline), "
-                 "then tokenize and pack them for training."),
     "training": ("Training", "Pretraining, continued pretraining, SFT (full, LoRA, QLoRA) and DPO jobs with "
                  "pre-flight checks, live loss curves, checkpoints and resume."),
     "serving": ("Serving", "Deployments with continuous batching, token streaming and an OpenAI-compatible API "

@@ -5,6 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from workers.core.dataset_jobs import (
+    DatasetCleanSpec,
+    DatasetGenerateSpec,
+    DatasetImportSpec,
+    run_dataset_clean,
+    run_dataset_generate,
+    run_dataset_import,
+)
 from workers.core.diagnostics import DiagnosticsSpec, run_diagnostics
 from workers.core.model_jobs import (
     ModelImportSpec,
@@ -31,6 +39,9 @@ CORE_JOBS: dict[str, CoreJob] = {
     "model_import": CoreJob(ModelImportSpec, run_model_import),
     "model_merge": CoreJob(ModelMergeSpec, run_model_merge),
     "model_quantize": CoreJob(ModelQuantizeSpec, run_model_quantize),
+    "dataset_import": CoreJob(DatasetImportSpec, run_dataset_import),
+    "dataset_clean": CoreJob(DatasetCleanSpec, run_dataset_clean),
+    "dataset_generate": CoreJob(DatasetGenerateSpec, run_dataset_generate),
 }
 
 

@@ -48,6 +48,12 @@ def _coerce(name: str, value: Any, expected: Any) -> Any:
     elif expected == "bool":
         if not isinstance(value, bool):
             raise SpecError(name, f"must be true or false, got {value!r}")
+    elif expected.startswith("dict"):
+        if not isinstance(value, dict):
+            raise SpecError(name, f"must be an object, got {value!r}")
+    elif expected.startswith("list"):
+        if not isinstance(value, list):
+            raise SpecError(name, f"must be a list, got {value!r}")
     return value
 
 

@@ -28,6 +28,9 @@ KINDS: dict[str, KindInfo] = {
     "model_import": KindInfo("registry.import", "cpu"),
     "model_merge": KindInfo("registry.merge", "cpu"),
     "model_quantize": KindInfo("registry.quantize", "cpu"),
+    "dataset_import": KindInfo("datasets.import", "cpu"),
+    "dataset_clean": KindInfo("datasets.clean", "cpu"),
+    "dataset_generate": KindInfo("datasets.generate", "cpu"),
 }
 
 
@@ -36,6 +39,20 @@ def archive_stream(folder, arcname: str):
     from workers.core.modelstore import archive_stream as stream
 
     return stream(folder, arcname)
+
+
+def render_preview(record: dict, canonical: str, tokenizer_dir) -> dict:
+    """One record as the trainer will see it with a model's tokenizer and chat template:
+    {"segments": [{"text", "loss"}], "tokens", "loss_tokens", "truncated"} (loads transformers
+    on first use)."""
+    from transformers import AutoTokenizer
+
+    from workers.core.data.tokenize import render_record
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True, trust_remote_code=False)
+    rendered = render_record(record, canonical, tokenizer)
+    return {"segments": rendered.segments, "tokens": len(rendered.input_ids),
+            "loss_tokens": sum(1 for label in rendered.labels if label != -100), "truncated": getattr(rendered, "truncated", False)}
 
 
 def task_name(kind: str) -> str:

@@ -1,0 +1,199 @@
+"""The only place that changes datasets: uploads, imports, cleaning and generation become jobs;
+versions are registered by those jobs, immutable, and deleted only when nothing uses them."""
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max
+
+from apps.accounts.visibility import can_manage
+from apps.datasets.models import Dataset, DatasetRequest, DatasetUpload, DatasetVersion, DatasetVersionUse
+from apps.jobs import services as jobs
+from apps.jobs.models import Job, JobStatus
+
+UPLOAD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt", ".jsonl.gz", ".json.gz")
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+DATASET_KINDS = ("dataset_import", "dataset_clean", "dataset_generate")
+
+
+class DatasetError(ValueError):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+class PermissionDenied(jobs.PermissionDenied):
+    pass
+
+
+def _require_manager(user, dataset: Dataset) -> None:
+    if not can_manage(user, dataset):
+        raise PermissionDenied("only the dataset's owner or staff can change it")
+
+
+def target_dataset(user, dataset: Dataset | None, name: str = "", description: str = "") -> Dataset:
+    if dataset is not None:
+        _require_manager(user, dataset)
+        return dataset
+    name = (name or "").strip()
+    if not name:
+        raise DatasetError("dataset_name", "name the new dataset (or choose an existing one)")
+    if Dataset.objects.filter(owner=user, name=name).exists():
+        raise DatasetError("dataset_name", f"you already have a dataset named {name!r}; choose it instead")
+    return Dataset.objects.create(owner=user, name=name, description=description)
+
+
+def _store(uploaded) -> tuple[str, int]:
+    name = uploaded.name.lower()
+    suffix = next((s for s in sorted(UPLOAD_SUFFIXES, key=len, reverse=True) if name.endswith(s)), None)
+    if suffix is None:
+        raise DatasetError("file", f"{uploaded.name!r}: upload one of {', '.join(UPLOAD_SUFFIXES)}")
+    if uploaded.size == 0:
+        raise DatasetError("file", f"{uploaded.name!r} is empty (0 bytes)")
+    if uploaded.size > settings.MAX_UPLOAD_BYTES:
+        raise DatasetError("file", f"{uploaded.name!r} is {uploaded.size:,} bytes; the limit is {settings.MAX_UPLOAD_BYTES:,}")
+    stored = f"{uuid.uuid4().hex}{suffix}"
+    target = settings.UPLOAD_DIR / stored
+    if hasattr(uploaded, "temporary_file_path"):
+        shutil.move(uploaded.temporary_file_path(), target)
+    else:
+        with open(target, "wb") as fh:
+            for chunk in uploaded.chunks():
+                fh.write(chunk)
+    return stored, uploaded.size
+
+
+def _job(user, kind: str, params: dict, request: dict, *, uses=(), title: str = "", retry_of=None) -> Job:
+    with transaction.atomic():
+        uid = uuid.uuid4()
+        params = {**params, "output_path": str(settings.DATASET_STORE_DIR / f"{uid}.jsonl")}
+        job = jobs.submit_job(user, kind, params, title=title, retry_of=retry_of)
+        DatasetRequest.objects.create(job=job, uid=uid, **request)
+        for version, role in uses:
+            DatasetVersionUse.objects.create(version=version, job=job, role=role)
+    return job
+
+
+def upload_file(user, uploaded, *, dataset: Dataset | None = None, dataset_name: str = "", description: str = "",
+                fmt: str = "", column_map: dict | None = None, tokenizer_dir: str = "", max_length: int = 0) -> tuple[DatasetUpload, Job]:
+    """Store the upload and start its import job. A file whose records are all valid becomes a
+    version at once; otherwise the job reports the errors and the user decides."""
+    if column_map is not None and not (isinstance(column_map, dict) and all(isinstance(v, str) for v in column_map.values())):
+        raise DatasetError("column_map", "must map field names to column names (strings)")
+    with transaction.atomic():
+        target = target_dataset(user, dataset, dataset_name, description)
+        stored, size = _store(uploaded)
+        upload = DatasetUpload.objects.create(dataset=target, filename=uploaded.name[:255], stored_name=stored, size_bytes=size,
+                                              format=fmt, column_map=column_map or {}, created_by=user)
+        job = start_import(user, upload, exclude_invalid=False, tokenizer_dir=tokenizer_dir, max_length=max_length)
+    return upload, job
+
+
+def start_import(user, upload: DatasetUpload, *, exclude_invalid: bool, tokenizer_dir: str = "", max_length: int = 0,
+                 retry_of=None) -> Job:
+    _require_manager(user, upload.dataset)
+    if not upload.path.exists():
+        raise DatasetError("upload", "the uploaded file is gone (a version was already created from it); upload it again")
+    params = {"path": str(upload.path), "filename": upload.filename, "format": upload.format, "column_map": upload.column_map,
+              "exclude_invalid": exclude_invalid, "tokenizer_dir": tokenizer_dir, "max_length": max_length}
+    title = f"Import {upload.filename} into {upload.dataset.name}" + (" (excluding bad records)" if exclude_invalid else "")
+    return _job(user, "dataset_import", params, {"dataset": upload.dataset, "upload": upload, "source": "upload"}, title=title,
+                retry_of=retry_of)
+
+
+def start_clean(user, version: DatasetVersion, cleaning: dict, eval_versions=()) -> Job:
+    _require_manager(user, version.dataset)
+    params = {"input_path": str(version.path), "canonical": version.canonical, "cleaning": cleaning,
+              "eval_paths": [str(v.path) for v in eval_versions], "eval_canonicals": [v.canonical for v in eval_versions]}
+    uses = [(version, "input")] + [(v, "decontamination") for v in eval_versions]
+    return _job(user, "dataset_clean", params, {"dataset": version.dataset, "parent": version, "source": "cleaning"},
+                uses=uses, title=f"Clean {version}")
+
+
+def start_generate(user, *, generator: str, n: int, seed: int = 0, dataset: Dataset | None = None, dataset_name: str = "") -> Job:
+    with transaction.atomic():
+        target = target_dataset(user, dataset, dataset_name, f"generated by the built-in {generator} generator")
+        return _job(user, "dataset_generate", {"generator": generator, "n": n, "seed": seed},
+                    {"dataset": target, "source": "generator"}, title=f"Generate {n} {generator} records")
+
+
+def retry_dataset_job(job: Job, user) -> Job:
+    request = DatasetRequest.objects.select_related("upload").get(job=job)
+    params = {k: v for k, v in job.params.items() if k != "output_path"}
+    fields = {"dataset": request.dataset, "upload": request.upload, "parent": request.parent, "source": request.source}
+    uses = [(use.version, use.role) for use in job.dataset_uses.select_related("version")]
+    return _job(user, job.kind, params, fields, uses=uses, title=job.title, retry_of=job)
+
+
+# ---- what a finished dataset job stores ---------------------------------------------------
+
+def record_job_result(job: Job, result: dict) -> dict:
+    """In the worker's SUCCEEDED transaction: keep the validation report on the upload and, when
+    the job wrote a version, register it (idempotent: one version per job)."""
+    request = DatasetRequest.objects.select_related("upload", "dataset").get(job=job)
+    if request.upload_id and "report" in result:
+        DatasetUpload.objects.filter(pk=request.upload_id).update(report=result["report"])
+    if not result.get("created"):
+        return result
+    version = DatasetVersion.objects.filter(source_job=job).first()
+    if version is None:
+        number = (DatasetVersion.objects.filter(dataset=request.dataset).aggregate(m=Max("number"))["m"] or 0) + 1
+        report = result.get("report") or {}
+        excluded = result.get("excluded_lines") or []
+        version = DatasetVersion.objects.create(
+            uid=request.uid, dataset=request.dataset, number=number, source=request.source,
+            source_detail=(request.upload.filename if request.upload else job.params.get("generator", ""))[:300],
+            source_format=result["format"], canonical=result["canonical"], parent=request.parent, source_job=job,
+            sha256=result["sha256"], rows=result["rows"], size_bytes=result["size_bytes"],
+            excluded={"count": len(excluded), "lines": excluded[:1000], "reasons": report.get("error_counts", {})} if excluded else {},
+            stats=result.get("stats") or {}, cleaning_report=result.get("cleaning_report"), created_by=job.owner,
+        )
+    if request.upload_id:
+        upload_path = request.upload.path
+        transaction.on_commit(lambda: upload_path.unlink(missing_ok=True))
+    return {**{k: v for k, v in result.items() if k not in ("stats", "cleaning_report")}, "version_id": version.pk,
+            "version": str(version)}
+
+
+# ---- reading versions ---------------------------------------------------------------------
+
+def read_rows(version: DatasetVersion, *, offset: int = 0, limit: int = 50) -> list[dict]:
+    with open(version.path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in itertools.islice(fh, offset, offset + limit)]
+
+
+def search_rows(version: DatasetVersion, query: str, *, limit: int = 50) -> list[tuple[int, dict]]:
+    """(row number, record) of rows whose text contains `query` (case-insensitive)."""
+    needle = query.lower()
+    found = []
+    with open(version.path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if needle in line.lower() and needle in json.dumps(json.loads(line), ensure_ascii=False).lower():
+                found.append((number, json.loads(line)))
+                if len(found) >= limit:
+                    break
+    return found
+
+
+def usage_blockers(version: DatasetVersion) -> list[str]:
+    blockers = [f"{child} was derived from it" for child in version.children.all()]
+    blockers += [f"{use.job} ({use.job.get_status_display().lower()}) uses it as {use.role}"
+                 for use in version.uses.select_related("job").filter(job__status__in=ACTIVE)]
+    return blockers
+
+
+def delete_version(user, version: DatasetVersion) -> None:
+    _require_manager(user, version.dataset)
+    path = version.path
+    with transaction.atomic():
+        blockers = usage_blockers(version)
+        if blockers:
+            raise DatasetError("version", f"{version} is in use: " + "; ".join(blockers))
+        version.delete()
+        transaction.on_commit(lambda: Path(path).unlink(missing_ok=True))

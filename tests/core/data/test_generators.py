@@ -1,0 +1,117 @@
+"""Built-in synthetic data sets: deterministic, exact, and in the shapes the importers expect."""
+from __future__ import annotations
+
+import ast
+import json
+import operator
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from workers.core.data.generators import arithmetic_word_problems, evaluate, tool_use_dialogues, write_jsonl
+
+GLAIVE_DEMO = Path(__file__).resolve().parents[4] / "shared" / "data" / "llamafactory_demo" / "glaive_toolcall_en_demo.json"
+OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def exact(expression: str) -> Fraction:
+    """An evaluator independent of the one under test."""
+    def walk(node):
+        if isinstance(node, ast.BinOp):
+            return OPS[type(node.op)](walk(node.left), walk(node.right))
+        if isinstance(node, ast.UnaryOp):
+            return -walk(node.operand)
+        return Fraction(node.value)
+
+    return walk(ast.parse(expression, mode="eval").body)
+
+
+def test_the_generators_are_deterministic_for_a_seed_and_prefix_stable():
+    assert arithmetic_word_problems(50, seed=7) == arithmetic_word_problems(50, seed=7)
+    assert arithmetic_word_problems(50, seed=7) != arithmetic_word_problems(50, seed=8)
+    assert arithmetic_word_problems(20, seed=7) == arithmetic_word_problems(50, seed=7)[:20]
+    for style in ("messages", "sharegpt"):
+        assert tool_use_dialogues(30, seed=2, style=style) == tool_use_dialogues(30, seed=2, style=style)
+        assert tool_use_dialogues(30, seed=2, style=style) != tool_use_dialogues(30, seed=3, style=style)
+
+
+def test_word_problem_answers_are_exact_in_every_step_and_in_the_final_line():
+    records = arithmetic_word_problems(300, seed=0)
+
+    assert len({r["question"] for r in records}) > 250  # varied
+    for record in records:
+        assert set(record) == {"question", "answer", "meta"}
+        final = re.fullmatch(r"(?s).*\n#### (-?\d+)", record["answer"])
+        assert final, record["answer"]
+        assert exact(record["meta"]["expression"]) == int(final.group(1))
+        steps = re.findall(r"<<([^=<>]+)=(-?\d+)>>", record["answer"])
+        assert steps
+        for expression, value in steps:
+            assert exact(expression) == int(value)
+
+
+def test_tool_dialogues_call_the_calculator_and_the_tool_returns_the_exact_result():
+    records = tool_use_dialogues(200, seed=0)
+
+    assert any(len(r["messages"]) > 4 for r in records) and any(len(r["messages"]) == 4 for r in records)
+    for record in records:
+        messages = record["messages"]
+        assert [m["role"] for m in messages[-4:]] == ["user", "assistant", "tool", "assistant"]
+        assert messages[0]["role"] == "user"
+        (call,) = messages[-3]["tool_calls"]
+        assert call["type"] == "function" and call["function"]["name"] == "calculator"
+        arguments = json.loads(call["function"]["arguments"])  # a JSON string, as the schema says
+        result = exact(arguments["expression"])
+        assert arguments["expression"] in messages[-4]["content"]
+        assert json.loads(messages[-2]["content"]) == {"result": int(result)} and result.denominator == 1
+        assert messages[-2]["name"] == "calculator"
+        assert str(int(result)) in messages[-1]["content"]
+        (tool,) = record["tools"]
+        assert tool["type"] == "function" and tool["function"]["name"] == "calculator"
+        parameters = tool["function"]["parameters"]
+        assert parameters["type"] == "object" and parameters["required"] == ["expression"]
+        assert parameters["properties"]["expression"]["type"] == "string"
+
+
+def test_the_sharegpt_style_has_the_glaive_shape():
+    records = tool_use_dialogues(50, seed=0, style="sharegpt")
+    plain = tool_use_dialogues(50, seed=0)
+
+    for record, canonical in zip(records, plain):
+        assert set(record) == {"conversations", "tools"}
+        roles = [turn["from"] for turn in record["conversations"]]
+        assert set(roles) <= {"human", "gpt", "function_call", "observation"}
+        assert roles[-4:] == ["human", "function_call", "observation", "gpt"]
+        assert all(isinstance(turn["value"], str) and set(turn) == {"from", "value"} for turn in record["conversations"])
+        call = json.loads(record["conversations"][-3]["value"])
+        assert call["name"] == "calculator" and isinstance(call["arguments"], dict)
+        assert record["conversations"][-2]["value"] == canonical["messages"][-2]["content"]
+        tools = json.loads(record["tools"])  # a JSON string holding a list of functions, as in glaive
+        assert [t["name"] for t in tools] == ["calculator"] and "parameters" in tools[0]
+    if GLAIVE_DEMO.exists():  # the real demo file, when the shared data is beside the checkout
+        demo = json.loads(GLAIVE_DEMO.read_text(encoding="utf-8"))
+        assert set(demo[0]) == set(records[0])
+        assert {t["from"] for d in demo for t in d["conversations"]} >= {t["from"] for r in records for t in r["conversations"]}
+        assert isinstance(demo[0]["tools"], str) and set(json.loads(demo[0]["tools"])[0]) >= set(json.loads(records[0]["tools"])[0])
+
+
+def test_the_calculator_evaluates_exactly_and_refuses_anything_but_arithmetic():
+    assert evaluate("(3 + 4) * 12 - 10 / 4") == Fraction(163, 2)
+    with pytest.raises(ValueError):
+        evaluate("__import__('os').system('true')")
+    with pytest.raises(ValueError):
+        evaluate("1 / 0")
+
+
+def test_write_jsonl_writes_one_object_per_line_and_reads_back(tmp_path):
+    records = arithmetic_word_problems(5, seed=1) + [{"text": "床前明月光"}]
+    path = tmp_path / "sub" / "out.jsonl"
+
+    write_jsonl(records, path)
+
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == records
+    assert "床前明月光" in lines[-1]  # not ASCII-escaped
+    assert [p.name for p in path.parent.iterdir()] == ["out.jsonl"]

@@ -1,0 +1,153 @@
+"""Dataset jobs as the job system runs them: import (validate, normalize, measure), clean, and
+generate. Paths in the specs are built by the server from ids (apps/datasets/services.py)."""
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from workers.core.reporting import Reporter, check_cancelled
+from workers.core.specs import SpecError, build_spec, require_range
+
+
+def _require_absolute(name: str, value: str) -> None:
+    if not value or not Path(value).is_absolute():
+        raise SpecError(name, "must be an absolute path chosen by the server")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _tokenizer(tokenizer_dir: str):
+    if not tokenizer_dir:
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True, trust_remote_code=False)
+
+
+def _stats(path: Path, canonical: str, tokenizer_dir: str, max_length: int, reporter: Reporter) -> dict:
+    from workers.core.data.formats import dataset_stats
+
+    reporter.progress(0.8, "measuring rows, tokens and languages")
+    stats = dataset_stats(path, canonical, _tokenizer(tokenizer_dir), max_length=max_length or None)
+    return {**stats, "max_length": max_length or None}
+
+
+@dataclass
+class DatasetImportSpec:
+    path: str = ""
+    filename: str = ""
+    format: str = ""  # "" = detect
+    column_map: dict = field(default_factory=dict)
+    output_path: str = ""
+    exclude_invalid: bool = False
+    tokenizer_dir: str = ""
+    max_length: int = 0
+
+    def validate(self) -> None:
+        _require_absolute("path", self.path)
+        _require_absolute("output_path", self.output_path)
+        require_range("max_length", self.max_length, 0, 1_000_000)
+
+
+def run_dataset_import(spec: DatasetImportSpec, reporter: Reporter) -> dict:
+    """Validate every record; with errors and no permission to exclude them, stop there and
+    return the report (no version). Otherwise write the normalized version and measure it."""
+    from workers.core.data import formats
+
+    reporter.progress(0.05, "validating every record")
+    report = formats.validate(Path(spec.path), spec.filename, spec.format or None, spec.column_map or None)
+    summary = asdict(report)
+    reporter.log(f"{spec.filename}: {report.format} ({report.container}), {report.valid} of {report.total} records valid")
+    for reason, count in sorted(report.error_counts.items(), key=lambda item: -item[1]):
+        reporter.log(f"{count} × {reason}", "warning")
+    if report.valid == 0:
+        return {"report": summary, "created": False, "reason": "no valid record"}
+    if report.valid < report.total and not spec.exclude_invalid:
+        return {"report": summary, "created": False, "reason": "invalid records: fix the file, or exclude them"}
+    check_cancelled(reporter)
+    reporter.progress(0.4, "writing the normalized version")
+    written = formats.write_normalized(Path(spec.path), spec.filename, report.format, Path(spec.output_path),
+                                       spec.column_map or None, exclude_invalid=spec.exclude_invalid)
+    check_cancelled(reporter)
+    stats = _stats(Path(spec.output_path), report.canonical, spec.tokenizer_dir, spec.max_length, reporter)
+    reporter.progress(1.0, f"{written.rows} rows")
+    return {"report": summary, "created": True, "format": report.format, "canonical": report.canonical,
+            "rows": written.rows, "sha256": written.sha256, "size_bytes": written.size_bytes,
+            "excluded_lines": written.excluded_lines, "stats": stats}
+
+
+@dataclass
+class DatasetCleanSpec:
+    input_path: str = ""
+    canonical: str = ""
+    output_path: str = ""
+    cleaning: dict = field(default_factory=dict)  # CleaningSpec fields
+    eval_paths: list = field(default_factory=list)
+    eval_canonicals: list = field(default_factory=list)
+
+    def validate(self) -> None:
+        _require_absolute("input_path", self.input_path)
+        _require_absolute("output_path", self.output_path)
+        if len(self.eval_paths) != len(self.eval_canonicals):
+            raise SpecError("eval_canonicals", "needs one canonical format per evaluation path")
+        from workers.core.data.cleaning import CleaningSpec
+
+        try:  # checked at submit time, so a typo in a threshold never reaches a worker
+            build_spec(CleaningSpec, self.cleaning)
+        except SpecError as exc:
+            raise SpecError(f"cleaning.{exc.field}", exc.reason) from None
+
+
+def run_dataset_clean(spec: DatasetCleanSpec, reporter: Reporter) -> dict:
+    from workers.core.data.cleaning import CleaningSpec, run_cleaning
+
+    cleaning = build_spec(CleaningSpec, spec.cleaning)
+    report = run_cleaning(Path(spec.input_path), Path(spec.output_path), spec.canonical, cleaning, reporter,
+                          eval_paths=[Path(p) for p in spec.eval_paths], eval_canonicals=list(spec.eval_canonicals))
+    out = Path(spec.output_path)
+    stats = _stats(out, spec.canonical, "", 0, reporter)
+    return {"created": True, "format": spec.canonical, "canonical": spec.canonical, "rows": report["output_docs"],
+            "sha256": sha256_file(out), "size_bytes": out.stat().st_size, "excluded_lines": [], "stats": stats,
+            "cleaning_report": report, "cleaning": asdict(cleaning)}
+
+
+GENERATORS = ("arithmetic", "tool_use", "tool_use_sharegpt")
+
+
+@dataclass
+class DatasetGenerateSpec:
+    generator: str = "arithmetic"
+    n: int = 1000
+    seed: int = 0
+    output_path: str = ""
+
+    def validate(self) -> None:
+        if self.generator not in GENERATORS:
+            raise SpecError("generator", f"must be one of {', '.join(GENERATORS)}, got {self.generator!r}")
+        require_range("n", self.n, 1, 1_000_000)
+        _require_absolute("output_path", self.output_path)
+
+
+def run_dataset_generate(spec: DatasetGenerateSpec, reporter: Reporter) -> dict:
+    """Generated records go through the same importer as an upload, so they are validated and
+    normalized exactly like user data (ShareGPT ones are converted on the way)."""
+    from workers.core.data import formats, generators
+
+    if spec.generator == "arithmetic":
+        records, fmt = generators.arithmetic_word_problems(spec.n, spec.seed), "qa"
+    else:
+        style = "sharegpt" if spec.generator == "tool_use_sharegpt" else "messages"
+        records, fmt = generators.tool_use_dialogues(spec.n, spec.seed, style=style), style
+    out = Path(spec.output_path)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        raw = Path(tmp) / f"{spec.generator}.jsonl"
+        generators.write_jsonl(records, raw)
+        return run_dataset_import(DatasetImportSpec(path=str(raw), filename=raw.name, format=fmt, output_path=str(out)), reporter)
