@@ -27,12 +27,13 @@ KINDS = tuple(TOKENS)
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
 EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 # IPv6 candidate: hex groups and at least two colons, maybe an IPv4 tail; checked by ipaddress
-IP6_RE = re.compile(r"(?<![0-9A-Za-z:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}"
-                    rf"(?:(?<=:){_OCTET}(?:\.{_OCTET}){{3}})?(?![0-9A-Za-z:])")
+_IP4 = _OCTET + r"(?:\." + _OCTET + "){3}"
+IP6_RE = re.compile(r"(?<![0-9A-Za-z:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:" + _IP4 + r"|[0-9A-Fa-f]{0,4})"
+                    r"(?![0-9A-Za-z:]|\.[0-9])")
 # Number-shaped items, one scan. Alternatives are tried in this order at each start position;
 # the leading look-ahead lets every other position fail after one character test.
 _NUMERIC = [
-    ("ip4", rf"(?<![0-9.]){_OCTET}(?:\.{_OCTET}){{3}}(?![0-9]|\.[0-9])"),
+    ("ip4", r"(?<![0-9.])" + _IP4 + r"(?![0-9]|\.[0-9])"),
     ("id_card", r"(?<![0-9])[1-9][0-9]{5}(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])"
                 r"(?:0[1-9]|[12][0-9]|3[01])[0-9]{3}[0-9Xx](?![0-9])"),
     ("card", r"(?<![0-9+-])(?:[0-9]{13,19}|[0-9]{4}(?:[ -][0-9]{4}){2,3}(?:[ -][0-9]{1,4})?"
