@@ -4,7 +4,7 @@ from __future__ import annotations
 
 def _html(fig, div_id: str) -> str:
     fig.update_layout(height=280, margin={"t": 30, "b": 40, "l": 50, "r": 10}, showlegend=False)
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False, "responsive": True})
 
 
 def stats_charts(stats: dict, max_length: int | None = None) -> dict[str, str]:
@@ -25,6 +25,7 @@ def stats_charts(stats: dict, max_length: int | None = None) -> dict[str, str]:
         turns = sorted(stats["turns"].items(), key=lambda kv: int(kv[0]))
         fig = go.Figure(go.Bar(x=[int(k) for k, _ in turns], y=[v for _, v in turns]))
         fig.update_layout(title="Turns per conversation", xaxis_title="turns", yaxis_title="rows")
+        fig.update_xaxes(dtick=1)
         charts["turns"] = _html(fig, "chart-turns")
     if stats.get("languages"):
         langs = sorted(stats["languages"].items(), key=lambda kv: -kv[1])

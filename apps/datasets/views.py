@@ -72,7 +72,8 @@ def upload_detail(request, upload_id: int):
     jobs = list(Job.objects.filter(dataset_request__upload=upload).order_by("-id"))
     return render(request, "datasets/upload_detail.html", {
         "upload": upload, "jobs": jobs, "report": upload.report,
-        "bad": (upload.report["total"] - upload.report["valid"]) if upload.report else 0, "can_manage": can_manage(request.user, upload.dataset),
+        "bad": (upload.report["total"] - upload.report["valid"]) if upload.report else 0,
+        "failed": next((j for j in jobs if j.status == "FAILED"), None) if not upload.report else None, "can_manage": can_manage(request.user, upload.dataset),
         "version": DatasetVersion.objects.filter(source_job__in=jobs).first()})
 
 

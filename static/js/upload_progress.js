@@ -5,16 +5,21 @@
   document.querySelectorAll("form[data-upload-progress]").forEach(function (form) {
     form.addEventListener("submit", function (event) {
       const file = form.querySelector("input[type=file]");
-      if (!file || !file.files.length) return;
+      // getAttribute, not form.dataset / form.action: a form's controls shadow its properties by
+      // name, and the upload form has a field named "dataset".
+      const bar = document.getElementById(form.getAttribute("data-upload-progress"));
+      if (!file || !file.files.length || !bar) return;
       event.preventDefault();
-      const bar = document.getElementById(form.dataset.uploadProgress), xhr = new XMLHttpRequest();
+      const xhr = new XMLHttpRequest();
       bar.hidden = false;
       xhr.upload.onprogress = (e) => { if (e.lengthComputable) bar.value = e.loaded / e.total; };
       xhr.onload = () => {
-        if (xhr.responseURL && xhr.responseURL !== location.href) { location.assign(xhr.responseURL); return; }
+        // The XHR already followed the redirect: show the page it got (with its one-time flash
+        // messages) at its own address, rather than fetching it a second time.
+        if (xhr.responseURL && xhr.responseURL !== location.href) history.replaceState(null, "", xhr.responseURL);
         document.open(); document.write(xhr.responseText); document.close();
       };
-      xhr.open("POST", form.action || location.href);
+      xhr.open("POST", form.getAttribute("action") || location.href);
       xhr.send(new FormData(form));
     });
   });

@@ -60,7 +60,10 @@ def test_a_user_uploads_a_file_with_a_bad_line_and_creates_the_version_without_i
     page.fill("#id_dataset_name", "numbers")
     # upload_progress.js posts the form with XHR (a progress bar) and then follows the redirect.
     page.click("#upload-form button[type=submit]")
-    expect(page).to_have_url(re.compile(r"/datasets/uploads/\d+/$"))
+    try:
+        expect(page).to_have_url(re.compile(r"/datasets/uploads/\d+/$"))
+    except AssertionError as exc:
+        raise AssertionError(f"the upload never left the form; errors on the page: {page.js_errors}") from exc
     upload_id = int(re.search(r"/datasets/uploads/(\d+)/$", page.url).group(1))
     expect(page.locator("h1")).to_contain_text("numbers.jsonl")
     expect(page.locator(".flash")).to_contain_text("numbers.jsonl uploaded")

@@ -2,10 +2,9 @@
 import io
 import json
 import random
-import unicodedata
 
 from workers.core.data.cleaning import CleaningSpec, run_cleaning
-from workers.core.data.cleaning.normalize import _normalize_layout, normalize_code, normalize_text
+from workers.core.data.cleaning.normalize import _normalize_layout, nfkc, normalize_code, normalize_text
 from workers.core.reporting import ConsoleReporter
 
 ONLY_NORMALIZE = dict(quality=False, dedup_exact=False, dedup_near=False, pii=False, decontaminate=False)
@@ -13,6 +12,11 @@ ONLY_NORMALIZE = dict(quality=False, dedup_exact=False, dedup_near=False, pii=Fa
 
 def test_nfkc_turns_full_width_letters_digits_and_ligatures_into_plain_ones():
     assert normalize_text("ＡＢＣ　１２３ ﬁne") == "ABC 123 fine"
+
+
+def test_chinese_full_width_sentence_punctuation_is_kept_while_full_width_letters_become_ascii():
+    assert normalize_text("你好，世界！（ＡＩ１２３）：好吗？") == "你好，世界！（AI123）：好吗？"
+    assert normalize_text("５０％的人用＠符号") == "50%的人用@符号"
 
 
 def test_control_characters_and_invisible_marks_are_removed_but_tabs_and_newlines_stay():
@@ -41,11 +45,11 @@ def test_a_code_prompt_keeps_its_layout_and_only_loses_control_characters():
 
 def test_the_quick_check_agrees_with_the_full_rules_and_normalizing_twice_changes_nothing():
     rng = random.Random(3)
-    alphabet = list("ab 中文\t\n\r") + ["  ", "\u3000", "\x00", "\u200b", "ﬁ", "\u2028", "\u1680", "\x85"]
+    alphabet = list("ab 中文，：\t\n\r") + ["  ", "\u3000", "\x00", "\u200b", "ﬁ", "\u2028", "\u1680", "\x85"]
     for _ in range(3000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
         once = normalize_text(text)
-        assert once == _normalize_layout(unicodedata.normalize("NFKC", text)), repr(text)
+        assert once == _normalize_layout(nfkc(text)), repr(text)
         assert normalize_text(once) == once, repr(text)
 
 

@@ -15,8 +15,8 @@ TARGETED = {
     "ellipsis_ratio": "Well... the thing is... that we have... no idea... of it... and so on...",
     "digit_ratio": "The codes 1234567890 1234567890 and 9876543210 are the key to the door.",
     "duplicate_lines": "the cat sat with the dog\nthe cat sat with the dog\nthe cat sat with the dog\nand the end of it",
-    "top_2gram": "buy now buy now buy now buy now buy now and the rest of it is fine to have with us",
-    "few_stop_words": "Quick brown foxes jump over lazy dogs while cats sleep soundly nearby.",
+    "top_2gram": "buy now " * 20 + "and the rest of this page is about shoes that you may like to have with you",
+    "few_stop_words": ("Quick brown foxes jump over lazy dogs while cats sleep soundly nearby. " * 5).strip(),
 }
 
 
@@ -53,6 +53,13 @@ def test_the_stop_word_rule_is_for_english_only_so_chinese_and_classical_poetry_
 def test_chinese_characters_count_as_words_for_the_per_word_rules():
     text = "这是一个很长的中文句子，里面有很多很多的汉字和一个井号#。"
     assert quality_issue(text, "zh", "text", CleaningSpec()) is None  # 1 '#' per ~25 words
+
+
+def test_short_instructions_and_answers_skip_the_two_statistical_rules():
+    for text in ["Translate into French: good morning, my friend.",
+                 "What is the weather like? The weather is fine and the sun is out today."]:
+        assert quality_issue(text, "en", "text", CleaningSpec()) is None
+    assert quality_issue(TARGETED["few_stop_words"][:71], "en", "text", CleaningSpec()) is None
 
 
 def test_a_code_prompt_only_gets_the_length_rules():

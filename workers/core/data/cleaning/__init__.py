@@ -6,16 +6,22 @@ out): normalize -> language -> quality -> dedup_exact -> dedup_near -> pii -> de
                           eval_paths=[gsm8k_path], eval_canonicals=["qa"])
 
 The report: {"stages": [{"name", "enabled", "input_docs", "kept_docs", "dropped_docs",
-"input_chars", "kept_chars", "drop_reasons", "examples", ...stage extras}], "input_docs",
-"output_docs", "output_chars", "seconds", "docs_per_second"}. A skipped stage has
-"enabled": False, "skipped": why, and passes everything through. Stage extras: normalize
-"modified_docs"; language "languages" {code: n}, "keep"; dedup_near "threshold", "num_perm",
-"shingle", "bands", "rows", "index_bytes"; pii "pii" {email, phone, id_card, credit_card, ip},
-"modified_docs" (its examples are masked records, not drops); decontaminate "ngram",
-"eval_sets" {name: {items, ngrams, items_shorter_than_n, dropped_docs}}.
+"input_chars", "kept_chars", "drop_reasons", "examples", "seconds", ...stage extras}],
+"input_docs", "output_docs", "output_chars", "seconds", "docs_per_second"}.
 
-Heavy libraries (numpy, datasketch, langid) are imported when a stage first runs, so importing
-this package is cheap.
+* drop_reasons are keyed by rule: "empty" (normalize); "language:<code>"; too_short, too_long,
+  hash_ratio, ellipsis_ratio, digit_ratio, duplicate_lines, top_2gram, few_stop_words
+  (quality.RULES); exact_duplicate; near_duplicate; "eval:<set name>".
+* examples: the first 5 drops of a stage, {"line", "reason" (a sentence with the measured
+  value), "text" (first 300 characters)}; the pii stage lists its first 5 masked records.
+* A skipped stage has "enabled": False and "skipped": why, and passes everything through.
+* Stage extras: normalize "modified_docs"; language "languages" {code: n}, "keep"; dedup_near
+  "threshold", "num_perm", "shingle", "bands", "rows", "index_bytes"; pii "pii" {email, phone,
+  id_card, credit_card, ip}, "modified_docs"; decontaminate "ngram", "eval_sets" {name: {items,
+  ngrams, items_shorter_than_n, dropped_docs}}.
+
+numpy and langid are imported when a stage first runs, so importing this package is cheap;
+langid's model loads once per process (~3 s). PII tokens: [EMAIL] [PHONE] [ID] [CARD] [IP].
 """
 from .pipeline import STAGES, run_cleaning
 from .spec import CleaningSpec

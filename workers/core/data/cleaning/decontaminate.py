@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..schema import record_text
+from ..schema import CANONICAL_FORMATS, record_text
 from .dedup import fmix64
 from .text import words_of
 
@@ -117,6 +117,9 @@ def load_eval_index(paths, canonicals, n: int, names=(), on_file=None) -> EvalIn
         raise ValueError(f"{len(paths)} evaluation sets but {len(canonicals)} canonical formats")
     if names and len(names) != len(paths):
         raise ValueError(f"{len(paths)} evaluation sets but {len(names)} names")
+    unknown = [fmt for fmt in canonicals if fmt not in CANONICAL_FORMATS]
+    if unknown:
+        raise ValueError(f"unknown canonical format {unknown[0]!r} for an evaluation set")
     index = EvalIndex(n)
     for i, (path, fmt) in enumerate(zip(paths, canonicals)):
         path = Path(path)

@@ -1,11 +1,14 @@
 """Stage 1: Unicode NFKC, control characters, whitespace.
 
-Prose fields: NFKC; CR/LF and U+2028/2029 become "\\n"; control and invisible format characters
-are removed (tab and newline kept); inside a line, runs of spaces collapse to one space (a run
-holding a tab becomes one tab); trailing spaces go; three or more line breaks become two; the
-ends are stripped. Leading indentation is kept, so code blocks and lists inside chat answers
-survive. The prompt of a code record is code: it only loses control characters and gets "\\n"
-line ends (no NFKC, which could change identifiers, and no whitespace changes).
+Prose fields: NFKC, except the full-width punctuation of Chinese text (，！？：；（）～), which
+NFKC would turn into ASCII and so teach a model to write "," inside Chinese sentences
+(full-width letters and digits still become ASCII: ＡＢＣ１２３ -> ABC123); CR/LF and U+2028/2029
+become "\\n"; control and invisible format characters are removed (tab and newline kept); inside
+a line, runs of spaces collapse to one space (a run holding a tab becomes one tab); trailing
+spaces go; three or more line breaks become two; the ends are stripped. Leading indentation is
+kept, so code blocks and lists inside chat answers survive. The prompt of a code record is
+code: it only loses control characters and gets "\\n" line ends (no NFKC, which could change
+identifiers, and no whitespace changes).
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ import unicodedata
 
 # C0/C1 controls except \t \n, soft hyphen, zero-width space, word joiner, BOM, lone surrogates
 # (which cannot be written as UTF-8). ZWJ/ZWNJ stay: emoji sequences and some scripts need them.
+# Chinese sentence punctuation that NFKC would map to ASCII; kept as written
+_CJK_PUNCT = re.compile("([\uff01\uff08\uff09\uff0c\uff1a\uff1b\uff1f\uff5e]+)")
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u200b\u2060\ufeff\ud800-\udfff]")
 _LINE_BREAK = re.compile("\r\n?|[\u2028\u2029]")
 _TRAILING = re.compile(r"[^\S\n]+(?=\n|\Z)")
@@ -37,8 +42,18 @@ def _collapse(match: re.Match) -> str:
 def normalize_text(text: str) -> str:
     """NFKC + control characters + whitespace, for prose."""
     if not text.isascii():
-        text = unicodedata.normalize("NFKC", text)
+        text = nfkc(text)
     return text if _clean(text) else _normalize_layout(text)
+
+
+def nfkc(text: str) -> str:
+    """NFKC that keeps Chinese full-width sentence punctuation."""
+    if unicodedata.is_normalized("NFKC", text):
+        return text
+    if not _CJK_PUNCT.search(text):
+        return unicodedata.normalize("NFKC", text)
+    parts = _CJK_PUNCT.split(text)  # odd items: the punctuation runs
+    return "".join(part if i % 2 else unicodedata.normalize("NFKC", part) for i, part in enumerate(parts))
 
 
 def _normalize_layout(text: str) -> str:

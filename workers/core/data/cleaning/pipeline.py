@@ -10,12 +10,18 @@ A record that no stage modified is written back byte for byte; a modified one (n
 is re-serialized in canonical form with its text changed where it lives. The output is written
 to a temporary sibling and renamed into place, so a cancelled or failed run leaves nothing at
 `out_path`.
+
+Reporting: the cancel flag is checked before every chunk; progress goes out after a chunk when
+0.5 s have passed since the last one ("cleaning: 5120/20000 records, 4811 kept" — the stages run
+together, so there is one counter for all of them); at the end each stage's kept count is a
+metric `kept_<stage>` with step = the stage's position, and one log line per stage.
 """
 from __future__ import annotations
 
 import json
 import os
 import time
+from array import array
 from collections import Counter
 from pathlib import Path
 
@@ -64,12 +70,15 @@ class Stage:
         self.input_chars = self.kept_chars = 0
         self.drop_reasons: Counter = Counter()
         self.examples: list[dict] = []
+        self.seconds = 0.0
 
     def run(self, docs: list[Doc]) -> list[Doc]:
         self.input_docs += len(docs)
         self.input_chars += sum(len(d.text) for d in docs)
         if self.enabled and docs:
+            started = time.perf_counter()
             docs = self.process(docs)
+            self.seconds += time.perf_counter() - started
         self.kept_docs += len(docs)
         self.kept_chars += sum(len(d.text) for d in docs)
         return docs
@@ -95,6 +104,7 @@ class Stage:
             "input_docs": self.input_docs, "kept_docs": self.kept_docs, "dropped_docs": self.dropped_docs,
             "input_chars": self.input_chars, "kept_chars": self.kept_chars,
             "drop_reasons": dict(self.drop_reasons.most_common()), "examples": self.examples,
+            "seconds": round(self.seconds, 3),
         }
         if self.skip_reason:
             out["skipped"] = self.skip_reason
@@ -199,7 +209,7 @@ class NearDedupStage(Stage):
     def __init__(self, *args) -> None:
         super().__init__(*args)
         self.index = None
-        self.kept_lines: list[int] = []
+        self.kept_lines = array("q")  # line of each kept document, by index id
 
     def process(self, docs):
         if self.index is None:
@@ -222,7 +232,7 @@ class NearDedupStage(Stage):
 
         n_bands, rows = bands(self.spec.near_threshold, self.spec.num_perm)
         return {"threshold": self.spec.near_threshold, "num_perm": self.spec.num_perm,
-                "shingle": f"{SHINGLE} characters", "bands": n_bands, "rows": rows,
+                "shingle": f"{SHINGLE} columns (CJK characters are 2)", "bands": n_bands, "rows": rows,
                 "index_bytes": self.index.memory_bytes() if self.index else 0}
 
 
@@ -301,6 +311,11 @@ def run_cleaning(in_path: Path, out_path: Path, canonical: str, spec: CleaningSp
         reporter.progress(0.0, f"decontaminate: indexing {len(eval_paths)} evaluation set(s)")
         index = load_eval_index(eval_paths, eval_canonicals, spec.decontam_ngram, names=eval_names,
                                 on_file=lambda done, n: check_cancelled(reporter))
+    from .language import identifier
+
+    reporter.progress(0.0, "language: loading the langid model")
+    identifier()  # ~3 s the first time in a process; before the first chunk, not inside it
+    check_cancelled(reporter)
     args = (canonical, spec)
     stages = [
         NormalizeStage(spec.normalize, *args),

@@ -6,7 +6,10 @@ per-word and n-gram rules mean the same thing for Chinese as for English. The En
 rule is applied only to documents identified as English: there is no Chinese counterpart here,
 because a Chinese stop-word rule (的/了/是 …) would drop classical Chinese such as Tang poetry and
 short answers, which are wanted data. The rules run in the order below and the first one that
-fails names the reason. A code record (HumanEval-style prompt) only gets the length rules: '#'
+fails names the reason. The two statistical rules — the most frequent 2-gram and the stop words —
+need at least STATISTICS_MIN_WORDS (50) words, Gopher's own minimum document length: in a
+one-line instruction or answer, "the weather ... the weather" is already 25% of the characters
+and "Translate: bonjour" has no stop word. A code record (HumanEval-style prompt) only gets the length rules: '#'
 comments, digits and repeated lines are normal in code.
 """
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections import Counter
 from .text import tokens
 
 STOP_WORDS = frozenset(["the", "be", "to", "of", "and", "that", "have", "with"])
-_DIGITS = str.maketrans("", "", "0123456789")
+STATISTICS_MIN_WORDS = 50
 
 # rule id -> what it means (the report's drop_reasons are keyed by rule id)
 RULES = {
@@ -50,11 +53,11 @@ def quality_issue(text: str, lang: str, fmt: str, spec, words: list[str] | None 
     ellipses = text.count("...") + text.count("\u2026")
     if ellipses and ellipses / n_words > spec.max_symbol_ratio:
         return "ellipsis_ratio", f"'...' per word {ellipses / n_words:.2f} > {spec.max_symbol_ratio}"
-    compact = "".join(text.split())
-    if compact:
-        digits = len(compact) - len(compact.translate(_DIGITS))
-        if digits / len(compact) > spec.max_digit_ratio:
-            return "digit_ratio", f"digit fraction {digits / len(compact):.2f} > {spec.max_digit_ratio}"
+    visible = n - text.count(" ") - text.count("\n") - text.count("\t")  # after normalize: all the spaces
+    if visible > 0:
+        digits = sum(map(text.count, "0123456789"))
+        if digits / visible > spec.max_digit_ratio:
+            return "digit_ratio", f"digit fraction {digits / visible:.2f} > {spec.max_digit_ratio}"
     if "\n" in text:
         lines = [line.strip() for line in text.split("\n")]
         lines = [line for line in lines if line]
@@ -63,13 +66,14 @@ def quality_issue(text: str, lang: str, fmt: str, spec, words: list[str] | None 
             if repeated > spec.max_duplicate_line_fraction:
                 return "duplicate_lines", (f"{repeated:.0%} of lines are repeats > "
                                            f"{spec.max_duplicate_line_fraction:.0%}")
-    if len(words) >= 4:
-        (first, second), count = Counter(zip(words, words[1:])).most_common(1)[0]
-        if count > 1:
-            fraction = count * (len(first) + len(second)) / sum(map(len, words))
-            if fraction > spec.max_top_ngram_fraction:
-                return "top_2gram", (f"2-gram '{first} {second}' x{count} covers {fraction:.0%} of the "
-                                     f"characters > {spec.max_top_ngram_fraction:.0%}")
+    if len(words) < STATISTICS_MIN_WORDS:
+        return None
+    (first, second), count = Counter(zip(words, words[1:])).most_common(1)[0]
+    if count > 1:
+        fraction = count * (len(first) + len(second)) / sum(map(len, words))
+        if fraction > spec.max_top_ngram_fraction:
+            return "top_2gram", (f"2-gram '{first} {second}' x{count} covers {fraction:.0%} of the "
+                                 f"characters > {spec.max_top_ngram_fraction:.0%}")
     if lang == "en" and spec.require_stop_words:
         found = STOP_WORDS.intersection(words)
         if len(found) < spec.require_stop_words:

@@ -30,8 +30,11 @@ def words_of(text: str) -> list[str]:
 
 
 def dedup_view(text: str) -> str:
-    """The text that exact and near deduplication compare: lower-cased, whitespace runs
-    collapsed to one space, so layout differences do not hide a duplicate."""
+    """The text that exact and near deduplication compare: NFKC (full-width and ASCII
+    punctuation alike), lower-cased, whitespace runs collapsed to one space, so layout and
+    width differences do not hide a duplicate."""
+    if not text.isascii() and not unicodedata.is_normalized("NFKC", text):
+        text = unicodedata.normalize("NFKC", text)
     return " ".join(text.lower().split())
 
 
