@@ -110,7 +110,8 @@ def start_import(user, upload: DatasetUpload, *, exclude_invalid: bool, tokenize
 def start_clean(user, version: DatasetVersion, cleaning: dict, eval_versions=()) -> Job:
     _require_manager(user, version.dataset)
     params = {"input_path": str(version.path), "canonical": version.canonical, "cleaning": cleaning,
-              "eval_paths": [str(v.path) for v in eval_versions], "eval_canonicals": [v.canonical for v in eval_versions]}
+              "eval_paths": [str(v.path) for v in eval_versions], "eval_canonicals": [v.canonical for v in eval_versions],
+              "eval_names": [str(v) for v in eval_versions]}
     uses = [(version, "input")] + [(v, "decontamination") for v in eval_versions]
     return _job(user, "dataset_clean", params, {"dataset": version.dataset, "parent": version, "source": "cleaning"},
                 uses=uses, title=f"Clean {version}")

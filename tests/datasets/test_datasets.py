@@ -230,3 +230,20 @@ def test_a_version_in_use_cannot_be_deleted(client, owner, api_token):
     path = child.path
     services.delete_version(owner, child)
     assert not path.exists()
+
+
+def test_cleaning_against_a_chosen_evaluation_set_drops_contaminated_training_records(client, owner, api_token):
+    leaked = ("Natalia sold clips to forty eight of her friends in April and then she sold half as many clips "
+              "in May so how many clips did Natalia sell altogether in April and May")
+    train = [{"text": f"An ordinary training paragraph number {i} that talks about the weather and the sea and the hills."}
+             for i in range(10)] + [{"text": f"Here is a copied problem. {leaked}. It was on the test."}]
+    evals = [{"question": leaked + "?", "answer": "72"}]
+    source = make_version(client, owner, api_token, "\n".join(json.dumps(d) for d in train).encode(), "train")
+    benchmark = make_version(client, owner, api_token, "\n".join(json.dumps(d) for d in evals).encode(), "bench")
+    job = run(services.start_clean(owner, source, {"quality": False, "dedup_near": False}, [benchmark]))
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    cleaned = DatasetVersion.objects.get(source_job=job)
+    stage = next(s for s in cleaned.cleaning_report["stages"] if s["name"] == "decontaminate")
+    assert stage["dropped_docs"] == 1 and cleaned.rows == 10
+    assert "Natalia" not in cleaned.path.read_text()
+    assert set(benchmark.uses.values_list("role", flat=True)) == {"decontamination"}

@@ -92,6 +92,7 @@ class DatasetCleanSpec:
     cleaning: dict = field(default_factory=dict)  # CleaningSpec fields
     eval_paths: list = field(default_factory=list)
     eval_canonicals: list = field(default_factory=list)
+    eval_names: list = field(default_factory=list)  # shown in the report instead of file names
 
     def validate(self) -> None:
         _require_absolute("input_path", self.input_path)
@@ -111,7 +112,8 @@ def run_dataset_clean(spec: DatasetCleanSpec, reporter: Reporter) -> dict:
 
     cleaning = build_spec(CleaningSpec, spec.cleaning)
     report = run_cleaning(Path(spec.input_path), Path(spec.output_path), spec.canonical, cleaning, reporter,
-                          eval_paths=[Path(p) for p in spec.eval_paths], eval_canonicals=list(spec.eval_canonicals))
+                          eval_paths=[Path(p) for p in spec.eval_paths], eval_canonicals=list(spec.eval_canonicals),
+                          eval_names=list(spec.eval_names))
     out = Path(spec.output_path)
     stats = _stats(out, spec.canonical, "", 0, reporter)
     return {"created": True, "format": spec.canonical, "canonical": spec.canonical, "rows": report["output_docs"],

@@ -124,7 +124,7 @@ class StopAfter(ConsoleReporter):
 def test_a_cancel_mid_run_raises_job_cancelled_and_leaves_nothing_at_the_output_path(tmp_path):
     src = _write(tmp_path / "in.jsonl", [{"text": f"{EN[i % 4]} Record {i}.", "meta": {"line": i}} for i in range(1000)])
     out = tmp_path / "clean" / "out.jsonl"
-    reporter = StopAfter(checks=3)  # the start and two chunks of 256 records
+    reporter = StopAfter(checks=3)  # the start, after the model load, the first chunk of 256; stops at the 2nd
     with pytest.raises(JobCancelled):
         run_cleaning(src, out, "text", CleaningSpec(), reporter)
     assert reporter.checks < 0
