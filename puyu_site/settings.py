@@ -152,7 +152,7 @@ FILE_UPLOAD_TEMP_DIR = str(UPLOAD_DIR)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 2**20
 # Refuse an over-size upload from its Content-Length, before any of it is written to disk.
 FILE_UPLOAD_HANDLERS = [
-    "apps.registry.uploads.SizeLimitUploadHandler",
+    "apps.studio.uploads.SizeLimitUploadHandler",
     "django.core.files.uploadhandler.MemoryFileUploadHandler",
     "django.core.files.uploadhandler.TemporaryFileUploadHandler",
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 import uuid
 from pathlib import Path
 
@@ -13,19 +12,24 @@ from django.db import transaction
 from django.db.models import Max
 
 from apps.accounts.visibility import can_manage
-from apps.datasets.models import Dataset, DatasetRequest, DatasetUpload, DatasetVersion, DatasetVersionUse
+from apps.datasets.models import (
+    Dataset,
+    DatasetRequest,
+    DatasetUpload,
+    DatasetVersion,
+    DatasetVersionUse,
+)
 from apps.jobs import services as jobs
 from apps.jobs.models import Job, JobStatus
+from apps.studio import uploads
 
 UPLOAD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt", ".jsonl.gz", ".json.gz")
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 DATASET_KINDS = ("dataset_import", "dataset_clean", "dataset_generate")
 
 
-class DatasetError(ValueError):
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field, self.reason = field, reason
+class DatasetError(jobs.InvalidParams):
+    """A refused dataset change; names the field (`.field`) and the reason (`.reason`)."""
 
 
 class PermissionDenied(jobs.PermissionDenied):
@@ -49,26 +53,6 @@ def target_dataset(user, dataset: Dataset | None, name: str = "", description: s
     return Dataset.objects.create(owner=user, name=name, description=description)
 
 
-def _store(uploaded) -> tuple[str, int]:
-    name = uploaded.name.lower()
-    suffix = next((s for s in sorted(UPLOAD_SUFFIXES, key=len, reverse=True) if name.endswith(s)), None)
-    if suffix is None:
-        raise DatasetError("file", f"{uploaded.name!r}: upload one of {', '.join(UPLOAD_SUFFIXES)}")
-    if uploaded.size == 0:
-        raise DatasetError("file", f"{uploaded.name!r} is empty (0 bytes)")
-    if uploaded.size > settings.MAX_UPLOAD_BYTES:
-        raise DatasetError("file", f"{uploaded.name!r} is {uploaded.size:,} bytes; the limit is {settings.MAX_UPLOAD_BYTES:,}")
-    stored = f"{uuid.uuid4().hex}{suffix}"
-    target = settings.UPLOAD_DIR / stored
-    if hasattr(uploaded, "temporary_file_path"):
-        shutil.move(uploaded.temporary_file_path(), target)
-    else:
-        with open(target, "wb") as fh:
-            for chunk in uploaded.chunks():
-                fh.write(chunk)
-    return stored, uploaded.size
-
-
 def _job(user, kind: str, params: dict, request: dict, *, uses=(), title: str = "", retry_of=None) -> Job:
     with transaction.atomic():
         uid = uuid.uuid4()
@@ -88,8 +72,8 @@ def upload_file(user, uploaded, *, dataset: Dataset | None = None, dataset_name:
         raise DatasetError("column_map", "must map field names to column names (strings)")
     with transaction.atomic():
         target = target_dataset(user, dataset, dataset_name, description)
-        stored, size = _store(uploaded)
-        upload = DatasetUpload.objects.create(dataset=target, filename=uploaded.name[:255], stored_name=stored, size_bytes=size,
+        stored = uploads.store_upload(uploaded, UPLOAD_SUFFIXES, "file")
+        upload = DatasetUpload.objects.create(dataset=target, filename=uploaded.name[:255], stored_name=stored, size_bytes=uploaded.size,
                                               format=fmt, column_map=column_map or {}, created_by=user)
         job = start_import(user, upload, exclude_invalid=False, tokenizer_dir=tokenizer_dir, max_length=max_length)
     return upload, job

@@ -22,15 +22,14 @@ from apps.registry.models import (
     VersionRequest,
     VersionUse,
 )
+from apps.studio import uploads
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
-class RegistryError(ValueError):
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field, self.reason = field, reason
+class RegistryError(jobs.InvalidParams):
+    """A refused registry change; names the field (`.field`) and the reason (`.reason`)."""
 
 
 class PermissionDenied(jobs.PermissionDenied):
@@ -69,23 +68,7 @@ def resolve_import_choice(value: str) -> Path:
 
 
 def store_upload(uploaded) -> str:
-    """Move an uploaded archive (already streamed to disk by Django) under the upload dir with
-    a name built from a uuid; returns that name."""
-    name = uploaded.name.lower()
-    suffix = next((s for s in ARCHIVE_SUFFIXES if name.endswith(s)), None)
-    if suffix is None:
-        raise RegistryError("archive", f"{uploaded.name!r}: upload a .zip, .tar, .tar.gz or .tgz archive")
-    if uploaded.size > settings.MAX_UPLOAD_BYTES:
-        raise RegistryError("archive", f"{uploaded.name!r} is {uploaded.size:,} bytes; the limit is {settings.MAX_UPLOAD_BYTES:,}")
-    stored = f"{uuid.uuid4().hex}{suffix}"
-    target = settings.UPLOAD_DIR / stored
-    if hasattr(uploaded, "temporary_file_path"):
-        shutil.move(uploaded.temporary_file_path(), target)
-    else:
-        with open(target, "wb") as fh:
-            for chunk in uploaded.chunks():
-                fh.write(chunk)
-    return stored
+    return uploads.store_upload(uploaded, ARCHIVE_SUFFIXES, "archive")
 
 
 def _target_model(user, model: RegisteredModel | None, model_name: str, description: str) -> RegisteredModel:

@@ -141,7 +141,7 @@ class DatasetGenerateSpec:
 def run_dataset_generate(spec: DatasetGenerateSpec, reporter: Reporter) -> dict:
     """Generated records go through the same importer as an upload, so they are validated and
     normalized exactly like user data (ShareGPT ones are converted on the way)."""
-    from workers.core.data import formats, generators
+    from workers.core.data import generators
 
     if spec.generator == "arithmetic":
         records, fmt = generators.arithmetic_word_problems(spec.n, spec.seed), "qa"
