@@ -122,6 +122,26 @@ def upload(request, file: File[UploadedFile], dataset_name: Form[str] = "", data
     return Status(201, upload)
 
 
+class HubImportIn(Schema):
+    hub_id: str
+    hub_file: str
+    dataset_name: str = ""
+    dataset_id: int | None = None
+    format: str = ""
+    column_map: dict[str, str] = {}
+
+
+@router.post("/datasets/import-hub", response={201: UploadOut})
+def import_hub(request, payload: HubImportIn):
+    """Fetch a data file from a hub dataset repository (when the workers can reach a hub)."""
+    dataset = _dataset(request, payload.dataset_id) if payload.dataset_id else None
+    upload, job = _act(lambda: services.import_from_hub(request.auth, payload.hub_id, payload.hub_file, dataset=dataset,
+                                                        dataset_name=payload.dataset_name, fmt=payload.format,
+                                                        column_map=payload.column_map))
+    upload.job = job
+    return Status(201, upload)
+
+
 @router.post("/datasets/generate", response={201: JobOut})
 def generate(request, payload: GenerateIn):
     dataset = _dataset(request, payload.dataset_id) if payload.dataset_id else None

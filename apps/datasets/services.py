@@ -79,13 +79,34 @@ def upload_file(user, uploaded, *, dataset: Dataset | None = None, dataset_name:
     return upload, job
 
 
+def import_from_hub(user, hub_id: str, hub_file: str, *, dataset: Dataset | None = None, dataset_name: str = "",
+                    fmt: str = "", column_map: dict | None = None) -> tuple[DatasetUpload, Job]:
+    """Like an upload, but the worker fetches the file from a hub dataset repository first (a
+    clear error when the machine is offline)."""
+    hub_id, hub_file = hub_id.strip(), hub_file.strip().lstrip("/")
+    if "/" not in hub_id:
+        raise DatasetError("hub_id", f"expected a dataset id like 'org/name', got {hub_id!r}")
+    suffix = next((s for s in sorted(UPLOAD_SUFFIXES, key=len, reverse=True) if hub_file.lower().endswith(s)), None)
+    if suffix is None or ".." in hub_file.split("/"):
+        raise DatasetError("hub_file", f"{hub_file!r}: name a data file in the repository ({', '.join(UPLOAD_SUFFIXES)})")
+    with transaction.atomic():
+        target = target_dataset(user, dataset, dataset_name, f"from the hub dataset {hub_id}")
+        upload = DatasetUpload.objects.create(dataset=target, filename=hub_file.rsplit("/", 1)[-1][:255],
+                                              stored_name=f"{uuid.uuid4().hex}{suffix}", size_bytes=0, format=fmt,
+                                              column_map=column_map or {}, created_by=user)
+        job = start_import(user, upload, exclude_invalid=False, hub=(hub_id, hub_file))
+    return upload, job
+
+
 def start_import(user, upload: DatasetUpload, *, exclude_invalid: bool, tokenizer_dir: str = "", max_length: int = 0,
-                 retry_of=None) -> Job:
+                 retry_of=None, hub: tuple[str, str] | None = None) -> Job:
     _require_manager(user, upload.dataset)
-    if not upload.path.exists():
+    if hub is None and not upload.path.exists():
         raise DatasetError("upload", "the uploaded file is gone (a version was already created from it); upload it again")
     params = {"path": str(upload.path), "filename": upload.filename, "format": upload.format, "column_map": upload.column_map,
               "exclude_invalid": exclude_invalid, "tokenizer_dir": tokenizer_dir, "max_length": max_length}
+    if hub:
+        params.update(hub_id=hub[0], hub_file=hub[1])
     title = f"Import {upload.filename} into {upload.dataset.name}" + (" (excluding bad records)" if exclude_invalid else "")
     return _job(user, "dataset_import", params, {"dataset": upload.dataset, "upload": upload, "source": "upload"}, title=title,
                 retry_of=retry_of)
@@ -123,7 +144,8 @@ def record_job_result(job: Job, result: dict) -> dict:
     the job wrote a version, register it (idempotent: one version per job)."""
     request = DatasetRequest.objects.select_related("upload", "dataset").get(job=job)
     if request.upload_id and "report" in result:
-        DatasetUpload.objects.filter(pk=request.upload_id).update(report=result["report"])
+        size = request.upload.path.stat().st_size if request.upload.path.exists() else request.upload.size_bytes
+        DatasetUpload.objects.filter(pk=request.upload_id).update(report=result["report"], size_bytes=size)
     if not result.get("created"):
         return result
     version = DatasetVersion.objects.filter(source_job=job).first()

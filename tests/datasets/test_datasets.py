@@ -247,3 +247,24 @@ def test_cleaning_against_a_chosen_evaluation_set_drops_contaminated_training_re
     assert stage["dropped_docs"] == 1 and cleaned.rows == 10
     assert "Natalia" not in cleaned.path.read_text()
     assert set(benchmark.uses.values_list("role", flat=True)) == {"decontamination"}
+
+
+def test_a_hub_dataset_import_on_an_offline_machine_fails_with_a_clear_reason(client, owner, api_token, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    response = client.post("/api/datasets/import-hub", {"hub_id": "openai/gsm8k", "hub_file": "main/test.jsonl",
+                                                        "dataset_name": "gsm8k"},
+                           content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {api_token(owner)}")
+    assert response.status_code == 201, response.content
+    job = run(Job.objects.get(pk=response.json()["job"]["id"]))
+    assert job.status == JobStatus.FAILED
+    assert job.error == ("DataFileError: main/test.jsonl: cannot reach the hub to fetch 'openai/gsm8k' "
+                         "(this machine is offline); upload the file instead")
+    assert not DatasetVersion.objects.exists()
+
+
+@pytest.mark.parametrize("hub_id, hub_file, field", [("gsm8k", "test.jsonl", "hub_id"), ("openai/gsm8k", "../x.jsonl", "hub_file"),
+                                                      ("openai/gsm8k", "model.bin", "hub_file")])
+def test_a_bad_hub_reference_is_refused_before_any_job(owner, hub_id, hub_file, field):
+    with pytest.raises(services.DatasetError) as error:
+        services.import_from_hub(owner, hub_id, hub_file, dataset_name="x")
+    assert error.value.field == field and not Job.objects.exists()

@@ -50,11 +50,38 @@ class DatasetImportSpec:
     exclude_invalid: bool = False
     tokenizer_dir: str = ""
     max_length: int = 0
+    hub_id: str = ""  # a dataset repository on a model hub: downloaded to `path` first
+    hub_file: str = ""  # the file in that repository
 
     def validate(self) -> None:
         _require_absolute("path", self.path)
         _require_absolute("output_path", self.output_path)
         require_range("max_length", self.max_length, 0, 1_000_000)
+        if self.hub_id and ("/" not in self.hub_id or not self.hub_file):
+            raise SpecError("hub_id", f"expected a dataset id like 'org/name' and a file in it, got {self.hub_id!r} / {self.hub_file!r}")
+
+
+def download_from_hub(hub_id: str, hub_file: str, target: Path, reporter: Reporter) -> None:
+    """Fetch one data file of a hub dataset repository (when this machine can reach a hub)."""
+    import shutil
+
+    from workers.core.data.formats import DataFileError
+
+    reporter.log(f"downloading {hub_file} from the hub dataset {hub_id}")
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            fetched = hf_hub_download(hub_id, hub_file, repo_type="dataset", local_dir=tmp, etag_timeout=10)
+            shutil.move(fetched, target)
+    except LocalEntryNotFoundError:
+        raise DataFileError(hub_file, f"cannot reach the hub to fetch {hub_id!r} (this machine is offline); "
+                                            "upload the file instead") from None
+    except ImportError:  # pragma: no cover - installed with transformers
+        raise DataFileError(hub_file, "huggingface_hub is not installed on this worker") from None
+    except Exception as exc:
+        raise DataFileError(hub_file, f"could not fetch it from {hub_id!r}: {exc}") from None
 
 
 def run_dataset_import(spec: DatasetImportSpec, reporter: Reporter) -> dict:
@@ -62,6 +89,8 @@ def run_dataset_import(spec: DatasetImportSpec, reporter: Reporter) -> dict:
     return the report (no version). Otherwise write the normalized version and measure it."""
     from workers.core.data import formats
 
+    if spec.hub_id and not Path(spec.path).exists():
+        download_from_hub(spec.hub_id, spec.hub_file, Path(spec.path), reporter)
     reporter.progress(0.05, "validating every record")
     report = formats.validate(Path(spec.path), spec.filename, spec.format or None, spec.column_map or None)
     summary = asdict(report)
