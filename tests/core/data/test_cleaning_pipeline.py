@@ -93,8 +93,10 @@ def test_progress_and_metrics_are_reported_per_stage(tmp_path, reporter):
     src = _write(tmp_path / "in.jsonl", [{"text": f"{EN[i % 4]} Record number {i}.", "meta": {"line": i}}
                                          for i in range(600)])
     run_cleaning(src, tmp_path / "out.jsonl", "text", CleaningSpec(), reporter)
-    assert [(name, step) for name, step, _ in reporter.metrics] == [(f"kept_{s}", i) for i, s in enumerate(STAGES)]
-    assert reporter.metrics[0][2] == 600
+    funnel = [(name, step) for name, step, _ in reporter.metrics if name == "kept_after_stage"]
+    assert funnel == [("kept_after_stage", i) for i in range(len(STAGES))]
+    assert next(value for name, _, value in reporter.metrics if name == "kept_after_stage") == 600
+    assert all(name in ("kept_after_stage", "records_kept") for name, _, _ in reporter.metrics)
     assert reporter.fractions == sorted(reporter.fractions) and reporter.fractions[-1] == 1.0
     assert "decontaminate: skipped (no evaluation sets selected)" in reporter.lines
 
@@ -203,3 +205,13 @@ def test_a_bad_spec_is_refused_with_the_field_named(params, field):
 def test_run_cleaning_validates_the_spec_it_is_given(tmp_path, reporter):
     with pytest.raises(SpecError):
         run_cleaning(tmp_path / "missing.jsonl", tmp_path / "out.jsonl", "text", CleaningSpec(num_perm=1), reporter)
+
+
+def test_the_live_progress_message_says_what_each_stage_has_dropped_so_far():
+    from types import SimpleNamespace
+
+    from workers.core.data.cleaning.pipeline import _live_message
+
+    stages = [SimpleNamespace(name="quality", dropped_docs=12), SimpleNamespace(name="pii", dropped_docs=0),
+              SimpleNamespace(name="dedup_near", dropped_docs=3)]
+    assert _live_message(512, 2000, 497, stages) == "cleaning: 512/2000 records, 497 kept (quality −12, dedup_near −3)"

@@ -14,7 +14,9 @@ to a temporary sibling and renamed into place, so a cancelled or failed run leav
 Reporting: the cancel flag is checked before every chunk; progress goes out after a chunk when
 0.5 s have passed since the last one ("cleaning: 5120/20000 records, 4811 kept" — the stages run
 together, so there is one counter for all of them); at the end each stage's kept count is a
-metric `kept_<stage>` with step = the stage's position, and one log line per stage.
+metric `kept_after_stage` with step = the stage's position (the funnel), and one log line per
+stage. While it runs, the progress message says what each stage has dropped so far and the
+metric `records_kept` (step = records read) draws the live curve.
 """
 from __future__ import annotations
 
@@ -346,7 +348,8 @@ def run_cleaning(in_path: Path, out_path: Path, canonical: str, spec: CleaningSp
                 now = time.monotonic()
                 if now - last_report >= PROGRESS_SECONDS:
                     last_report = now
-                    reporter.progress(read / max(total, 1), f"cleaning: {read}/{total} records, {written} kept")
+                    reporter.progress(read / max(total, 1), _live_message(read, total, written, stages))
+                    reporter.metric("records_kept", step=read, value=written)
             dst.flush()
             os.fsync(dst.fileno())
         check_cancelled(reporter)
@@ -357,8 +360,9 @@ def run_cleaning(in_path: Path, out_path: Path, canonical: str, spec: CleaningSp
 
     seconds = time.monotonic() - started
     reports = [stage.report() for stage in stages]
+    # One series, the funnel: documents left after stage 0, 1, 2, … (one chart axis, not seven).
     for step, stage in enumerate(reports):
-        reporter.metric(f"kept_{stage['name']}", step=step, value=stage["kept_docs"])
+        reporter.metric("kept_after_stage", step=step, value=stage["kept_docs"])
     for stage in reports:
         if stage["enabled"]:
             reasons = ", ".join(f"{k} {v}" for k, v in stage["drop_reasons"].items()) or "none dropped"
@@ -374,6 +378,12 @@ def run_cleaning(in_path: Path, out_path: Path, canonical: str, spec: CleaningSp
         "seconds": round(seconds, 3),
         "docs_per_second": round(stages[0].input_docs / seconds, 1) if seconds > 0 else None,
     }
+
+
+def _live_message(read: int, total: int, written: int, stages) -> str:
+    """Per-stage progress for the job page: what each stage has dropped so far."""
+    dropped = ", ".join(f"{stage.name} −{stage.dropped_docs}" for stage in stages if stage.dropped_docs)
+    return f"cleaning: {read}/{total} records, {written} kept" + (f" ({dropped})" if dropped else "")
 
 
 def _count_lines(path: Path) -> int:
