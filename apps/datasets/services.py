@@ -20,11 +20,10 @@ from apps.datasets.models import (
     DatasetVersionUse,
 )
 from apps.jobs import services as jobs
-from apps.jobs.models import Job, JobStatus
+from apps.jobs.models import Job
 from apps.studio import uploads
 
 UPLOAD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt", ".jsonl.gz", ".json.gz")
-ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 DATASET_KINDS = ("dataset_import", "dataset_clean", "dataset_generate")
 
 
@@ -190,8 +189,7 @@ def search_rows(version: DatasetVersion, query: str, *, limit: int = 50) -> list
 
 def usage_blockers(version: DatasetVersion) -> list[str]:
     blockers = [f"{child} was derived from it" for child in version.children.all()]
-    blockers += [f"{use.job} ({use.job.get_status_display().lower()}) uses it as {use.role}"
-                 for use in version.uses.select_related("job").filter(job__status__in=ACTIVE)]
+    blockers += jobs.active_use_blockers(version.uses)
     return blockers
 
 

@@ -98,6 +98,13 @@ def retry_job(job: Job, user) -> Job:
     return submit_job(user, job.kind, job.params, queue=job.queue, title=job.title, resources=job.resources, retry_of=job)
 
 
+def active_use_blockers(uses) -> list[str]:
+    """For a version's `uses` (rows with `job` and `role`): the queued or running jobs that still
+    read it, as reasons a delete is refused."""
+    return [f"{use.job} ({use.job.get_status_display().lower()}) uses it as {use.role}"
+            for use in uses.select_related("job").filter(job__status__in=(JobStatus.QUEUED, JobStatus.RUNNING))]
+
+
 def queue_depths() -> dict[str, int | None]:
     """Messages waiting in the broker per queue (None when Redis cannot be reached)."""
     depths: dict[str, int | None] = {}

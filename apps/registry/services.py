@@ -12,7 +12,7 @@ from django.db.models import Max
 
 from apps.accounts.visibility import can_manage
 from apps.jobs import services as jobs
-from apps.jobs.models import Job, JobStatus
+from apps.jobs.models import Job
 from apps.registry.models import (
     AliasMove,
     ModelAlias,
@@ -25,7 +25,6 @@ from apps.registry.models import (
 from apps.studio import uploads
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
-ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 class RegistryError(jobs.InvalidParams):
@@ -226,8 +225,7 @@ def usage_blockers(version: ModelVersion) -> list[str]:
     blockers = [f"alias {a.name!r} points to it" for a in version.aliases.all()]
     blockers += [f"{child} was derived from it" for child in version.children.all()]
     blockers += [f"{merged} was merged from it" for merged in version.merged_into.all()]
-    blockers += [f"{use.job} ({use.job.get_status_display().lower()}) uses it as {use.role}"
-                 for use in version.uses.select_related("job").filter(job__status__in=ACTIVE)]
+    blockers += jobs.active_use_blockers(version.uses)
     return blockers
 
 
