@@ -34,3 +34,12 @@ def get_visible_or_404(queryset: QuerySet, user, owner_field: str = "owner", **l
 
 def can_manage(user, obj, owner_field: str = "owner") -> bool:
     return user.is_authenticated and (user.is_staff or getattr(obj, f"{owner_field}_id") == user.pk)
+
+
+class PermissionDenied(Exception):
+    """The user may see the object but not act on it (a teammate, not the owner)."""
+
+
+def require_manager(user, obj, noun: str, owner_field: str = "owner") -> None:
+    if not can_manage(user, obj, owner_field):
+        raise PermissionDenied(f"only the {noun}'s owner or staff can change it")

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 
-from apps.accounts.visibility import can_manage
+from apps.accounts.visibility import PermissionDenied, require_manager  # noqa: F401  (views catch services.PermissionDenied)
 from apps.datasets.models import (
     Dataset,
     DatasetRequest,
@@ -31,13 +31,8 @@ class DatasetError(jobs.InvalidParams):
     """A refused dataset change; names the field (`.field`) and the reason (`.reason`)."""
 
 
-class PermissionDenied(jobs.PermissionDenied):
-    pass
-
-
-def _require_manager(user, dataset: Dataset) -> None:
-    if not can_manage(user, dataset):
-        raise PermissionDenied("only the dataset's owner or staff can change it")
+def _require_manager(user, obj) -> None:
+    require_manager(user, obj, "dataset")
 
 
 def target_dataset(user, dataset: Dataset | None, name: str = "", description: str = "") -> Dataset:

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from apps.accounts.visibility import can_manage
+from apps.accounts.visibility import PermissionDenied, can_manage
 from apps.jobs import lifecycle
 from apps.jobs.models import FINISHED_STATUSES, Job, JobStatus
 from puyu_site.celery import app as celery_app
@@ -18,10 +18,6 @@ from workers.tasks.catalog import KINDS, InvalidParams, task_name, validate_para
 log = logging.getLogger(__name__)
 
 __all__ = ["InvalidParams", "submit_job", "dispatch", "cancel_job", "retry_job", "PermissionDenied"]
-
-
-class PermissionDenied(Exception):
-    """The user may see the job but not act on it (a teammate, not the owner)."""
 
 
 def submit_job(owner, kind: str, params: dict | None = None, *, queue: str | None = None, title: str = "",

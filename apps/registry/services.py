@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
-from apps.accounts.visibility import can_manage
+from apps.accounts.visibility import PermissionDenied, require_manager  # noqa: F401  (views catch services.PermissionDenied)
 from apps.jobs import services as jobs
 from apps.jobs.models import Job
 from apps.registry.models import (
@@ -31,13 +31,8 @@ class RegistryError(jobs.InvalidParams):
     """A refused registry change; names the field (`.field`) and the reason (`.reason`)."""
 
 
-class PermissionDenied(jobs.PermissionDenied):
-    pass
-
-
-def _require_manager(user, model: RegisteredModel) -> None:
-    if not can_manage(user, model):
-        raise PermissionDenied("only the model's owner or staff can change it")
+def _require_manager(user, obj) -> None:
+    require_manager(user, obj, "model")
 
 
 # ---- import sources ------------------------------------------------------------------------

@@ -64,3 +64,25 @@ def page(browser):
     page.js_errors = errors  # tests assert the live page ran without uncaught exceptions
     yield page
     context.close()
+
+
+@pytest.fixture
+def model_in_import_dir(settings, tmp_path):
+    """Builds a tiny Llama (with a ChatML tokenizer) in the default import directory, which the
+    web and worker processes read; removed after the test."""
+    import shutil
+
+    from tests.fixtures.tiny_models import build_tiny_llama, train_tokenizer
+
+    made = []
+
+    def build(name: str):
+        target = settings.MODEL_IMPORT_DIRS[0] / name
+        shutil.rmtree(target, ignore_errors=True)
+        build_tiny_llama(target, tokenizer_dir=train_tokenizer(tmp_path / f"{name}-tokenizer"))
+        made.append(target)
+        return target
+
+    yield build
+    for target in made:
+        shutil.rmtree(target, ignore_errors=True)

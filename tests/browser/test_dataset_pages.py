@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -19,7 +18,6 @@ from playwright.sync_api import expect
 from apps.datasets.models import DatasetUpload, DatasetVersion
 from apps.jobs.models import Job, JobStatus
 from tests.browser.test_job_pages import log_in, screenshot
-from tests.fixtures.tiny_models import build_tiny_llama, train_tokenizer
 from tests.stack import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -125,14 +123,8 @@ def test_a_user_uploads_a_file_with_a_bad_line_and_creates_the_version_without_i
 
 
 @pytest.fixture
-def tiny_model_folder(settings, tmp_path):
-    """A tiny Llama with a ChatML tokenizer in the default import directory (read by the worker)."""
-    root = settings.MODEL_IMPORT_DIRS[0]
-    target = root / "tiny-chat"
-    shutil.rmtree(target, ignore_errors=True)
-    build_tiny_llama(target, tokenizer_dir=train_tokenizer(tmp_path / "tokenizer"))
-    yield target
-    shutil.rmtree(target, ignore_errors=True)
+def tiny_model_folder(model_in_import_dir):
+    return model_in_import_dir("tiny-chat")
 
 
 def test_render_with_a_template_highlights_the_trained_tokens(stack, make_user, page, tiny_model_folder):

@@ -4,26 +4,18 @@ actions; an alias is set from the model page."""
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
 from playwright.sync_api import expect
 
 from tests.browser.test_job_pages import log_in, screenshot
-from tests.fixtures.tiny_models import build_tiny_llama, train_tokenizer
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
 @pytest.fixture
-def import_folder(settings, tmp_path):
-    """A tiny model in the default import directory, which the web and worker processes read."""
-    root = settings.MODEL_IMPORT_DIRS[0]
-    target = root / "tiny-llama"
-    shutil.rmtree(target, ignore_errors=True)
-    build_tiny_llama(target, tokenizer_dir=train_tokenizer(tmp_path / "tokenizer"))
-    yield target
-    shutil.rmtree(target, ignore_errors=True)
+def import_folder(model_in_import_dir):
+    return model_in_import_dir("tiny-llama")
 
 
 def test_a_user_imports_a_model_folder_and_reads_its_card(stack, make_user, page, import_folder):
