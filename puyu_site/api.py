@@ -7,9 +7,13 @@ from apps.accounts.api import router as accounts_router
 from apps.datasets.api import router as datasets_router
 from apps.jobs.api import router as jobs_router
 from apps.registry.api import router as registry_router
+from apps.serving.api import router as serving_router
+from apps.training.api import router as training_router
 
 api = NinjaAPI(title="Puyu Studio API", version="1.0", auth=API_AUTH, urls_namespace="api")
 api.add_router("/", accounts_router)
 api.add_router("/", jobs_router)
 api.add_router("/", registry_router)
 api.add_router("/", datasets_router)
+api.add_router("/", training_router)
+api.add_router("/", serving_router)

@@ -8,4 +8,4 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "puyu_site.settings")
 app = Celery("puyu")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 # Tasks live in workers/tasks, not in the apps (the apps never import the worker core).
-app.conf.imports = ("workers.tasks.jobs", "workers.tasks.registry", "workers.tasks.datasets", "workers.tasks.maintenance", "workers.tasks.presence")
+app.conf.imports = ("workers.tasks.jobs", "workers.tasks.registry", "workers.tasks.datasets", "workers.tasks.training", "workers.tasks.serving", "workers.tasks.maintenance", "workers.tasks.presence")

@@ -82,6 +82,8 @@ INSTALLED_APPS = [
     "apps.studio",
     "apps.registry",
     "apps.datasets",
+    "apps.training",
+    "apps.serving",
 ]
 
 MIDDLEWARE = [

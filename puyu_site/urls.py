@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
 from apps.accounts import views as account_views
 from apps.datasets import views as dataset_views
@@ -44,6 +44,8 @@ urlpatterns = [
     path("models/versions/<int:version_id>/quantize/", registry_views.version_quantize, name="version-quantize"),
     path("models/versions/<int:version_id>/delete/", registry_views.version_delete, name="version-delete"),
     path("models/versions/<int:version_id>/notes/", registry_views.version_notes, name="version-notes"),
+    path("training/", include("apps.training.urls")),
+    path("", include("apps.serving.urls")),
     path("s/<slug:slug>/", studio_views.section, name="section"),
     path("admin/", admin.site.urls),
     path("api/", api.urls),

@@ -25,6 +25,8 @@ class JobKind(models.TextChoices):
     DATASET_IMPORT = "dataset_import", "Dataset import"
     DATASET_CLEAN = "dataset_clean", "Dataset cleaning"
     DATASET_GENERATE = "dataset_generate", "Dataset generation"
+    TRAIN = "train", "Training"
+    SERVE = "serve", "Model replica"
 
 
 class Job(models.Model):

@@ -13,6 +13,8 @@ from workers.core.dataset_jobs import (
     run_dataset_generate,
     run_dataset_import,
 )
+from workers.core.inference.replica import ReplicaSpec, run_replica
+from workers.core.training.job import TrainSpec, run_training
 from workers.core.diagnostics import DiagnosticsSpec, run_diagnostics
 from workers.core.model_jobs import (
     ModelImportSpec,
@@ -42,6 +44,8 @@ CORE_JOBS: dict[str, CoreJob] = {
     "dataset_import": CoreJob(DatasetImportSpec, run_dataset_import),
     "dataset_clean": CoreJob(DatasetCleanSpec, run_dataset_clean),
     "dataset_generate": CoreJob(DatasetGenerateSpec, run_dataset_generate),
+    "train": CoreJob(TrainSpec, run_training),
+    "serve": CoreJob(ReplicaSpec, run_replica),
 }
 
 

@@ -31,6 +31,8 @@ KINDS: dict[str, KindInfo] = {
     "dataset_import": KindInfo("datasets.import", "cpu"),
     "dataset_clean": KindInfo("datasets.clean", "cpu"),
     "dataset_generate": KindInfo("datasets.generate", "cpu"),
+    "train": KindInfo("training.train", "gpu"),
+    "serve": KindInfo("serving.replica", "serve"),
 }
 
 

@@ -1,0 +1,2 @@
+"""serving models."""
+from django.db import models  # noqa: F401

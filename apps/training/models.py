@@ -1,0 +1,2 @@
+"""training models."""
+from django.db import models  # noqa: F401

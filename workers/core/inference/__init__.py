@@ -1,0 +1,1 @@
+"""Inference: the serving engine, its backends and the replica loop."""

@@ -1,0 +1,1 @@
+"""Training: pretraining, continued pretraining, SFT (full / LoRA / QLoRA) and DPO."""

@@ -1,0 +1,1 @@
+"""Serving replicas (placeholder until apps/serving lands)."""
