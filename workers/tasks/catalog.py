@@ -71,3 +71,22 @@ def validate_params(kind: str, params: dict | None) -> dict:
         return asdict(build_spec(CORE_JOBS[kind].spec_class, params))
     except SpecError as exc:
         raise InvalidParams(exc.field, exc.reason) from None
+
+
+# ---- training (core: workers/core/training) -------------------------------------------------
+
+def training_presets() -> dict[str, dict]:
+    """The built-in hyperparameter presets (name → spec fields), like XTuner's configs."""
+    from workers.core.training.presets import BUILTIN_PRESETS
+
+    return {name: dict(fields) for name, fields in BUILTIN_PRESETS.items()}
+
+
+def training_preflight(params: dict, device: dict) -> dict:
+    """Check a training spec before it is queued. `device` is {"kind": "cpu"|"cuda", "name": str,
+    "memory_bytes": int} of the target worker. Returns the report documented in
+    workers/core/training/preflight.py (ok, errors [{field, message}], warnings, memory,
+    suggestions, sample). Loads the tokenizer (transformers) on first use."""
+    from workers.core.training.preflight import preflight
+
+    return preflight(params, device=device)

@@ -1,0 +1,74 @@
+"""The wire protocol between the web side (apps/serving) and replicas (workers/core/inference),
+carried by Redis. Pure Python: the web reaches it through workers.tasks.serving_protocol.
+
+Requests: one Redis stream per deployment, read by the consumer group REPLICA_GROUP, so the
+replicas of a deployment share the load. An entry has one field, "request", holding JSON:
+    {"id": str, "kind": "chat" | "completion",
+     "messages": [...] (chat, OpenAI shape) | "prompt": str (completion),
+     "tools": [...] | null, "tool_choice": "auto" | "none" | "required" | {...} | null,
+     "max_tokens": int, "temperature": float, "top_p": float, "top_k": int,
+     "repetition_penalty": float, "stop": [str], "seed": int | null, "stream": bool,
+     "created": unix seconds, "deadline": unix seconds (past it the replica fails the request)}
+A replica XACKs and XDELs an entry when the request ends, so XLEN = waiting + running: the web
+answers 429 when it reaches the deployment's max queue.
+
+Events: one Redis stream per request (EVENT_TTL_SECONDS after its last event), field "event":
+    {"type": "start", "replica": str, "prompt_tokens": int}
+    {"type": "delta", "text": str, "tokens": int}          coalesced (~20-50 ms of tokens)
+    {"type": "end", "finish_reason": "stop" | "length" | "tool_calls" | "cancelled",
+     "text": str, "tool_calls": [{"id", "type": "function", "function": {"name", "arguments"}}] | null,
+     "usage": {"prompt_tokens", "completion_tokens", "total_tokens"},
+     "timing": {"queue_s", "ttft_s", "engine_ttft_s", "decode_s"}}
+    {"type": "error", "status": int (HTTP), "code": str, "message": str}
+Exactly one "end" or "error" closes a request.
+
+Cancel: the web SETs cancel_key(request_id) (TTL) and PUBLISHes the id on cancel_channel; the
+replica stops the request and sends "end" with finish_reason "cancelled".
+
+Replicas: each keeps the hash replica_key(...) alive (EXPIRE REPLICA_TTL_SECONDS, renewed every
+heartbeat) with fields state ("loading" | "ready" | "draining"), model, version, pid, started,
+heartbeat, and "metrics" (JSON: running, waiting, ttft_p50_s, tpot_p50_s, tokens_per_s,
+kv_cache_used, requests_total, tokens_total). A replica whose hash expired is dead: another
+replica XCLAIMs its pending requests; one that had not streamed yet is run again, one that had
+streamed part of its answer ends with an "error" (status 502, code "replica_lost").
+"""
+from __future__ import annotations
+
+import json
+
+REPLICA_GROUP = "replicas"
+EVENT_TTL_SECONDS = 300
+REPLICA_TTL_SECONDS = 10
+CANCEL_TTL_SECONDS = 300
+
+
+def requests_stream(deployment_id: int) -> str:
+    return f"puyu:serve:{int(deployment_id)}:requests"
+
+
+def cancel_channel(deployment_id: int) -> str:
+    return f"puyu:serve:{int(deployment_id)}:cancel"
+
+
+def replica_key(deployment_id: int, replica_id: str) -> str:
+    return f"puyu:serve:{int(deployment_id)}:replica:{replica_id}"
+
+
+def replica_pattern(deployment_id: int) -> str:
+    return f"puyu:serve:{int(deployment_id)}:replica:*"
+
+
+def events_stream(request_id: str) -> str:
+    return f"puyu:serve:req:{request_id}:events"
+
+
+def cancel_key(request_id: str) -> str:
+    return f"puyu:serve:req:{request_id}:cancel"
+
+
+def encode(payload: dict) -> str:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode(raw: bytes | str) -> dict:
+    return json.loads(raw)
