@@ -11,12 +11,13 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from apps.jobs.routing import websocket_urlpatterns  # noqa: E402
+from apps.serving.routing import websocket_urlpatterns as serving_websockets  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         # Origin must match ALLOWED_HOSTS (no cross-site websocket hijacking); the session
         # cookie identifies the user; the consumer checks who may see the job.
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns + serving_websockets))),
     }
 )

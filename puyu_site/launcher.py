@@ -52,14 +52,20 @@ def worker_plan(cores: int, gpus: int) -> list[tuple[str, list[str], dict[str, s
     """(name, command, extra env) for each worker. Torch threads = cores ÷ busy ML workers: on 2
     cores two workers with 2 threads each ran 7× slower than with 1 each (ENVIRONMENT.md)."""
     plan = []
-    ml_workers = max(gpus, 1) + 1
+    # Per device: a `gpu` worker (training, evaluation) and a `serve` worker (model replicas,
+    # which run for as long as their deployment does and must never block training); + `cpu`.
+    ml_workers = 2 * max(gpus, 1) + 1
     threads = str(max(1, cores // ml_workers))
     if gpus:
         for index in range(gpus):
             plan.append((f"gpu{index}", celery_worker_command(f"gpu{index}", "gpu"),
                          {"CUDA_VISIBLE_DEVICES": str(index), "OMP_NUM_THREADS": threads}))
+        for index in range(gpus):
+            plan.append((f"serve{index}", celery_worker_command(f"serve{index}", "serve"),
+                         {"CUDA_VISIBLE_DEVICES": str(index), "OMP_NUM_THREADS": threads}))
     else:
         plan.append(("gpu0", celery_worker_command("gpu0", "gpu"), {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads}))
+        plan.append(("serve0", celery_worker_command("serve0", "serve"), {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads}))
     plan.append(("cpu", celery_worker_command("cpu", "cpu", pool="prefork", concurrency=1),
                  {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads}))
     plan.append(("control", celery_worker_command("control", "control", pool="threads", concurrency=2),

@@ -209,7 +209,9 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
 
 # ---- The job system -----------------------------------------------------------------------
-JOB_QUEUES = ("gpu", "cpu")
+# "serve" runs long-lived model replicas on their own solo workers, so a replica never blocks
+# training or data jobs (see launcher.worker_plan).
+JOB_QUEUES = ("gpu", "cpu", "serve")
 CONTROL_QUEUE = "control"
 JOB_HEARTBEAT_SECONDS = env_float("PUYU_JOB_HEARTBEAT_SECONDS", 5.0, minimum=0.2)
 JOB_LEASE_SECONDS = env_float("PUYU_JOB_LEASE_SECONDS", 30.0, minimum=1.0)
@@ -224,12 +226,25 @@ JOB_LOG_TAIL_LINES = env_int("PUYU_JOB_LOG_TAIL_LINES", 500, minimum=10)
 WORKER_HEARTBEAT_SECONDS = env_float("PUYU_WORKER_HEARTBEAT_SECONDS", 10.0, minimum=0.5)
 WORKER_ONLINE_SECONDS = 3 * WORKER_HEARTBEAT_SECONDS
 
+# ---- Serving (apps/serving) ------------------------------------------------------------------
+SERVING_RECONCILE_SECONDS = env_float("PUYU_SERVING_RECONCILE_SECONDS", 3.0, minimum=0.5)
+# How long a request may wait in a deployment's queue for a replica to start it (then 504).
+SERVING_QUEUE_TIMEOUT_SECONDS = env_float("PUYU_SERVING_QUEUE_TIMEOUT_SECONDS", 30.0, minimum=0.1)
+SERVING_DEFAULT_MAX_TOKENS = env_int("PUYU_SERVING_DEFAULT_MAX_TOKENS", 256, minimum=1)
+# Prometheus may scrape /metrics with `Authorization: Bearer <this>`; staff sessions always may.
+METRICS_TOKEN = env_str("PUYU_METRICS_TOKEN", "") or ""
+
 CELERY_BEAT_SCHEDULE = {
     "maintain-jobs": {
         "task": "jobs.maintain",
         "schedule": JOB_REAPER_INTERVAL_SECONDS,
         # An old tick is useless once the next one is due; never let them pile up.
         "options": {"queue": CONTROL_QUEUE, "expires": JOB_REAPER_INTERVAL_SECONDS},
+    },
+    "reconcile-deployments": {
+        "task": "serving.reconcile",
+        "schedule": SERVING_RECONCILE_SECONDS,
+        "options": {"queue": CONTROL_QUEUE, "expires": SERVING_RECONCILE_SECONDS},
     },
 }
 

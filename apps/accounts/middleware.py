@@ -12,4 +12,7 @@ class LoginRequiredMiddleware(DjangoLoginRequired):
     def process_view(self, request, view_func, view_args, view_kwargs):
         if request.path_info.startswith("/api/") or request.path_info.startswith("/" + settings.STATIC_URL.lstrip("/")):
             return None
+        # The OpenAI-compatible API and Prometheus authenticate with their own keys (apps/serving).
+        if request.path_info.startswith("/v1/") or request.path_info == "/metrics":
+            return None
         return super().process_view(request, view_func, view_args, view_kwargs)

@@ -75,6 +75,7 @@
     if (!window.Plotly) { setTimeout(scheduleChart, 100); return; }
     const names = Object.keys(state.metrics).sort();
     if (!names.length) return;
+    if ($("job-chart").dataset.split === "1") { drawSplitCharts(names); return; }
     // One y-axis per metric: their units differ (GFLOP/s vs GB/s vs loss).
     // Fresh, step-sorted arrays on every draw: Plotly.react compares arrays by identity.
     const traces = names.map((name, i) => {
@@ -91,6 +92,26 @@
     });
     Plotly.react($("job-chart"), traces, layout, { displaylogo: false, responsive: true });
     $("job-chart").dataset.points = String(names.reduce((n, k) => n + state.metrics[k].size, 0));
+  }
+
+  // One small chart per metric (data-split="1", e.g. training: loss, learning rate and tokens/s
+  // have unrelated scales), in child elements created on first sight of each metric.
+  function drawSplitCharts(names) {
+    const host = $("job-chart");
+    names.forEach((name) => {
+      let el = host.querySelector(`[data-metric="${CSS.escape(name)}"]`);
+      if (!el) {
+        el = document.createElement("div");
+        el.className = "chart-small";
+        el.dataset.metric = name;
+        host.appendChild(el);
+      }
+      const steps = [...state.metrics[name].keys()].sort((a, b) => a - b);
+      const trace = { x: steps, y: steps.map((s) => state.metrics[name].get(s)), name: name, mode: "lines+markers" };
+      Plotly.react(el, [trace], { title: { text: name, font: { size: 13 } }, margin: { t: 30, r: 10, b: 30, l: 50 },
+                                  height: 200, showlegend: false }, { displaylogo: false, responsive: true });
+    });
+    host.dataset.points = String(names.reduce((n, k) => n + state.metrics[k].size, 0));
   }
 
   function applySnapshot(snap) {

@@ -20,16 +20,25 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_without_gpus_one_gpu_queue_worker_runs_on_the_cpu_and_threads_are_shared():
     plan = {name: (command, env) for name, command, env in worker_plan(cores=8, gpus=0)}
-    assert set(plan) == {"gpu0", "cpu", "control"}
-    assert plan["gpu0"][1] == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "4"}
+    assert set(plan) == {"gpu0", "serve0", "cpu", "control"}
+    assert plan["gpu0"][1] == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2"}
     assert "solo" in plan["gpu0"][0] and "threads" in plan["control"][0]
+
+
+def test_model_replicas_get_their_own_solo_serve_worker_so_they_never_block_training():
+    plan = {name: command for name, command, _ in worker_plan(cores=8, gpus=0)}
+    serve = plan["serve0"]
+    assert serve[serve.index("-Q") + 1] == "serve" and serve[serve.index("-P") + 1] == "solo"
+    assert all(command[command.index("-Q") + 1] != "serve" for name, command in plan.items() if name != "serve0")
 
 
 def test_with_gpus_each_gpu_gets_its_own_pinned_worker():
     plan = worker_plan(cores=16, gpus=4)
     gpu_workers = [(name, env["CUDA_VISIBLE_DEVICES"]) for name, _, env in plan if name.startswith("gpu")]
     assert gpu_workers == [("gpu0", "0"), ("gpu1", "1"), ("gpu2", "2"), ("gpu3", "3")]
-    assert {env["OMP_NUM_THREADS"] for name, _, env in plan if name != "control"} == {"3"}
+    serve_workers = [(name, env["CUDA_VISIBLE_DEVICES"]) for name, _, env in plan if name.startswith("serve")]
+    assert serve_workers == [("serve0", "0"), ("serve1", "1"), ("serve2", "2"), ("serve3", "3")]
+    assert {env["OMP_NUM_THREADS"] for name, _, env in plan if name != "control"} == {"1"}
 
 
 def alive(pid: int) -> bool:

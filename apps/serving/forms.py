@@ -1,0 +1,50 @@
+from django import forms
+from django.conf import settings
+
+from apps.accounts.visibility import visible_to
+from apps.registry.models import ModelAlias, ModelVersion
+
+
+def serve_choices(user) -> list[tuple[str, list[tuple[str, str]]]]:
+    """What a user may deploy, grouped by model: "v<id>" pins a version, "a<alias id>" follows an alias."""
+    versions = visible_to(ModelVersion.objects.select_related("model"), user, "model__owner").order_by("model__name", "-number")
+    aliases = visible_to(ModelAlias.objects.select_related("model", "version"), user, "model__owner").order_by("model__name", "name")
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for alias in aliases:
+        groups.setdefault(alias.model.name, []).append((f"a{alias.pk}", f"follow @{alias.name} (now v{alias.version.number})"))
+    for version in versions:
+        groups.setdefault(version.model.name, []).append((f"v{version.pk}", f"v{version.number} ({version.get_kind_display()})"))
+    return [(name, options) for name, options in groups.items()]
+
+
+class DeploymentForm(forms.Form):
+    name = forms.SlugField(max_length=60, help_text="letters, digits, - and _; the API model id is <you>/<name>")
+    serves = forms.ChoiceField(label="Model version or alias", help_text="an alias is followed: moving it rolls the replicas over")
+    replicas = forms.IntegerField(min_value=1, max_value=16, initial=1)
+    queue = forms.ChoiceField(initial="serve")
+    engine_options = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "placeholder": '{"max_concurrent": 8}'}), required=False,
+                                     help_text="JSON: engine fields of the replica spec (dtype, device, KV cache budget, batch sizes, backend…)")
+    max_queue = forms.IntegerField(min_value=1, max_value=100_000, initial=64, help_text="requests waiting or running; past it the API answers 429")
+    request_timeout_s = forms.FloatField(min_value=1, max_value=3600, initial=120, label="Request timeout (s)")
+    max_restarts = forms.IntegerField(min_value=0, max_value=100, initial=3, help_text="failed replicas restarted before the deployment fails")
+
+    def __init__(self, *args, user=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.user = user
+        self.fields["serves"].choices = [("", "—")] + serve_choices(user)
+        self.fields["queue"].choices = [(q, q) for q in settings.JOB_QUEUES]
+
+    def target(self):
+        """(model, version, alias name) for the chosen option."""
+        value = self.cleaned_data["serves"]
+        if value.startswith("a"):
+            alias = visible_to(ModelAlias.objects.select_related("model"), self.user, "model__owner").get(pk=int(value[1:]))
+            return alias.model, None, alias.name
+        version = visible_to(ModelVersion.objects.select_related("model"), self.user, "model__owner").get(pk=int(value[1:]))
+        return version.model, version, ""
+
+
+class KeyForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="e.g. the script or machine that will use it")
+    rate_limit_per_minute = forms.IntegerField(min_value=0, max_value=100_000, initial=60, help_text="requests per minute (0: no limit)")
+    token_quota_per_day = forms.IntegerField(min_value=0, max_value=10**12, initial=1_000_000, help_text="tokens per UTC day (0: no limit)")

@@ -1,0 +1,158 @@
+"""The new-run form: inputs are chosen among what the user may see (ids, never paths); the main
+hyperparameters are fields, the rest an "advanced" YAML mapping. The core spec checks every value
+again (pre-flight), and its errors are attached to the field they name."""
+from __future__ import annotations
+
+from django import forms
+from django.conf import settings
+
+from apps.accounts.visibility import visible_to
+from apps.datasets.models import DatasetVersion
+from apps.registry.models import ModelAlias, ModelVersion, VersionKind
+from apps.training import presets
+from apps.training.services import FINETUNES, METHODS, TrainingError, TrainingRequest
+
+# The hyperparameters shown as fields (the rest go in the advanced YAML).
+MAIN_FIELDS = {
+    "learning_rate": forms.FloatField, "batch_size": forms.IntegerField, "grad_accum": forms.IntegerField,
+    "max_steps": forms.IntegerField, "epochs": forms.FloatField, "max_length": forms.IntegerField,
+    "lora_r": forms.IntegerField, "lora_alpha": forms.IntegerField, "lora_dropout": forms.FloatField,
+    "save_every": forms.IntegerField, "eval_every": forms.IntegerField, "seed": forms.IntegerField,
+}
+METHOD_LABELS = {"pretrain": "pretraining from scratch", "cpt": "continued pretraining", "sft": "supervised fine-tuning",
+                 "dpo": "DPO", "orpo": "ORPO"}
+
+
+def parse_advanced(text: str) -> dict:
+    """The advanced YAML mapping, with errors that name the line."""
+    import yaml
+
+    if not (text or "").strip():
+        return {}
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise TrainingError("advanced", f"line {mark.line + 1 if mark else 1}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise TrainingError("advanced", "line 1: expected a mapping of field: value")
+    root = yaml.compose(text)
+    where = {key.value: f"line {key.start_mark.line + 1}" for key, _ in root.value}
+    return presets.check_fields(data, where)
+
+
+def base_choices(user) -> list[tuple[str, str]]:
+    versions = visible_to(ModelVersion.objects.select_related("model"), user, "model__owner").exclude(kind=VersionKind.ADAPTER)
+    aliases = visible_to(ModelAlias.objects.select_related("model", "version"), user, "model__owner")
+    return ([("", "— none: pretrain from scratch —")]
+            + [(f"a:{a.pk}", f"{a.model.name}@{a.name} (→ v{a.version.number})") for a in aliases[:200]]
+            + [(f"v:{v.pk}", f"{v} ({v.kind}, {v.parameter_count:,} parameters)") for v in versions[:500]])
+
+
+def dataset_choices(user) -> list[tuple[str, str]]:
+    versions = visible_to(DatasetVersion.objects.select_related("dataset"), user, "dataset__owner")
+    return [(str(v.pk), f"{v} ({v.canonical}, {v.rows:,} rows)") for v in versions[:500]]
+
+
+def spec_defaults() -> dict:
+    """The core's TrainSpec defaults, shown as placeholders (a blank field keeps the default). The
+    catalog validates a minimal spec with placeholder paths to fill them in."""
+    from workers.tasks import catalog
+
+    stub = {"base_model_dir": "/base", "train_files": ["/data.jsonl"], "output_dir": "/out", "checkpoint_dir": "/ckpt"}
+    try:
+        return catalog.validate_params("train", stub)
+    except catalog.InvalidParams:
+        return {}
+
+
+def queue_help() -> str:
+    """Which online workers serve each queue, with the device the pre-flight will check against."""
+    from apps.training.services import online_workers
+
+    parts = []
+    for queue in settings.JOB_QUEUES:
+        nodes = online_workers(queue)
+        described = []
+        for node in nodes:
+            gpus = (node.devices or {}).get("gpus") or []
+            described.append(f"{node.name} ({', '.join(g.get('name', 'GPU') for g in gpus) or 'CPU only'})")
+        parts.append(f"{queue}: {', '.join(described) or 'no worker online'}")
+    return "; ".join(parts)
+
+
+class TrainingForm(forms.Form):
+    preset = forms.ChoiceField(required=False, help_text="fills the hyperparameters; you can still edit them")
+    method = forms.ChoiceField(choices=[(m, f"{m} — {METHOD_LABELS[m]}") for m in METHODS], initial="sft")
+    finetune = forms.ChoiceField(choices=[(f, f) for f in FINETUNES], initial="lora")
+    base = forms.ChoiceField(required=False, label="Base model (version or alias)")
+    train_versions = forms.MultipleChoiceField(label="Dataset version(s)")
+    eval_versions = forms.MultipleChoiceField(required=False, label="Eval version (optional)",
+                                              help_text="blank: a held-out fraction of the training data")
+    model_name = forms.CharField(required=False, max_length=100, label="Register into model",
+                                 help_text="blank: the base version's model")
+    queue = forms.ChoiceField(choices=[(q, q) for q in settings.JOB_QUEUES], initial="gpu")
+    advanced = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false"}),
+                               label="Advanced (YAML)", help_text="any other spec field, e.g. `warmup_ratio: 0.05`")
+    dry_run = forms.BooleanField(required=False, help_text="measure a few steps and estimate the time; registers nothing")
+
+    def __init__(self, user, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.user = user
+        self.fields["preset"].choices = [("", "— none —")] + [
+            (p["key"], p["name"] + ("" if p["owner"] is None else f" ({p['owner']})")) for p in presets.choices(user)]
+        self.fields["base"].choices = base_choices(user)
+        options = dataset_choices(user)
+        self.fields["train_versions"].choices = options
+        self.fields["eval_versions"].choices = options
+        self.fields["queue"].help_text = queue_help()
+        defaults = spec_defaults()
+        for name, field_class in MAIN_FIELDS.items():
+            placeholder = {"placeholder": f"default {defaults[name]}"} if name in defaults else {}
+            self.fields[name] = field_class(required=False, widget=field_class.widget(attrs=placeholder))
+        # Keep the advanced textarea last, after the main hyperparameters.
+        self.order_fields([*[f for f in self.fields if f not in ("advanced", "dry_run")], "advanced", "dry_run"])
+
+    def hyperparameters(self) -> dict:
+        fields = {name: self.cleaned_data[name] for name in MAIN_FIELDS if self.cleaned_data.get(name) not in (None, "")}
+        advanced = parse_advanced(self.cleaned_data.get("advanced", ""))
+        both = sorted(set(fields) & set(advanced))
+        if both:
+            raise TrainingError("advanced", f"{both[0]} is set both as a field and in the YAML; keep one")
+        return {**fields, **advanced}
+
+    def to_request(self) -> TrainingRequest:
+        data = self.cleaned_data
+        preset_name = ""
+        if data.get("preset"):
+            preset_name = dict(self.fields["preset"].choices).get(data["preset"], "")
+        return TrainingRequest(
+            method=data["method"], finetune=data["finetune"], base=data.get("base") or None,
+            train_versions=data["train_versions"], eval_versions=data.get("eval_versions") or [],
+            model_name=data.get("model_name", ""), queue=data["queue"], preset=preset_name,
+            fields=self.hyperparameters(), dry_run=bool(data.get("dry_run")),
+        )
+
+    def attach_errors(self, errors: list[dict]) -> None:
+        """Pre-flight errors (field, message) on the form field they name, else on the form."""
+        for error in errors:
+            name, message = error.get("field", ""), error.get("message", "")
+            target = name if name in self.fields else ("train_versions" if name in ("train_files", "data_format")
+                                                        else "base" if name == "base_model_dir" else None)
+            if target is None and name and name not in ("spec",):
+                message = f"{name}: {message}"
+            if target and target in self.errors and message in self.errors[target]:
+                continue
+            self.add_error(target, message)
+
+
+class PresetForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    fields_yaml = forms.CharField(label="Fields (YAML)", widget=forms.Textarea(attrs={"rows": 12, "spellcheck": "false"}))
+
+    def clean_fields_yaml(self):
+        try:
+            return parse_advanced(self.cleaned_data["fields_yaml"])
+        except TrainingError as exc:
+            raise forms.ValidationError(f"{exc.field}: {exc.reason}") from None

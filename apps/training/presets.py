@@ -1,0 +1,134 @@
+"""Hyperparameter presets: the core's built-in ones (read-only) and users' own (team-visible),
+saved, cloned, exported and imported as YAML. A preset holds TrainSpec fields without paths;
+an imported file's errors name the line and the field."""
+from __future__ import annotations
+
+from django.db import IntegrityError, transaction
+
+from apps.accounts.visibility import require_manager, visible_to
+from apps.training.models import TrainingPreset  # noqa: F401  (api reads presets.TrainingPreset)
+from apps.training.services import PATH_FIELDS, TrainingError
+from workers.tasks import catalog
+
+BUILTIN_PREFIX = "builtin:"
+
+
+def builtin_presets() -> dict[str, dict]:
+    return catalog.training_presets()
+
+
+def choices(user) -> list[dict]:
+    """Every preset a user may start from: {"key", "name", "owner" (None for built-ins), "fields", "description"}."""
+    out = [{"key": BUILTIN_PREFIX + name, "name": name, "owner": None, "fields": fields,
+            "description": fields.get("description", "") if isinstance(fields.get("description"), str) else ""}
+           for name, fields in sorted(builtin_presets().items())]
+    for preset in visible_to(TrainingPreset.objects.select_related("owner"), user):
+        out.append({"key": str(preset.pk), "name": preset.name, "owner": preset.owner.username,
+                    "fields": preset.fields, "description": preset.description, "id": preset.pk})
+    return out
+
+
+def preset_fields(user, key: str) -> tuple[str, dict]:
+    """(display name, fields) of a preset key from `choices` (404 for presets the user may not see)."""
+    if key.startswith(BUILTIN_PREFIX):
+        name = key[len(BUILTIN_PREFIX):]
+        fields = builtin_presets().get(name)
+        if fields is None:
+            raise TrainingError("preset", f"no built-in preset named {name!r}")
+        return name, {k: v for k, v in fields.items() if k != "description"}
+    from apps.accounts.visibility import get_visible_or_404
+
+    if not key.isdigit():
+        raise TrainingError("preset", f"{key!r} is not a preset")
+    preset = get_visible_or_404(TrainingPreset.objects.all(), user, pk=int(key))
+    return preset.name, dict(preset.fields)
+
+
+def check_fields(fields, where=None) -> dict:
+    """Refuse paths, unknown fields and wrong types, naming the field (and, through `where`,
+    a field → "line N" map, the YAML line). Ranges between fields are checked again by the
+    pre-flight, where the whole spec is known."""
+    if not isinstance(fields, dict):
+        raise TrainingError("fields", "must be a mapping of field: value")
+    where = where or {}
+
+    def at(name):
+        return f"{where[name]}: " if name in where else ""
+
+    for name, value in fields.items():
+        if name in PATH_FIELDS:
+            raise TrainingError(name, f"{at(name)}paths are filled in from the chosen versions; a preset may not set {name}")
+        try:
+            catalog.validate_params("train", {name: value})
+        except catalog.InvalidParams as exc:
+            if exc.field == name:  # errors about other (required) fields belong to the whole spec
+                raise TrainingError(name, f"{at(name)}{exc.reason}") from None
+    return dict(fields)
+
+
+def save(user, *, name: str, fields: dict, description: str = "", preset: TrainingPreset | None = None) -> TrainingPreset:
+    name = (name or "").strip()
+    if not name:
+        raise TrainingError("name", "name the preset")
+    fields = check_fields(fields)
+    try:
+        with transaction.atomic():
+            if preset is not None:
+                require_manager(user, preset, "preset")
+                preset.name, preset.description, preset.fields = name, description, fields
+                preset.save()
+                return preset
+            return TrainingPreset.objects.create(owner=user, name=name, description=description, fields=fields)
+    except IntegrityError:
+        raise TrainingError("name", f"you already have a preset named {name!r}") from None
+
+
+def clone(user, key: str, new_name: str = "") -> TrainingPreset:
+    name, fields = preset_fields(user, key)
+    base = (new_name or f"{name} (copy)").strip()
+    candidate, n = base, 2
+    while TrainingPreset.objects.filter(owner=user, name=candidate).exists():
+        candidate, n = f"{base} {n}", n + 1
+    return save(user, name=candidate, fields=fields)
+
+
+def export_yaml(name: str, fields: dict, description: str = "") -> str:
+    import yaml
+
+    return yaml.safe_dump({"name": name, "description": description, "fields": fields}, sort_keys=False, allow_unicode=True)
+
+
+def parse_yaml(text: str) -> dict:
+    """{"name", "description", "fields"} from an exported file; errors name the line and field."""
+    import yaml
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"line {mark.line + 1}" if mark else "the file"
+        raise TrainingError("yaml", f"{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if root is None or not isinstance(root, yaml.MappingNode):
+        raise TrainingError("yaml", "line 1: expected a mapping with name, description and fields")
+    top = {key.value: value for key, value in root.value}
+    unknown = [key for key, _ in root.value if key.value not in ("name", "description", "fields")]
+    if unknown:
+        raise TrainingError(unknown[0].value, f"line {unknown[0].start_mark.line + 1}: unknown key (allowed: name, description, fields)")
+    if "fields" not in top or not isinstance(top["fields"], yaml.MappingNode):
+        line = top["fields"].start_mark.line + 1 if "fields" in top else 1
+        raise TrainingError("fields", f"line {line}: `fields` must be a mapping of field: value")
+    where = {key.value: f"line {key.start_mark.line + 1}" for key, _ in top["fields"].value}
+    data = yaml.safe_load(text)
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        line = top["name"].start_mark.line + 1 if "name" in top else 1
+        raise TrainingError("name", f"line {line}: `name` must be a non-empty string")
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        raise TrainingError("description", f"line {top['description'].start_mark.line + 1}: must be a string")
+    return {"name": name.strip(), "description": description, "fields": check_fields(data["fields"], where)}
+
+
+def import_yaml(user, text: str) -> TrainingPreset:
+    parsed = parse_yaml(text)
+    return save(user, **parsed)

@@ -1,0 +1,231 @@
+"""Pre-flight checks of a training spec before it is queued: spec validity, data format vs method,
+a rendered sample with its loss mask, max_length vs the model's context, and a memory estimate
+against the target device, with a clear refusal and suggestions.
+
+Fast: no weights are loaded (parameter counts come from config.json arithmetic) and only the
+tokenizer is read. `params` may omit output_dir / checkpoint_dir (the server fills them in when
+the job is created); placeholders are used here.
+
+Memory model (bytes), per device:
+    weights      parameters x bytes: fp32 for full fine-tuning (master weights; bf16 autocast on
+                 GPU), the frozen base in bf16 on GPU / fp32 on CPU for LoRA, 4-bit (0.5 byte,
+                 + bf16 embeddings and lm_head) for QLoRA; + the fp32 adapter
+    gradients    trainable parameters x 4
+    optimizer    trainable parameters x 8 (AdamW: two fp32 moments)
+    activations  tokens per step (batch_size x max_length) x per layer (6 x hidden + 4 x
+                 intermediate) values x layers, in bf16 on GPU / fp32 on CPU (sdpa keeps no
+                 seq x seq scores); gradient checkpointing keeps one hidden state per layer plus
+                 one layer's worth; + logits in fp32 twice (value and gradient)
+    total        the sum + 10% for the allocator and workspace; budget = 90% of device memory
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from workers.core.specs import SpecError, build_spec
+
+PLACEHOLDERS = {"output_dir": "/preflight/output", "checkpoint_dir": "/preflight/checkpoints"}
+LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def preflight(params: dict, device: dict) -> dict:
+    from workers.core.training.job import TrainSpec
+
+    result = {"ok": False, "errors": [], "warnings": [], "memory": None, "suggestions": [], "sample": None,
+              "context_length": None, "parameters": 0, "trainable_parameters": 0}
+    errors = result["errors"]
+    try:
+        spec = build_spec(TrainSpec, {**PLACEHOLDERS, **(params or {})})
+    except SpecError as exc:
+        errors.append({"field": exc.field, "message": exc.reason})
+        return result
+    cuda = device.get("kind") == "cuda"
+    if spec.finetune == "qlora" and not cuda:
+        errors.append({"field": "finetune", "message": "QLoRA needs a CUDA GPU (bitsandbytes 4-bit)"})
+
+    config = _model_config(spec, errors)
+    if config is not None:
+        context = config.get("max_position_embeddings")
+        result["context_length"] = context
+        if spec.method != "pretrain" and context and spec.max_length > context:
+            errors.append({"field": "max_length", "message": f"{spec.max_length} is longer than the model's context "
+                                                                f"({context} tokens, config.json max_position_embeddings)"})
+        shape = _shape(config)
+        total, trainable = count_parameters(shape, spec)
+        result["parameters"], result["trainable_parameters"] = total, trainable
+        memory = estimate_memory(shape, spec, cuda)
+        budget = int((device.get("memory_bytes") or 0) * 0.9)
+        memory["budget"] = budget
+        result["memory"] = memory
+        if budget and memory["total"] > budget:
+            result["suggestions"] = suggestions(shape, spec, cuda, budget)
+            errors.append({"field": "memory", "message": (
+                f"estimated {_gib(memory['total'])} GiB needed (weights {_gib(memory['weights'])}, gradients "
+                f"{_gib(memory['gradients'])}, optimizer {_gib(memory['optimizer'])}, activations "
+                f"{_gib(memory['activations'])}) but {device.get('name') or device.get('kind')} has "
+                f"{_gib(budget)} GiB usable" + ("; try: " + "; ".join(result["suggestions"]) if result["suggestions"]
+                                                 else ""))})
+    _check_data(spec, result)
+    result["ok"] = not errors
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def _check_data(spec, result) -> None:
+    from workers.core.training import data
+
+    errors = result["errors"]
+    try:
+        first = data.read_records(spec.train_files[:1], limit=1)[0]
+        fmt = data.resolve_format(spec.method, spec.data_format, first,
+                                  "data_format" if spec.data_format else "train_files")
+    except SpecError as exc:
+        errors.append({"field": exc.field, "message": exc.reason})
+        return
+    tokenizer = _tokenizer(spec, result)
+    if tokenizer is None:
+        return
+    from workers.core.data.tokenize import render_record
+    from workers.core.training.templates import resolve_chat_template
+
+    try:
+        rendered = render_record(first, fmt, tokenizer, chat_template=resolve_chat_template(spec.chat_template),
+                                 max_length=spec.max_length)
+    except ValueError as exc:
+        field = "chat_template" if "template" in str(exc) else "train_files"
+        errors.append({"field": field, "message": f"the first record does not render: {exc}"})
+        return
+    result["sample"] = {"segments": rendered.segments, "tokens": len(rendered.input_ids),
+                        "loss_tokens": rendered.loss_tokens}
+    result["warnings"] += rendered.warnings
+    if rendered.truncated:
+        result["warnings"].append(f"the first record is longer than max_length ({spec.max_length}) and is truncated")
+    if not rendered.loss_tokens:
+        errors.append({"field": "chat_template", "message": "the first record has no token to train on with this "
+                                                            "template (no assistant turn found)"})
+
+
+def _tokenizer(spec, result):
+    from transformers import AutoTokenizer
+
+    if spec.method == "pretrain":
+        if spec.tokenizer == "train":
+            result["warnings"].append("the tokenizer is trained on the data when the job starts: no sample render yet")
+            return None
+        folder = spec.tokenizer
+    else:
+        folder = spec.base_model_dir
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        tokenizer.model_max_length = 1 << 40  # truncation is reported by render_record itself
+        return tokenizer
+    except Exception as exc:  # a folder without a usable tokenizer
+        result["errors"].append({"field": "tokenizer" if spec.method == "pretrain" else "base_model_dir",
+                                 "message": f"cannot load a tokenizer from {folder}: {exc}"})
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# parameters and memory
+
+
+def _model_config(spec, errors) -> dict | None:
+    if spec.method == "pretrain":
+        from workers.core.training.presets import ARCHITECTURES
+
+        return {**ARCHITECTURES[spec.architecture], "vocab_size": spec.vocab_size}
+    path = Path(spec.base_model_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        errors.append({"field": "base_model_dir", "message": f"cannot read {path}: {exc}"})
+        return None
+    return config.get("text_config") or config
+
+
+def _shape(config: dict) -> dict:
+    hidden = int(config.get("hidden_size") or config.get("n_embd") or 0)
+    heads = int(config.get("num_attention_heads") or 1)
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    return {
+        "hidden": hidden, "layers": int(config.get("num_hidden_layers") or 0), "heads": heads,
+        "kv_heads": int(config.get("num_key_value_heads") or heads), "head_dim": head_dim,
+        "intermediate": int(config.get("intermediate_size") or 4 * hidden),
+        "vocab": int(config.get("vocab_size") or 0), "tied": bool(config.get("tie_word_embeddings", False)),
+    }
+
+
+def _linear_shapes(s: dict) -> dict[str, tuple[int, int]]:
+    h, q, kv, i = s["hidden"], s["heads"] * s["head_dim"], s["kv_heads"] * s["head_dim"], s["intermediate"]
+    return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+
+def count_parameters(s: dict, spec) -> tuple[int, int]:
+    """(total, trainable) from the config: embeddings, attention and MLP projections, norms."""
+    linear = _linear_shapes(s)
+    per_layer = sum(a * b for a, b in linear.values()) + 2 * s["hidden"]
+    embeddings = s["vocab"] * s["hidden"] * (1 if s["tied"] else 2)
+    total = embeddings + s["layers"] * per_layer + s["hidden"]
+    if spec.method == "pretrain" or spec.finetune == "full":
+        return total, total
+    targets = LINEAR_MODULES if spec.lora_targets == ["all-linear"] else spec.lora_targets
+    lora = s["layers"] * sum(spec.lora_r * (a + b) for name, (a, b) in linear.items() if name in targets)
+    if "lm_head" in targets:
+        lora += spec.lora_r * (s["hidden"] + s["vocab"])
+    return total + lora, lora
+
+
+def estimate_memory(s: dict, spec, cuda: bool) -> dict:
+    total, trainable = count_parameters(s, spec)
+    full = spec.method == "pretrain" or spec.finetune == "full"
+    if full:
+        weights = total * 4
+    elif spec.finetune == "qlora":
+        embeddings = s["vocab"] * s["hidden"] * (1 if s["tied"] else 2)
+        weights = (total - trainable - embeddings) // 2 + embeddings * 2 + trainable * 4
+    else:
+        weights = (total - trainable) * (2 if cuda else 4) + trainable * 4
+    act_bytes = 2 if (cuda or spec.precision == "bf16") else 4
+    tokens = spec.batch_size * spec.max_length
+    if spec.method == "dpo":
+        tokens *= 2  # chosen and rejected
+    per_layer = (6 * s["hidden"] + 4 * s["intermediate"]) * act_bytes
+    if spec.gradient_checkpointing:
+        activations = tokens * (s["layers"] * s["hidden"] * act_bytes + per_layer)
+    else:
+        activations = tokens * s["layers"] * per_layer
+    activations += tokens * s["vocab"] * 4 * 2
+    memory = {"weights": int(weights), "gradients": int(trainable * 4), "optimizer": int(trainable * 8),
+              "activations": int(activations)}
+    memory["total"] = int(sum(memory.values()) * 1.1)
+    return memory
+
+
+def suggestions(s: dict, spec, cuda: bool, budget: int) -> list[str]:
+    """Changes that bring the estimate down, each with its new estimate (fitting ones first)."""
+    options = []
+    if spec.method != "pretrain" and spec.finetune == "full":
+        options.append(("use LoRA (finetune: lora)", replace(spec, finetune="lora")))
+        if cuda:
+            options.append(("use QLoRA (finetune: qlora)", replace(spec, finetune="qlora")))
+    if not spec.gradient_checkpointing:
+        options.append(("turn on gradient_checkpointing", replace(spec, gradient_checkpointing=True)))
+    if spec.batch_size > 1:
+        half = spec.batch_size // 2
+        options.append((f"batch_size {half} with grad_accum {spec.grad_accum * 2} (same tokens per optimizer step)",
+                        replace(spec, batch_size=half, grad_accum=spec.grad_accum * 2)))
+    if spec.max_length > 256:
+        options.append((f"a shorter max_length ({spec.max_length // 2})", replace(spec, max_length=spec.max_length // 2)))
+    rated = [(estimate_memory(s, option, cuda)["total"], text) for text, option in options]
+    rated.sort(key=lambda r: (r[0] > budget, r[0]))
+    return [f"{text}: about {_gib(total)} GiB" + ("" if total <= budget else " (still over)") for total, text in rated]
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f}"
