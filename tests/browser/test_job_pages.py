@@ -202,9 +202,9 @@ def test_the_dashboard_shows_the_worker_online(stack, make_user, page):
     expect(cells.nth(4)).to_have_text("none")  # CUDA_VISIBLE_DEVICES="" in the test stack
 
     queues = card(live, "Queues")
-    expect(queues.locator("tbody tr")).to_have_count(2)
-    expect(queues.locator("tbody tr").nth(0).locator("td").first).to_have_text("gpu")
-    expect(queues.locator("tbody tr").nth(1).locator("td").first).to_have_text("cpu")
+    expect(queues.locator("tbody tr")).to_have_count(3)
+    for index, name in enumerate(("gpu", "cpu", "serve")):
+        expect(queues.locator("tbody tr").nth(index).locator("td").first).to_have_text(name)
     expect(queues).not_to_contain_text("broker unreachable")
     expect(card(live, "Running jobs")).to_contain_text("Nothing is running.")
     expect(card(live, "Recent jobs")).to_contain_text("No jobs yet.")

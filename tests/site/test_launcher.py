@@ -68,14 +68,14 @@ def test_the_launcher_starts_everything_creates_an_admin_and_stops_it_all_on_ctr
 
         wait_for(healthy, 90, 0.3, "the web server")
         db = tmp_path / "puyu.sqlite3"
-        wait_for(lambda: len(sqlite3.connect(db).execute("select name from jobs_workernode").fetchall()) == 3, 60, 0.5,
-                 "three workers to report in")
+        wait_for(lambda: len(sqlite3.connect(db).execute("select name from jobs_workernode").fetchall()) == 4, 90, 0.5,
+                 "four workers to report in")
         output = (tmp_path / "launcher.log").read_text()
         password = (tmp_path / "admin_password.txt").read_text().strip()
         assert f"username 'admin', password '{password}'" in output
         assert "started the embedded Redis" in output
         pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", output)]
-        assert len(pids) == 5  # web, gpu0, cpu, control, beat
+        assert len(pids) == 6  # web, gpu0, serve0, cpu, control, beat
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(60)
