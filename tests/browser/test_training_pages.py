@@ -15,7 +15,7 @@ from apps.training import services
 from apps.training.models import TrainingRun
 from tests.browser.test_job_pages import FINISH_TIMEOUT_MS, log_in, screenshot
 from tests.stack import wait_for
-from tests.training.conftest import lora_request, make_base, make_dataset, tiny_base_source  # noqa: F401  (fixtures)
+from tests.training.conftest import lora_request, make_base, make_dataset, tiny_base_source  # noqa: F401,F811  (fixtures)
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

@@ -28,6 +28,7 @@ from workers.core.specs import SpecError
 from . import protocol
 from .errors import InferenceError
 
+ACTIVE_POLL_SECONDS = 0.005
 KEEP_SAMPLES = 200  # recent requests kept for the ttft / tpot percentiles
 
 
@@ -227,11 +228,17 @@ class Replica:
 
     def _claim_new(self) -> None:
         free = self.spec.max_concurrent - len(self.active)
-        block_ms = 10 if self.active else 100
-        if free <= 0:
-            time.sleep(block_ms / 1000)
-            return
-        reply = self.redis.xreadgroup(protocol.REPLICA_GROUP, self.id, {self.stream: ">"}, count=free, block=block_ms)
+        if self.active:
+            # Requests are running: look for new ones without blocking and come back to pump
+            # tokens soon. (Redis enforces BLOCK timeouts only at its `hz` tick, 100 ms by
+            # default, so `BLOCK 10` held the first tokens back ~100 ms.)
+            time.sleep(ACTIVE_POLL_SECONDS)
+            if free <= 0:
+                return
+            reply = self.redis.xreadgroup(protocol.REPLICA_GROUP, self.id, {self.stream: ">"}, count=free)
+        else:
+            # Idle: block; a new entry wakes the read at once.
+            reply = self.redis.xreadgroup(protocol.REPLICA_GROUP, self.id, {self.stream: ">"}, count=free, block=100)
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 self._start(entry_id, fields)
