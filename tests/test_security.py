@@ -149,3 +149,13 @@ def test_a_websocket_from_a_foreign_origin_is_refused(client, users):
     headers = session_headers(client, users["owner"], origin=b"http://evil.example")
     connected, _, _ = async_to_sync(connect)(f"/ws/jobs/{job.pk}/", headers)
     assert connected is False
+
+
+def test_cancel_returns_to_the_page_that_asked_and_never_to_another_site(client, users):
+    client.force_login(users["owner"])
+    job = services.submit_job(users["owner"], "probe", {})
+    response = client.post(f"/jobs/{job.pk}/cancel/", {"next": f"/training/{job.pk}/"})
+    assert response.status_code == 302 and response["Location"] == f"/training/{job.pk}/"
+    other = services.submit_job(users["owner"], "probe", {})
+    response = client.post(f"/jobs/{other.pk}/cancel/", {"next": "https://evil.example/"})
+    assert response["Location"] == f"/jobs/{other.pk}/"

@@ -2,6 +2,7 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.http import FileResponse, Http404
 from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from apps.accounts.visibility import can_manage, get_visible_or_404, teammate_ids, visible_to
@@ -74,6 +75,10 @@ def job_cancel(request, job_id: int):
         messages.info(request, "Cancel requested: the worker stops at its next step.")
     elif status == JobStatus.CANCELLED:
         messages.info(request, "Job cancelled.")
+    # Pages that embed the job (e.g. a training run) send their own path back as `next`.
+    back = request.POST.get("next", "")
+    if back and url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        return redirect(back)
     return redirect("job-detail", job_id=job.pk)
 
 
