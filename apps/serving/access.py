@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
+from apps.accounts.models import LAST_USED_PRECISION, hash_token
 from apps.accounts.visibility import visible_to
 from apps.serving.models import (
     KEY_PREFIX,
@@ -18,11 +19,9 @@ from apps.serving.models import (
     DeploymentState,
     Replica,
     UsageDay,
-    hash_key,
 )
 from apps.serving.openai_format import ApiError, parse_request
 
-LAST_USED_PRECISION = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ def authenticate(raw: str) -> tuple[ApiKey, object]:
     if not raw:
         raise ApiError(401, "no API key: send `Authorization: Bearer sk-puyu-…` (create keys on the API keys page)",
                        code="invalid_api_key")
-    key = ApiKey.objects.select_related("user").filter(key_hash=hash_key(raw)).first() if raw.startswith(KEY_PREFIX) else None
+    key = ApiKey.objects.select_related("user").filter(key_hash=hash_token(raw)).first() if raw.startswith(KEY_PREFIX) else None
     if key is None or not key.user.is_active:
         raise ApiError(401, "invalid API key", code="invalid_api_key")
     if key.revoked_at is not None:

@@ -5,13 +5,15 @@ A deployment's OpenAI `model` id is "<owner username>/<deployment name>"; the ke
 deployments may also be called by their bare name (see access.resolve_model)."""
 from __future__ import annotations
 
-import hashlib
 import secrets
 
 from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
+
+# One hash for every secret the studio issues (API tokens and serving keys).
+from apps.accounts.models import hash_token
 
 KEY_PREFIX = "sk-puyu-"
 
@@ -84,9 +86,6 @@ class Replica(models.Model):
         return f"{self.deployment} replica {self.replica_id}"
 
 
-def hash_key(raw: str) -> str:
-    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
-
 
 class ApiKey(models.Model):
     """An OpenAI-style key (`sk-puyu-…`). Only its SHA-256 is stored; the secret is shown once."""
@@ -110,7 +109,7 @@ class ApiKey(models.Model):
     @classmethod
     def issue(cls, user, name: str, **limits) -> tuple[ApiKey, str]:
         raw = KEY_PREFIX + secrets.token_urlsafe(32)
-        key = cls.objects.create(user=user, name=name[:100], prefix=raw[: len(KEY_PREFIX) + 6], key_hash=hash_key(raw), **limits)
+        key = cls.objects.create(user=user, name=name[:100], prefix=raw[: len(KEY_PREFIX) + 6], key_hash=hash_token(raw), **limits)
         return key, raw
 
     @property
