@@ -8,9 +8,20 @@ from apps.datasets.api import router as datasets_router
 from apps.jobs.api import router as jobs_router
 from apps.registry.api import router as registry_router
 from apps.serving.api import router as serving_router
+from apps.studio import idempotency
 from apps.training.api import router as training_router
 
-api = NinjaAPI(title="Puyu Studio API", version="1.0", auth=API_AUTH, urls_namespace="api")
+
+class StudioAPI(NinjaAPI):
+    def get_openapi_schema(self, **kwargs):
+        return idempotency.document_header(super().get_openapi_schema(**kwargs))
+
+
+api = StudioAPI(title="Puyu Studio API", version="1.0", auth=API_AUTH, urls_namespace="api")
+# Every POST takes an optional Idempotency-Key (apps/studio/idempotency.py): the claim runs
+# after authentication and validation, the record keeps the response as rendered.
+api.add_decorator(idempotency.api_claim, mode="operation")
+api.add_decorator(idempotency.api_record, mode="view")
 api.add_router("/", accounts_router)
 api.add_router("/", jobs_router)
 api.add_router("/", registry_router)

@@ -12,10 +12,15 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from apps.jobs.routing import websocket_urlpatterns  # noqa: E402
 from apps.serving.routing import websocket_urlpatterns as serving_websockets  # noqa: E402
+from puyu_site.bodylimit import BodyLimitMiddleware, install_daphne_limits  # noqa: E402
+
+# Over-size request bodies are refused while they are read (per-route limits): by daphne's
+# request class as Twisted reads them, and by the middleware under any other ASGI server.
+install_daphne_limits()
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": BodyLimitMiddleware(django_asgi_app),
         # Origin must match ALLOWED_HOSTS (no cross-site websocket hijacking); the session
         # cookie identifies the user; the consumer checks who may see the job.
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns + serving_websockets))),

@@ -92,3 +92,27 @@ def env_redis_url(name: str = "REDIS_URL", default: str | None = None) -> str | 
 def env_path(name: str, default: Path) -> Path:
     raw = os.environ.get(name)
     return Path(raw).expanduser().resolve() if raw else default.resolve()
+
+
+def require_redis_password(url: str | None, name: str = "REDIS_URL") -> None:
+    """Refuse a Redis URL to a host beyond loopback without a password (production): the broker
+    carries every job and token stream, and an open Redis lets anyone on the network run jobs.
+    The error never repeats the URL (it may hold a password)."""
+    if not url:
+        return
+    parsed = urlparse(url)
+    host = (parsed.hostname or "").strip("[]")
+    if host == "localhost" or _is_loopback(host):
+        return
+    if not parsed.password:
+        raise SettingError(f"{name} points to {host}, beyond this machine, without a password: use "
+                           f"redis://:<password>@{host}:<port>/<db> (and `requirepass` in that Redis)")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost: it may resolve anywhere
+        return False

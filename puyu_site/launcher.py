@@ -4,20 +4,30 @@ Starts a Redis (REDIS_URL when set, else the bundled redis-server on a free loop
 persisting under the data dir), migrates, creates the first admin, then runs daphne, one Celery
 worker per GPU for queue `gpu` (one on the CPU when there is no GPU), a worker for queue `cpu`,
 a light worker for the `control` queue (the reaper must not wait behind long jobs), and beat.
-If any of them dies, everything is stopped and the exit status says so. No Django imports: the
+
+A child that dies (the OOM killer takes a training worker) is restarted with exponential backoff
+(1 s, 2 s, 4 s … at most 30 s) while the others, the web server included, keep running; its job
+is re-queued by the reaper and resumes from its checkpoint. Only Ctrl-C / SIGTERM, or a child that
+keeps crashing (more than PUYU_RESTART_LIMIT exits within PUYU_RESTART_WINDOW_SECONDS), stops
+everything; the exit status says which. Restarts are printed and written to
+`<data dir>/launcher_status.json` (atomically), which the dashboard shows. No Django imports: the
 children load the settings with the REDIS_URL chosen here.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
-from puyu_site.env import SettingError, env_int, env_path, env_str
+from puyu_site.env import SettingError, env_float, env_int, env_path, env_str
 from puyu_site.redis_server import EmbeddedRedis
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -73,42 +83,130 @@ def worker_plan(cores: int, gpus: int) -> list[tuple[str, list[str], dict[str, s
     return plan
 
 
+STATUS_FILE = "launcher_status.json"
+
+
+@dataclass
+class Child:
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen | None = None
+    crashes: deque = field(default_factory=deque)  # monotonic times of recent exits
+    restarts: int = 0
+    last_exit: int | None = None
+    last_restart_at: str | None = None
+    restart_at: float | None = None  # monotonic time of a scheduled restart
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _window_text(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 and seconds % 60 == 0 else f"{seconds:g} s"
+
+
 class Supervisor:
-    def __init__(self) -> None:
-        self.children: list[tuple[str, subprocess.Popen]] = []
+    def __init__(self, status_path: Path | None = None, *, restart_limit: int = 5, window: float = 600.0,
+                 backoff: float = 1.0, max_backoff: float = 30.0) -> None:
+        self.children: list[Child] = []
         self.stopping = False
+        self.status_path = status_path
+        self.restart_limit, self.window = restart_limit, window
+        self.backoff, self.max_backoff = backoff, max_backoff
 
     def spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        child = Child(name, command, env)
+        self.children.append(child)
+        self._start(child)
+
+    def _start(self, child: Child) -> None:
         # Own session: Ctrl-C reaches only the supervisor, which stops children in order.
-        proc = subprocess.Popen(command, cwd=BASE_DIR, env=env, start_new_session=True)
-        self.children.append((name, proc))
-        print(f"[puyu] started {name} (pid {proc.pid})", flush=True)
+        child.proc = subprocess.Popen(child.command, cwd=BASE_DIR, env=child.env, start_new_session=True)
+        child.restart_at = None
+        verb = "restarted" if child.restarts else "started"
+        print(f"[puyu] {verb} {child.name} (pid {child.proc.pid})", flush=True)
+        self.write_status()
 
-    def stop_all(self, grace: float = 10.0) -> None:
+    def stop_all(self, grace: float = 30.0) -> None:
         self.stopping = True
-        for _, proc in reversed(self.children):
-            if proc.poll() is None:
-                proc.terminate()
+        running = [c for c in reversed(self.children) if c.proc is not None]
+        for child in running:
+            if child.proc.poll() is None:
+                child.proc.terminate()
         deadline = time.monotonic() + grace
-        for name, proc in reversed(self.children):
+        for child in running:
             try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                # A worker in warm shutdown waits for its job; kill it. The job's lease expires and
-                # the reaper re-queues it on the next start.
-                print(f"[puyu] {name} did not stop in {grace:.0f} s; killing it", flush=True)
-                proc.kill()
-                proc.wait()
+                # A worker in warm shutdown checkpoints its training job and hands it back; one that
+                # takes longer is killed. Its job's lease expires and the reaper re-queues it.
+                print(f"[puyu] {child.name} did not stop in {grace:.0f} s; killing it", flush=True)
+                child.proc.kill()
+                child.proc.wait()
+        self.write_status()
 
-    def watch(self) -> int:
+    def check(self, now: float | None = None) -> int | None:
+        """One pass of the watch loop: note exits, schedule and perform restarts. Returns an exit
+        status when the launcher must stop (a child keeps crashing), else None."""
+        now = time.monotonic() if now is None else now
+        for child in self.children:
+            if child.restart_at is not None:
+                if now >= child.restart_at and not self.stopping:
+                    child.restarts += 1
+                    child.last_restart_at = _now_iso()
+                    self._start(child)
+                continue
+            code = child.proc.poll() if child.proc is not None else None
+            if code is None:
+                continue
+            child.last_exit = code
+            child.crashes.append(now)
+            while child.crashes and child.crashes[0] < now - self.window:
+                child.crashes.popleft()
+            crashes = len(child.crashes)
+            if crashes > self.restart_limit:
+                print(f"[puyu] {child.name} exited with status {code}, {crashes} times within "
+                      f"{_window_text(self.window)}; it keeps crashing, so stopping everything", flush=True)
+                self.write_status()
+                return 1
+            delay = min(self.max_backoff, self.backoff * 2 ** (crashes - 1))
+            child.restart_at = now + delay
+            print(f"[puyu] {child.name} exited with status {code}; restarting in {delay:g} s "
+                  f"(restart {crashes} of {self.restart_limit} in {_window_text(self.window)})", flush=True)
+            self.write_status()
+        return None
+
+    def watch(self, interval: float = 0.5) -> int:
         while not self.stopping:
-            for name, proc in self.children:
-                code = proc.poll()
-                if code is not None:
-                    print(f"[puyu] {name} exited with status {code}; stopping everything", flush=True)
-                    return 1
-            time.sleep(0.5)
+            status = self.check()
+            if status is not None:
+                return status
+            time.sleep(interval)
         return 0
+
+    def status(self) -> dict:
+        children = {}
+        for child in self.children:
+            running = child.proc is not None and child.proc.poll() is None and child.restart_at is None
+            children[child.name] = {
+                "pid": child.proc.pid if child.proc is not None else None,
+                "state": "running" if running else ("restarting" if child.restart_at is not None else "stopped"),
+                "restarts": child.restarts, "last_exit_status": child.last_exit, "last_restart_at": child.last_restart_at,
+            }
+        return {"updated_at": _now_iso(), "launcher_pid": os.getpid(), "stopping": self.stopping, "children": children}
+
+    def write_status(self) -> None:
+        """Atomically (write a temp file, then rename): the dashboard never reads half a file."""
+        if self.status_path is None:
+            return
+        tmp = self.status_path.with_name(self.status_path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(self.status(), indent=1))
+            os.replace(tmp, self.status_path)
+        except OSError as exc:  # a full disk must not take the studio down
+            print(f"[puyu] could not write {self.status_path.name}: {exc}", flush=True)
 
 
 def main() -> int:
@@ -118,6 +216,9 @@ def main() -> int:
         data_dir = env_path("PUYU_DATA_DIR", BASE_DIR / "var")
         redis_url = env_str("REDIS_URL", "")
         production = env_str("PUYU_ENV", "development", choices=("development", "production")) == "production"
+        restart_limit = env_int("PUYU_RESTART_LIMIT", 5, minimum=0, maximum=1000)
+        restart_window = env_float("PUYU_RESTART_WINDOW_SECONDS", 600.0, minimum=1.0)
+        stop_grace = env_float("PUYU_STOP_GRACE_SECONDS", 30.0, minimum=1.0)
     except SettingError as exc:
         print(f"[puyu] configuration error: {exc}", file=sys.stderr)
         return 2
@@ -131,7 +232,7 @@ def main() -> int:
 
     env = {**os.environ, "REDIS_URL": redis_url, "PUYU_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1",
            "OMP_WAIT_POLICY": "PASSIVE"}
-    supervisor = Supervisor()
+    supervisor = Supervisor(data_dir / STATUS_FILE, restart_limit=restart_limit, window=restart_window)
 
     def on_signal(signum, frame):
         supervisor.stopping = True
@@ -157,7 +258,7 @@ def main() -> int:
         status = 1
     finally:
         print("[puyu] stopping…", flush=True)
-        supervisor.stop_all()
+        supervisor.stop_all(stop_grace)
         if redis:
             redis.stop()
         print("[puyu] stopped", flush=True)

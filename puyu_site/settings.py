@@ -20,6 +20,7 @@ from puyu_site.env import (
     env_path,
     env_redis_url,
     env_str,
+    require_redis_password,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -36,6 +37,14 @@ UPLOAD_DIR = DATA_DIR / "uploads"
 # A user never types a server path: the form lists what is there.
 MODEL_IMPORT_DIRS = [Path(p).resolve() for p in env_list("PUYU_MODEL_IMPORT_DIRS", [str(DATA_DIR / "import")])]
 MAX_UPLOAD_BYTES = env_int("PUYU_MAX_UPLOAD_BYTES", 20 * 2**30, minimum=1)
+# Request bodies past these sizes are refused (413) while they are read (puyu_site/bodylimit.py):
+# dataset and model-archive uploads get MAX_UPLOAD_BYTES, a preset file MAX_PRESET_UPLOAD_BYTES
+# (its YAML may be 64 KiB), every other route MAX_REQUEST_BYTES.
+MAX_REQUEST_BYTES = env_int("PUYU_MAX_REQUEST_BYTES", 10 * 2**20, minimum=1024)
+MAX_PRESET_UPLOAD_BYTES = 256 * 2**10
+# What one hub import (model or dataset) may download; workers/core/hub_limits.py reads the same
+# variable, checks the hub's file list before fetching and the bytes on disk after.
+MAX_HUB_DOWNLOAD_BYTES = env_int("PUYU_MAX_HUB_DOWNLOAD_BYTES", 50 * 2**30, minimum=1)
 
 
 def _secret_key() -> str:
@@ -63,6 +72,8 @@ if PRODUCTION and DEBUG:
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]", "testserver"])
 if PRODUCTION and not ALLOWED_HOSTS:
     raise SettingError("ALLOWED_HOSTS is required when PUYU_ENV=production (comma-separated host names)")
+if PRODUCTION and any(host == "*" for host in ALLOWED_HOSTS):
+    raise SettingError("ALLOWED_HOSTS=* is refused when PUYU_ENV=production: name the host names the studio is served as")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
@@ -88,15 +99,20 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "puyu_site.csp.ContentSecurityPolicyMiddleware",  # scripts only from our static files
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "apps.accounts.throttle.LoginThrottleMiddleware",  # the login page and the admin's
     "apps.accounts.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "apps.studio.uploads.UploadDiskFullMiddleware",  # a disk full mid-upload: 507 with the reason, not 500
+    # After CSRF and auth: a second POST of one form (its `_once` token) replays the first.
+    "apps.studio.idempotency.OnceFormMiddleware",
 ]
 
 ROOT_URLCONF = "puyu_site.urls"
@@ -126,6 +142,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 LOGIN_URL = "login"
+# Login throttling (apps/accounts/throttle.py): failures per username and address, then 429.
+LOGIN_FAILURE_LIMIT = env_int("PUYU_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+LOGIN_FAILURE_WINDOW_SECONDS = env_int("PUYU_LOGIN_FAILURE_WINDOW_SECONDS", 15 * 60, minimum=1)
 LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "login"
 
@@ -156,7 +175,7 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 2**20
 FILE_UPLOAD_HANDLERS = [
     "apps.studio.uploads.SizeLimitUploadHandler",
     "django.core.files.uploadhandler.MemoryFileUploadHandler",
-    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+    "apps.studio.uploads.DiskFullAwareTemporaryFileUploadHandler",  # a full disk: 507, no partial file
 ]
 # Development serves from the finders (no collectstatic needed); production uses the
 # manifest storage that `collectstatic` (run by the launcher) fills.
@@ -175,6 +194,8 @@ STORAGES = {
 # commands (migrate, shell) start without it. Submitting a job while Redis is unreachable is
 # fine: the job stays QUEUED and beat dispatches it once Redis is back.
 REDIS_URL = env_redis_url("REDIS_URL", "redis://127.0.0.1:6379/0")
+if PRODUCTION:
+    require_redis_password(REDIS_URL)  # a Redis reachable beyond this machine needs a password
 
 CHANNEL_LAYERS = {
     "default": {
@@ -204,7 +225,13 @@ CELERY_BROKER_CONNECTION_TIMEOUT = 2
 # A submit while Redis is down must return quickly: the row is already committed and beat
 # dispatches it later, so do not block the web request retrying the publish.
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "socket_timeout": 5, "socket_connect_timeout": 2}
+# A message not acknowledged within visibility_timeout is delivered again (a duplicate the claim
+# refuses); jobs run for hours, so keep it long. Tests shorten it to prove a redelivery runs nothing twice.
+_VISIBILITY = env_float("PUYU_BROKER_VISIBILITY_TIMEOUT", 3600.0, minimum=1.0)
+# kombu sweeps for overdue messages every interval × throttle s (default 100 s): one cheap sorted-set read.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": _VISIBILITY, "unacked_restore_throttle": 1,
+                                   "unacked_restore_interval": max(1, min(10, int(_VISIBILITY // 4))),
+                                   "socket_timeout": 5, "socket_connect_timeout": 2}
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
 
@@ -220,9 +247,23 @@ if JOB_LEASE_SECONDS <= 2 * JOB_HEARTBEAT_SECONDS:
         f"PUYU_JOB_LEASE_SECONDS={JOB_LEASE_SECONDS} must exceed twice PUYU_JOB_HEARTBEAT_SECONDS={JOB_HEARTBEAT_SECONDS}"
     )
 JOB_MAX_ATTEMPTS = env_int("PUYU_JOB_MAX_ATTEMPTS", 3, minimum=1, maximum=10)
+# Queued + running jobs one user may have at once (staff and deployment replicas are exempt).
+MAX_ACTIVE_JOBS_PER_USER = env_int("PUYU_MAX_ACTIVE_JOBS_PER_USER", 20, minimum=1)
 JOB_REAPER_INTERVAL_SECONDS = env_float("PUYU_REAPER_INTERVAL_SECONDS", 10.0, minimum=0.5)
 JOB_DISPATCH_GRACE_SECONDS = env_float("PUYU_DISPATCH_GRACE_SECONDS", 5.0, minimum=0.0)
 JOB_LOG_TAIL_LINES = env_int("PUYU_JOB_LOG_TAIL_LINES", 500, minimum=10)
+# Hung jobs (the heartbeat proves liveness, not progress): the reaper fails a RUNNING job past its
+# kind's wall-clock limit (hours since it first started; PUYU_JOB_TIME_LIMIT_<KIND>=hours, 0 = none)
+# or with no progress, log or metric for PUYU_JOB_NO_PROGRESS_SECONDS (0 = never). Replicas
+# (serve) run as long as their deployment and only idle between requests: no limit for them.
+JOB_TIME_LIMIT_HOURS = {kind: env_float(f"PUYU_JOB_TIME_LIMIT_{kind.upper()}", hours, minimum=0.0) for kind, hours in {
+    "diagnostics": 1, "probe": 1, "model_import": 6, "model_merge": 6, "model_quantize": 12, "dataset_import": 12,
+    "dataset_clean": 24, "dataset_generate": 48, "train": 168, "serve": 0}.items()}
+JOB_NO_PROGRESS_SECONDS = env_float("PUYU_JOB_NO_PROGRESS_SECONDS", 600.0, minimum=0.0)
+JOB_NO_PROGRESS_EXEMPT_KINDS = ("serve",)
+# Lost broker messages: a QUEUED job published this long ago whose message is in neither its
+# queue nor the transport's unacked hash is published again (a long queue is never re-published).
+JOB_MESSAGE_CHECK_SECONDS = env_float("PUYU_JOB_MESSAGE_CHECK_SECONDS", 60.0, minimum=0.5)
 WORKER_HEARTBEAT_SECONDS = env_float("PUYU_WORKER_HEARTBEAT_SECONDS", 10.0, minimum=0.5)
 WORKER_ONLINE_SECONDS = 3 * WORKER_HEARTBEAT_SECONDS
 
@@ -231,6 +272,12 @@ SERVING_RECONCILE_SECONDS = env_float("PUYU_SERVING_RECONCILE_SECONDS", 3.0, min
 # How long a request may wait in a deployment's queue for a replica to start it (then 504).
 SERVING_QUEUE_TIMEOUT_SECONDS = env_float("PUYU_SERVING_QUEUE_TIMEOUT_SECONDS", 30.0, minimum=0.1)
 SERVING_DEFAULT_MAX_TOKENS = env_int("PUYU_SERVING_DEFAULT_MAX_TOKENS", 256, minimum=1)
+# A replica that has not beaten for this long (at least 2.5 of its own heartbeats) is dead: its
+# clients get a 502 at once instead of waiting for the request timeout.
+SERVING_REPLICA_DEAD_SECONDS = env_float("PUYU_SERVING_REPLICA_DEAD_SECONDS", 5.0, minimum=1.0)
+# The limits of a new API key; only staff change them (the keys page, the admin). 0 = no limit.
+SERVING_DEFAULT_RATE_LIMIT_PER_MINUTE = env_int("PUYU_SERVING_DEFAULT_RATE_LIMIT_PER_MINUTE", 60, minimum=0)
+SERVING_DEFAULT_TOKEN_QUOTA_PER_DAY = env_int("PUYU_SERVING_DEFAULT_TOKEN_QUOTA_PER_DAY", 1_000_000, minimum=0)
 # Prometheus may scrape /metrics with `Authorization: Bearer <this>`; staff sessions always may.
 METRICS_TOKEN = env_str("PUYU_METRICS_TOKEN", "") or ""
 

@@ -26,6 +26,16 @@ def _redis_running(redis_server):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """The in-process cache (e.g. the dashboard's live panel, kept a second) must not carry one
+    test's page into the next: ids repeat between rolled-back tests."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+
+
 @pytest.fixture(scope="session")
 def password_hash():
     """Hash PASSWORD once: the real PBKDF2 hasher costs ~1 s a call on these machines, and

@@ -28,22 +28,20 @@ def promise_figure(request):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
-    marker = item.get_closest_marker("promise")
-    if marker is None:
-        return
     report = outcome.get_result()
-    scenario = str(marker.args[0])
-    entry = _RESULTS.setdefault(scenario, {"result": "pass", "figures": [], "tests": 0})
-    if report.when == "call" or (report.when == "setup" and not report.passed):
-        entry["tests"] += 1
-        if report.failed:
-            entry["result"] = "FAIL"
-        elif report.skipped and entry["result"] == "pass":
-            entry["result"] = "skipped"
-    if report.when == "teardown":
-        entry["figures"].extend(item.stash.get(_FIGURES_KEY, []))
-        if report.failed:
-            entry["result"] = "FAIL"
+    for marker in item.iter_markers("promise"):  # one test may prove several promises
+        scenario = str(marker.args[0])
+        entry = _RESULTS.setdefault(scenario, {"result": "pass", "figures": [], "tests": 0})
+        if report.when == "call" or (report.when == "setup" and not report.passed):
+            entry["tests"] += 1
+            if report.failed:
+                entry["result"] = "FAIL"
+            elif report.skipped and entry["result"] == "pass":
+                entry["result"] = "skipped"
+        if report.when == "teardown":
+            entry["figures"].extend(item.stash.get(_FIGURES_KEY, []))
+            if report.failed:
+                entry["result"] = "FAIL"
 
 
 def pytest_terminal_summary(terminalreporter):

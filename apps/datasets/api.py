@@ -5,7 +5,6 @@ import json
 from datetime import datetime
 from typing import Any
 
-from django.http import FileResponse
 from ninja import File, Form, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
@@ -15,6 +14,7 @@ from apps.datasets import services
 from apps.datasets.models import Dataset, DatasetUpload, DatasetVersion
 from apps.jobs.api import JobOut
 from apps.jobs.services import InvalidParams
+from apps.studio.streaming import StreamingFileResponse  # streams under daphne (no whole-file list)
 
 router = Router(tags=["datasets"])
 
@@ -182,7 +182,7 @@ def get_rows(request, version_id: int, offset: int = 0, limit: int = 50, q: str 
 @router.get("/dataset-versions/{version_id}/download")
 def download(request, version_id: int):
     version = _version(request, version_id)
-    return FileResponse(version.path.open("rb"), as_attachment=True, filename=f"{version.dataset.name}-v{version.number}.jsonl")
+    return StreamingFileResponse(version.path.open("rb"), as_attachment=True, filename=f"{version.dataset.name}-v{version.number}.jsonl")
 
 
 @router.post("/dataset-versions/{version_id}/clean", response={201: JobOut})

@@ -1,10 +1,12 @@
 """plotly charts of a version's statistics and of a cleaning run (plotly.js is served locally)."""
 from __future__ import annotations
 
+from puyu_site.charts import figure_html
+
 
 def _html(fig, div_id: str) -> str:
     fig.update_layout(height=280, margin={"t": 30, "b": 40, "l": 50, "r": 10}, showlegend=False)
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False, "responsive": True})
+    return figure_html(fig, div_id, {"displaylogo": False, "responsive": True})  # no inline script (CSP)
 
 
 def stats_charts(stats: dict, max_length: int | None = None) -> dict[str, str]:
@@ -53,4 +55,4 @@ def funnel_chart(report: dict) -> str:
     fig.add_trace(go.Funnel(y=names, x=docs, name="documents", textinfo="value+percent initial"))
     fig.add_trace(go.Funnel(y=names, x=chars, name="characters", textinfo="percent initial", visible="legendonly"))
     fig.update_layout(height=360, margin={"t": 20, "b": 20, "l": 120, "r": 10}, showlegend=True)
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id="chart-funnel", config={"displaylogo": False})
+    return figure_html(fig, "chart-funnel", {"displaylogo": False})

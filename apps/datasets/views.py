@@ -1,7 +1,7 @@
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Count, Q
-from django.http import FileResponse, Http404
+from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
@@ -12,6 +12,7 @@ from apps.datasets.forms import CleanForm, GenerateForm, UploadForm, tokenizer_v
 from apps.datasets.models import Dataset, DatasetUpload, DatasetVersion
 from apps.jobs.models import Job
 from apps.jobs.services import InvalidParams
+from apps.studio.streaming import StreamingFileResponse  # streams under daphne (no whole-file list)
 from workers.tasks.catalog import render_preview
 
 PAGE = 25
@@ -131,7 +132,7 @@ def version_render(request, version_id: int):
 def version_download(request, version_id: int):
     version = _version(request.user, version_id)
     name = f"{version.dataset.name}-v{version.number}.jsonl".replace("/", "_")
-    return FileResponse(version.path.open("rb"), as_attachment=True, filename=name, content_type="application/jsonl")
+    return StreamingFileResponse(version.path.open("rb"), as_attachment=True, filename=name, content_type="application/jsonl")
 
 
 @require_POST

@@ -2,23 +2,32 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 from django.conf import settings
 from django.utils import timezone
 from ninja import Query, Router, Schema, Status
 from ninja.errors import HttpError
+from pydantic import Field, WithJsonSchema
 
 from apps.accounts.visibility import get_visible_or_404, visible_to
 from apps.jobs import services
 from apps.jobs.models import Job, JobKind, JobStatus, WorkerNode
 from apps.jobs.snapshot import metric_series
+from workers.tasks.catalog import GENERIC_KINDS, public_params, public_value
 
 router = Router(tags=["jobs"])
 
+# The schema documents only the generic kinds; any other string reaches the view, which answers
+# 422 naming `kind` and the app that creates such jobs (a bare enum error would not say where).
+GenericKind = Annotated[str, Field(max_length=40), WithJsonSchema(
+    {"type": "string", "enum": list(GENERIC_KINDS), "title": "Kind",
+     "description": "Only these kinds are submitted here; the others are created by their app "
+                    "(datasets, models, training, deployments), which chooses their paths."})]
+
 
 class JobIn(Schema):
-    kind: JobKind
+    kind: GenericKind
     params: dict[str, Any] = {}
     queue: str | None = None
     title: str = ""
@@ -52,6 +61,15 @@ class JobOut(Schema):
     @staticmethod
     def resolve_retry_of(obj: Job) -> int | None:
         return obj.retry_of_id
+
+    # What users see never holds a server path or a secret (the stored params stay absolute).
+    @staticmethod
+    def resolve_params(obj: Job) -> dict[str, Any]:
+        return public_params(obj.kind, obj.params)
+
+    @staticmethod
+    def resolve_result(obj: Job) -> dict[str, Any] | None:
+        return public_value(obj.result) if obj.result is not None else None
 
 
 class JobPage(Schema):
@@ -92,6 +110,8 @@ def _act(fn, *args):
         return fn(*args)
     except services.PermissionDenied as exc:
         raise HttpError(403, str(exc)) from None
+    except services.TooManyJobs as exc:
+        raise HttpError(429, str(exc)) from None
     except services.InvalidParams as exc:
         raise HttpError(422, str(exc)) from None
 
@@ -112,7 +132,10 @@ def list_jobs(request, filters: JobFilters = Query(...)):
 
 @router.post("/jobs", response={201: JobOut})
 def create_job(request, payload: JobIn):
-    job = _act(lambda: services.submit_job(request.auth, payload.kind, payload.params, queue=payload.queue, title=payload.title))
+    """Submit a generic job (diagnostics, probe). 422 names the field at fault (`kind` for a
+    kind only its app creates); 429 when you already have too many queued or running jobs."""
+    job = _act(lambda: services.submit_generic_job(request.auth, payload.kind, payload.params, queue=payload.queue,
+                                                   title=payload.title))
     return Status(201, job)
 
 

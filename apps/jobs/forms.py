@@ -30,7 +30,7 @@ class DiagnosticsForm(JobFormBase):
 
 class ProbeForm(JobFormBase):
     kind = "probe"
-    seconds = forms.FloatField(min_value=0, max_value=86_400, initial=10)
+    seconds = forms.FloatField(min_value=0, max_value=3600, initial=10, help_text="at most an hour")
     steps = forms.IntegerField(min_value=1, max_value=100_000, initial=10)
 
     def __init__(self, *args, **kwargs):
@@ -38,4 +38,6 @@ class ProbeForm(JobFormBase):
         self.fields["queue"].initial = "cpu"
 
 
+# Only the generic kinds (catalog.GENERIC_KINDS) have a form here: the others are created by
+# their app's pages, which choose every path from what the user may see.
 FORMS = {form.kind: form for form in (DiagnosticsForm, ProbeForm)}

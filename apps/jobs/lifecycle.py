@@ -3,8 +3,13 @@ workers given the same message, the reaper, a user's cancel) can never both win.
 
     QUEUED ──claim──▶ RUNNING ──finish──▶ SUCCEEDED | FAILED | CANCELLED
       ▲                  │
-      └──reap (lease expired, attempts left)      reap (no attempts left) ──▶ FAILED "worker lost"
+      ├──reap (lease expired, attempts left)      reap (no attempts left) ──▶ FAILED "worker lost"
+      └──release (warm shutdown: checkpointed, not a failed attempt)
     QUEUED ──cancel──▶ CANCELLED        RUNNING ──cancel──▶ flag, the worker stops ──▶ CANCELLED
+    RUNNING ──reap_hung (past its kind's time limit, or no progress for N s)──▶ FAILED
+
+A lease is (lease_owner, attempts): a worker process that runs the same job again later holds a
+new attempt, so a write of the earlier attempt can never pass for the later one.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from django.utils import timezone
 
 from apps.jobs import events
 from apps.jobs.models import Job, JobLogLine, JobStatus
+from workers.tasks.catalog import public_text
 
 WORKER_LOST = "worker lost"
 
@@ -61,6 +67,7 @@ def claim(job_id: int, worker: str) -> Job | None:
         heartbeat_at=now,
         lease_expires_at=_lease_deadline(now),
         started_at=Coalesce(F("started_at"), now),
+        progress_at=now,
         error="",
     )
     if not claimed:
@@ -68,26 +75,44 @@ def claim(job_id: int, worker: str) -> Job | None:
     return _announce(job_id)
 
 
-def renew_lease(job_id: int, worker: str) -> bool:
+def _held(job_id: int, worker: str, attempt: int | None):
+    """The job's row while `worker` (and, when given, this attempt) holds its lease."""
+    held = Job.objects.filter(pk=job_id, status=JobStatus.RUNNING, lease_owner=worker)
+    return held if attempt is None else held.filter(attempts=attempt)
+
+
+def renew_lease(job_id: int, worker: str, attempt: int | None = None) -> bool:
     """Heartbeat: extend the lease. False means the worker no longer holds the job."""
     now = timezone.now()
-    return bool(
-        Job.objects.filter(pk=job_id, status=JobStatus.RUNNING, lease_owner=worker).update(
-            heartbeat_at=now, lease_expires_at=_lease_deadline(now)
-        )
-    )
+    return bool(_held(job_id, worker, attempt).update(heartbeat_at=now, lease_expires_at=_lease_deadline(now)))
 
 
-def finish(job_id: int, worker: str, status: str, *, result: dict | None = None, error: str = "") -> bool:
+def finish(job_id: int, worker: str, status: str, *, result: dict | None = None, error: str = "",
+           attempt: int | None = None) -> bool:
     """Record the outcome, only if `worker` still holds the lease."""
     if status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
         raise ValueError(f"finish: {status!r} is not a final status")
-    fields = {"status": status, "finished_at": timezone.now(), "error": error[:4000], "eta_seconds": None, "lease_expires_at": None}
+    fields = {"status": status, "finished_at": timezone.now(), "error": public_text(error)[:4000], "eta_seconds": None, "lease_expires_at": None}
     if status == JobStatus.SUCCEEDED:
         fields.update(progress=1.0, result=result)
     with transaction.atomic():
-        done = Job.objects.filter(pk=job_id, status=JobStatus.RUNNING, lease_owner=worker).update(**fields)
+        done = _held(job_id, worker, attempt).update(**fields)
         if done:
+            _announce(job_id)
+    return bool(done)
+
+
+def release(job_id: int, worker: str, attempt: int | None, reason: str) -> bool:
+    """Warm shutdown: the attempt checkpointed and stopped; give the job back to the queue at once.
+    Not a failed attempt: the attempt cap grows by one, so a job suspended by many restarts of its
+    worker is never failed for it (a crash still uses up an attempt). The caller dispatches it."""
+    with transaction.atomic():
+        done = _held(job_id, worker, attempt).update(
+            status=JobStatus.QUEUED, lease_owner="", lease_expires_at=None, dispatched_at=None, eta_seconds=None,
+            max_attempts=F("max_attempts") + 1, progress_message=f"re-queued: {reason}"[:200],
+        )
+        if done:
+            append_log_line(job_id, "warning", f"re-queued: {reason}")
             _announce(job_id)
     return bool(done)
 
@@ -143,6 +168,38 @@ def reap_stale(now=None) -> ReapReport:
                 append_log_line(job.pk, "warning", f"{WORKER_LOST}: no heartbeat from {job.lease_owner}")
                 _announce(job.pk)
     return report
+
+
+def reap_hung(now=None) -> list[int]:
+    """Fail RUNNING jobs that are alive (their heartbeat renews the lease) but do not move: past
+    their kind's wall-clock limit, or with no progress, log or metric for JOB_NO_PROGRESS_SECONDS.
+    Their worker learns it at its next heartbeat or write (the lease is gone) and stops."""
+    now = now or timezone.now()
+    failed = []
+    quiet = settings.JOB_NO_PROGRESS_SECONDS
+    running = Job.objects.filter(status=JobStatus.RUNNING).only("pk", "kind", "attempts", "lease_owner", "started_at", "progress_at")
+    for job in running:
+        limit_hours = settings.JOB_TIME_LIMIT_HOURS.get(job.kind, 0)
+        last_sign = job.progress_at or job.started_at
+        if limit_hours and job.started_at and job.started_at < now - timedelta(hours=limit_hours):
+            reason = (f"time limit: ran for more than {_human_hours(limit_hours)}, the limit for {job.kind} jobs "
+                      f"(setting PUYU_JOB_TIME_LIMIT_{job.kind.upper()})")
+        elif (quiet and job.kind not in settings.JOB_NO_PROGRESS_EXEMPT_KINDS and last_sign
+              and last_sign < now - timedelta(seconds=quiet)):
+            reason = f"no progress for {quiet:.0f} s: the job looks hung"
+        else:
+            continue
+        with transaction.atomic():
+            if _held(job.pk, job.lease_owner, job.attempts).update(
+                    status=JobStatus.FAILED, finished_at=now, error=reason, eta_seconds=None, lease_expires_at=None):
+                failed.append(job.pk)
+                append_log_line(job.pk, "error", reason)
+                _announce(job.pk)
+    return failed
+
+
+def _human_hours(hours: float) -> str:
+    return f"{hours:g} h" if hours >= 1 else f"{hours * 3600:.0f} s"
 
 
 def undispatched(now=None):

@@ -44,6 +44,10 @@ class Job(models.Model):
     lease_owner = models.CharField(max_length=200, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # The heartbeat proves the worker lives; this proves the job moves: set at claim and by every
+    # progress, log or metric write. The reaper fails a RUNNING job whose last sign of
+    # progress is older than JOB_NO_PROGRESS_SECONDS (a hung job).
+    progress_at = models.DateTimeField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
     celery_task_id = models.CharField(max_length=80, blank=True)
     dispatched_at = models.DateTimeField(null=True, blank=True, help_text="last successful publish to the broker")

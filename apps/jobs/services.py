@@ -6,6 +6,8 @@ import uuid
 
 import redis
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import transaction
 from django.utils import timezone
 
@@ -13,20 +15,38 @@ from apps.accounts.visibility import PermissionDenied, can_manage
 from apps.jobs import lifecycle
 from apps.jobs.models import FINISHED_STATUSES, Job, JobStatus
 from puyu_site.celery import app as celery_app
-from workers.tasks.catalog import KINDS, InvalidParams, task_name, validate_params
+from workers.tasks.catalog import GENERIC_KINDS, KINDS, InvalidParams, check_generic_kind, task_name, validate_params
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InvalidParams", "submit_job", "dispatch", "cancel_job", "retry_job", "PermissionDenied"]
+__all__ = ["InvalidParams", "TooManyJobs", "submit_job", "submit_generic_job", "dispatch", "cancel_job", "retry_job",
+           "PermissionDenied"]
+
+# Replicas run as long as their deployment does; the deployment bounds how many there are.
+LIMIT_EXEMPT_KINDS = ("serve",)
+
+
+class TooManyJobs(InvalidParams):
+    """The owner already has MAX_ACTIVE_JOBS_PER_USER queued or running jobs (the API answers 429)."""
+
+
+def submit_generic_job(owner, kind: str, params: dict | None = None, *, queue: str | None = None, title: str = "") -> Job:
+    """What the generic job API and forms call: only the kinds that touch no file
+    (catalog.GENERIC_KINDS). Every other kind is created by its app's service, which derives
+    its paths from ids, through `submit_job`."""
+    check_generic_kind(kind)
+    return submit_job(owner, kind, params, queue=queue, title=title)
 
 
 def submit_job(owner, kind: str, params: dict | None = None, *, queue: str | None = None, title: str = "",
                resources: dict | None = None, retry_of: Job | None = None) -> Job:
+    """The internal entry point (app services): any kind, parameters already built by the server."""
     clean = validate_params(kind, params)
     queue = queue or KINDS[kind].default_queue
     if queue not in settings.JOB_QUEUES:
         raise InvalidParams("queue", f"unknown queue {queue!r} (known: {', '.join(settings.JOB_QUEUES)})")
     with transaction.atomic():
+        _check_active_limit(owner, kind)
         job = Job.objects.create(
             owner=owner, kind=kind, params=clean, queue=queue, title=title[:200], resources=resources or {},
             max_attempts=settings.JOB_MAX_ATTEMPTS, retry_of=retry_of, celery_task_id=_new_task_id(),
@@ -34,6 +54,20 @@ def submit_job(owner, kind: str, params: dict | None = None, *, queue: str | Non
         # The message id is chosen with the row, so publishing after commit costs no extra query.
         transaction.on_commit(lambda: _publish(job))
     return job
+
+
+def _check_active_limit(owner, kind: str) -> None:
+    if kind in LIMIT_EXEMPT_KINDS or owner.is_staff:
+        return
+    # Lock the owner's row so two submits at once cannot both pass the count (PostgreSQL; SQLite
+    # serialises writers anyway).
+    get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
+    limit = settings.MAX_ACTIVE_JOBS_PER_USER
+    active = (Job.objects.filter(owner=owner, status__in=(JobStatus.QUEUED, JobStatus.RUNNING))
+              .exclude(kind__in=LIMIT_EXEMPT_KINDS).count())
+    if active >= limit:
+        raise TooManyJobs("jobs", f"you already have {active} queued or running jobs (the limit is {limit}); "
+                                  "wait for some to finish or cancel them")
 
 
 def _new_task_id() -> str:
@@ -83,15 +117,24 @@ RETRY_HANDLERS: dict = {}
 
 
 def retry_job(job: Job, user) -> Job:
-    """A new job with the same kind, queue and parameters; the old one keeps its history."""
+    """A new job with the same kind, queue and parameters; the old one keeps its history.
+    Generic kinds are resubmitted as they were; app kinds only through their app's handler (a
+    job without the app's records, e.g. one made by the generic API before it was restricted,
+    is refused with a 422 instead of failing)."""
     if not can_manage(user, job):
         raise PermissionDenied("only the owner or staff can retry this job")
     if job.status not in FINISHED_STATUSES:
         raise InvalidParams("status", f"only finished jobs can be retried; this one is {job.status}")
+    if job.kind in GENERIC_KINDS:
+        return submit_job(user, job.kind, job.params, queue=job.queue, title=job.title, resources=job.resources, retry_of=job)
     handler = RETRY_HANDLERS.get(job.kind)
-    if handler is not None:
+    if handler is None:
+        check_generic_kind(job.kind)  # raises: says where such jobs are (re)started
+    try:
         return handler(job, user)
-    return submit_job(user, job.kind, job.params, queue=job.queue, title=job.title, resources=job.resources, retry_of=job)
+    except ObjectDoesNotExist:
+        raise InvalidParams("kind", f"this {job.kind} job was not created by its app, so it cannot be retried; "
+                                    "start it again from its app") from None
 
 
 def active_use_blockers(uses) -> list[str]:

@@ -5,6 +5,7 @@ from collections import defaultdict
 
 from apps.jobs.lifecycle import status_payload
 from apps.jobs.models import Job
+from workers.tasks.catalog import public_value
 
 SNAPSHOT_LOG_LINES = 200
 
@@ -27,7 +28,7 @@ def job_snapshot(job: Job) -> dict:
         "id": job.pk,
         "kind": job.kind,
         **status_payload(job),
-        "result": job.result,
+        "result": public_value(job.result) if job.result is not None else None,
         "log": recent_log(job),
         "metrics": metric_series(job),
     }

@@ -1,6 +1,6 @@
 from django.contrib import messages
 from django.contrib.auth import get_user_model
-from django.http import FileResponse, Http404
+from django.http import Http404
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
@@ -10,6 +10,8 @@ from apps.jobs import services
 from apps.jobs.forms import FORMS
 from apps.jobs.models import Job, JobKind, JobStatus
 from apps.jobs.snapshot import job_snapshot
+from apps.studio.streaming import StreamingFileResponse  # streams under daphne (no whole-file list)
+from workers.tasks.catalog import public_params
 
 PAGE_SIZE = 50
 
@@ -39,8 +41,8 @@ def job_new(request, kind: str = "diagnostics"):
     form = form_class(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            job = services.submit_job(request.user, kind, form.params(), queue=form.cleaned_data["queue"],
-                                      title=form.cleaned_data["title"])
+            job = services.submit_generic_job(request.user, kind, form.params(), queue=form.cleaned_data["queue"],
+                                              title=form.cleaned_data["title"])
         except services.InvalidParams as exc:
             form.add_error(exc.field if exc.field in form.fields else None, exc.reason)
         else:
@@ -52,6 +54,7 @@ def job_new(request, kind: str = "diagnostics"):
 def job_detail(request, job_id: int):
     job = get_visible_or_404(Job.objects.select_related("owner", "retry_of"), request.user, pk=job_id)
     return render(request, "jobs/job_detail.html", {
+        "params": public_params(job.kind, job.params),
         "job": job, "snapshot": job_snapshot(job), "can_manage": can_manage(request.user, job),
         "retries": visible_to(job.retries.all(), request.user),
     })
@@ -93,4 +96,4 @@ def job_log_download(request, job_id: int):
     path = job.log_path
     if not path.exists():
         raise Http404("This job has written no log yet.")
-    return FileResponse(path.open("rb"), as_attachment=True, filename=f"job-{job.pk}.log", content_type="text/plain")
+    return StreamingFileResponse(path.open("rb"), as_attachment=True, filename=f"job-{job.pk}.log", content_type="text/plain")

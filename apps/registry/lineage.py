@@ -6,6 +6,7 @@ from django.urls import reverse
 
 from apps.accounts.visibility import visible_to
 from apps.registry.models import ModelVersion
+from puyu_site.charts import figure_html
 
 MAX_NODES = 60
 
@@ -69,4 +70,4 @@ def lineage_figure(version: ModelVersion, user) -> str:
     ))
     fig.update_layout(showlegend=False, height=260, margin={"t": 10, "b": 40, "l": 10, "r": 10},
                       xaxis={"visible": False}, yaxis={"visible": False}, plot_bgcolor="white")
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id="lineage-graph", config={"displaylogo": False})
+    return figure_html(fig, "lineage-graph", {"displaylogo": False})  # no inline script (CSP)

@@ -1,7 +1,7 @@
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.db.models import Count, Max, Q
-from django.http import FileResponse, Http404
+from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
@@ -12,6 +12,7 @@ from apps.registry.downloads import version_archive_response
 from apps.registry.forms import AliasForm, ImportForm, QuantizeForm, visible_models
 from apps.registry.lineage import lineage_figure
 from apps.registry.models import AliasMove, ModelVersion, RegisteredModel, VersionKind
+from apps.studio.streaming import StreamingFileResponse  # streams under daphne (no whole-file list)
 
 SIZE_BUCKETS = {"small": (0, 100_000_000), "medium": (100_000_000, 1_000_000_000), "large": (1_000_000_000, 10**15)}
 
@@ -87,7 +88,7 @@ def version_file(request, version_id: int, name: str):
     version = _visible_version(request.user, version_id)
     if name not in version.file_names():  # only files the version recorded, never a path from the URL
         raise Http404("No such file in this version.")
-    return FileResponse((version.path / name).open("rb"), as_attachment=True, filename=name.rsplit("/", 1)[-1])
+    return StreamingFileResponse((version.path / name).open("rb"), as_attachment=True, filename=name.rsplit("/", 1)[-1])
 
 
 def _act(request, version_id, action, success):
@@ -115,6 +116,7 @@ def version_merge(request, version_id: int):
 @require_POST
 def version_quantize(request, version_id: int):
     form = QuantizeForm(request.POST)
+    _visible_version(request.user, version_id)  # 404 for an outsider before anything else
     if not form.is_valid():
         messages.error(request, "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
         return redirect("version-detail", version_id=version_id)

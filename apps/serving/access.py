@@ -31,6 +31,9 @@ class Caller:
     user_id: int
     rate_limit_per_minute: int
     token_quota_per_day: int
+    used_today: int = 0  # tokens the database recorded today (seeds the quota counter in Redis)
+    day: str = ""  # the UTC day those count for
+    seconds_to_midnight: int = 86400
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,10 @@ def admit_session(user, deployment_id: int) -> tuple[Caller, Target]:
 
 
 def _admit(key: ApiKey, deployment: Deployment) -> tuple[Caller, Target]:
-    if key.token_quota_per_day and tokens_used_today(key.pk) >= key.token_quota_per_day:
+    # A quick refusal once the day's quota is used up; the reservation that really bounds
+    # concurrent requests is made in Redis (gateway.reserve_tokens).
+    used = tokens_used_today(key.pk)
+    if key.token_quota_per_day and used >= key.token_quota_per_day:
         raise ApiError(429, f"this key used its {key.token_quota_per_day} tokens for today (UTC)", type="insufficient_quota",
                        code="insufficient_quota", retry_after=seconds_to_midnight_utc())
     if deployment.state not in (DeploymentState.READY, DeploymentState.STARTING):
@@ -126,7 +132,8 @@ def _admit(key: ApiKey, deployment: Deployment) -> tuple[Caller, Target]:
                        code="deployment_unavailable", retry_after=30)
     replica_ids = tuple(Replica.objects.filter(deployment=deployment).exclude(state__in=("stopped", "failed"))
                         .values_list("replica_id", flat=True))
-    caller = Caller(key.pk, key.key_hash[:24], key.user_id, key.rate_limit_per_minute, key.token_quota_per_day)
+    caller = Caller(key.pk, key.key_hash[:24], key.user_id, key.rate_limit_per_minute, key.token_quota_per_day,
+                    used_today=used, day=timezone.now().date().isoformat(), seconds_to_midnight=seconds_to_midnight_utc())
     return caller, Target(deployment.pk, deployment.served_name, deployment.state, deployment.max_queue,
                           deployment.request_timeout_s, replica_ids)
 
@@ -138,8 +145,10 @@ def list_models(raw_key: str) -> list[dict]:
 
 
 def record_usage(key_id: int, deployment_id: int, usage: dict) -> None:
-    """Add one request's tokens to today's row (an upsert: F() update, create on first use)."""
-    prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    """Add one request's tokens to today's row (an upsert: F() update, create on first use).
+    Called for every request that reached a replica, however it ended (finished, cancelled,
+    timed out, failed, or its client went away)."""
+    prompt, completion = max(0, int(usage.get("prompt_tokens") or 0)), max(0, int(usage.get("completion_tokens") or 0))
     today = timezone.now().date()
     lookup = {"key_id": key_id, "deployment_id": deployment_id, "date": today}
     add = {"requests": F("requests") + 1, "prompt_tokens": F("prompt_tokens") + prompt,

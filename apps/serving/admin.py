@@ -16,7 +16,9 @@ class ReplicaAdmin(admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("name", "user", "prefix", "created_at", "last_used", "revoked_at")
+    # Staff set a key's limits here (0 = no limit); users get the settings' defaults.
+    list_display = ("name", "user", "prefix", "rate_limit_per_minute", "token_quota_per_day", "created_at", "last_used",
+                    "revoked_at")
     readonly_fields = ("key_hash", "prefix")
 
 

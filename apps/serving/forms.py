@@ -45,6 +45,18 @@ class DeploymentForm(forms.Form):
 
 
 class KeyForm(forms.Form):
+    """A new API key. Its limits are the studio's defaults (settings); only staff may set others
+    (a user choosing their own quota would make it no quota): for everyone else the limit fields
+    are not in the form, so posted values are ignored."""
+
     name = forms.CharField(max_length=100, help_text="e.g. the script or machine that will use it")
-    rate_limit_per_minute = forms.IntegerField(min_value=0, max_value=100_000, initial=60, help_text="requests per minute (0: no limit)")
-    token_quota_per_day = forms.IntegerField(min_value=0, max_value=10**12, initial=1_000_000, help_text="tokens per UTC day (0: no limit)")
+    rate_limit_per_minute = forms.IntegerField(min_value=0, max_value=100_000, help_text="requests per minute (0: no limit)")
+    token_quota_per_day = forms.IntegerField(min_value=0, max_value=10**12, help_text="tokens per UTC day (0: no limit)")
+
+    def __init__(self, *args, staff: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        if staff:
+            self.fields["rate_limit_per_minute"].initial = settings.SERVING_DEFAULT_RATE_LIMIT_PER_MINUTE
+            self.fields["token_quota_per_day"].initial = settings.SERVING_DEFAULT_TOKEN_QUOTA_PER_DAY
+        else:
+            del self.fields["rate_limit_per_minute"], self.fields["token_quota_per_day"]

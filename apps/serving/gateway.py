@@ -1,6 +1,7 @@
 """The web side of the replica protocol (workers/core/inference/protocol.py), async: rate limit,
-admission (queue length, a ready replica), XADD of the request, reading its event stream with
-XREAD BLOCK, and cancel. One redis.asyncio client per event loop (daphne runs one)."""
+token reservations against the daily quota, admission (queue length, a ready replica), XADD of
+the request, reading its event stream with XREAD BLOCK (watching the replica's heartbeat while it
+waits), and cancel. One redis.asyncio client per event loop (daphne runs one)."""
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +16,7 @@ from apps.serving.openai_format import ApiError
 from workers.tasks import serving_protocol as protocol
 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = weakref.WeakKeyDictionary()
-READ_BLOCK_MS = 1000  # at most this long between checks of the request's deadline
+READ_BLOCK_MS = 1000  # at most this long between checks of the request's deadline and replica
 
 
 def client() -> aioredis.Redis:
@@ -33,11 +34,57 @@ def rate_key(key_tag: str, minute: int) -> str:
     return f"puyu:serve:ratelimit:{key_tag}:{minute}"
 
 
+def quota_key(key_tag: str, day: str) -> str:
+    return f"puyu:serve:quota:{key_tag}:{day}"
+
+
+# The day's tokens of a key = what the database recorded + the reservations of requests in flight.
+# Seeded from the database when the day's counter does not exist yet (first request of the day, or
+# Redis restarted); checked and incremented in one script, so concurrent requests cannot all pass
+# a check made before any of them counted (the overshoot a read-then-write check allows).
+_RESERVE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4]) end
+local used = tonumber(redis.call('GET', KEYS[1]))
+local quota = tonumber(ARGV[3])
+if quota > 0 and used + tonumber(ARGV[2]) > quota then return {0, used} end
+redis.call('INCRBY', KEYS[1], ARGV[2])
+return {1, used}
+"""
+# Settle a reservation to the real count (only while the counter exists: a missing one is
+# re-seeded from the database, which already holds the real count).
+_SETTLE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('INCRBY', KEYS[1], ARGV[1]) end
+return false
+"""
+
+
+async def reserve_tokens(caller: Caller, amount: int) -> None:
+    """Reserve `amount` tokens (the request's max_tokens) of the key's daily quota before the
+    request is admitted, or ApiError 429. Settled by `settle_tokens` when the request ends."""
+    key = quota_key(caller.key_tag, caller.day)
+    admitted, used = await client().eval(_RESERVE, 1, key, caller.used_today, amount, caller.token_quota_per_day,
+                                         caller.seconds_to_midnight + 3600)
+    if not admitted:
+        left = max(0, caller.token_quota_per_day - int(used))
+        raise ApiError(429, f"this key has {left} of its {caller.token_quota_per_day} tokens for today (UTC) left, "
+                            f"and this request may use up to {amount} (lower max_tokens, or wait until midnight UTC)",
+                       type="insufficient_quota", code="insufficient_quota", retry_after=caller.seconds_to_midnight)
+
+
+async def settle_tokens(caller: Caller, reserved: int, used: int) -> None:
+    await client().eval(_SETTLE, 1, quota_key(caller.key_tag, caller.day), int(used) - int(reserved))
+
+
+def clock() -> float:
+    """The wall clock of the rate-limit windows (a seam for tests at a minute's edge)."""
+    return time.time()
+
+
 async def check_rate_limit(caller: Caller) -> None:
     """A fixed one-minute window per key (INCR + EXPIRE in one round trip)."""
     if not caller.rate_limit_per_minute:
         return
-    now = time.time()
+    now = clock()
     minute = int(now // 60)
     async with client().pipeline(transaction=True) as pipe:
         count, _ = await pipe.incr(rate_key(caller.key_tag, minute)).expire(rate_key(caller.key_tag, minute), 120).execute()
@@ -79,25 +126,52 @@ async def drop_unclaimed(deployment_id: int, entry_id: str) -> None:
     await client().xdel(protocol.requests_stream(deployment_id), entry_id)
 
 
+async def replica_alive(deployment_id: int, replica_id: str, consumer: str = "") -> bool:
+    """Whether the replica beat recently: its hash exists, its last beat (how much of the hash's
+    TTL has run down, on the Redis clock: no skew between machines) is within
+    SERVING_REPLICA_DEAD_SECONDS (and 2.5 of its own beats), and, when `consumer` is given, it
+    is still that incarnation (a process restarted under the same id did not take over the
+    requests the killed one was answering)."""
+    key = protocol.replica_key(deployment_id, replica_id)
+    async with client().pipeline(transaction=False) as pipe:
+        pipe.pttl(key)
+        pipe.hmget(key, "consumer", "heartbeat_seconds")
+        ttl_ms, (current, beat) = await pipe.execute()
+    if ttl_ms == -2:  # no hash: stopped, or its TTL ran out
+        return False
+    if consumer and current and current != consumer:
+        return False
+    return not protocol.missed_beats(ttl_ms, beat, settings.SERVING_REPLICA_DEAD_SECONDS)
+
+
 class EventReader:
     """Reads a request's events in order; `next(deadline)` returns one event or raises
-    TimeoutError at the deadline (time.monotonic())."""
+    TimeoutError at the deadline (time.monotonic()). Whenever a block passes without an event,
+    it awaits `watch()` (a liveness check that raises to end the wait)."""
 
     def __init__(self, request_id: str) -> None:
         self.stream = protocol.events_stream(request_id)
         self.last_id = "0-0"
         self.buffer: list[dict] = []
 
-    async def next(self, deadline: float) -> dict:
-        redis = client()
+    async def _read(self, block: int | None) -> None:
+        answer = await client().xread({self.stream: self.last_id}, count=256, block=block)
+        for _, entries in answer or ():
+            for entry_id, fields in entries:
+                self.last_id = entry_id
+                self.buffer.append(protocol.decode(fields["event"]))
+
+    async def next(self, deadline: float, watch=None) -> dict:
         while not self.buffer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
-            block = max(1, min(READ_BLOCK_MS, int(remaining * 1000)))
-            answer = await redis.xread({self.stream: self.last_id}, count=256, block=block)
-            for _, entries in answer or ():
-                for entry_id, fields in entries:
-                    self.last_id = entry_id
-                    self.buffer.append(protocol.decode(fields["event"]))
+            await self._read(max(1, min(READ_BLOCK_MS, int(remaining * 1000))))
+            if not self.buffer and watch is not None:
+                try:
+                    await watch()
+                except Exception:
+                    await self._read(None)  # a last event (the final one) may have come meanwhile
+                    if not self.buffer:
+                        raise
         return self.buffer.pop(0)

@@ -108,6 +108,9 @@ class ApiKey(models.Model):
 
     @classmethod
     def issue(cls, user, name: str, **limits) -> tuple[ApiKey, str]:
+        """A new key with the given limits (staff, tests) or the settings' defaults."""
+        limits.setdefault("rate_limit_per_minute", settings.SERVING_DEFAULT_RATE_LIMIT_PER_MINUTE)
+        limits.setdefault("token_quota_per_day", settings.SERVING_DEFAULT_TOKEN_QUOTA_PER_DAY)
         raw = KEY_PREFIX + secrets.token_urlsafe(32)
         key = cls.objects.create(user=user, name=name[:100], prefix=raw[: len(KEY_PREFIX) + 6], key_hash=hash_token(raw), **limits)
         return key, raw

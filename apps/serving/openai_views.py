@@ -2,9 +2,11 @@
 GET /v1/models, POST /v1/chat/completions, POST /v1/completions.
 
 Request path: validate → key + scope + token quota (one database hop) → rate limit (Redis) →
-queue length and a ready replica → XADD → read the request's event stream → SSE chunks or one
-JSON body. Every wait has a deadline (504, never a hang); a client that goes away cancels its
-request (Django cancels the view's task on http.disconnect, and we tell the replica)."""
+reserve max_tokens of the day's quota (Redis, atomic) → queue length and a ready replica → XADD
+→ read the request's event stream → SSE chunks or one JSON body. Every wait has a deadline (504,
+never a hang) and watches the replica's heartbeat (502 within seconds when it dies); a client
+that goes away cancels its request (Django cancels the view's task on http.disconnect, and we
+tell the replica). However a request ends, its tokens are counted and its reservation settled."""
 from __future__ import annotations
 
 import asyncio
@@ -42,19 +44,76 @@ def _error_from_event(event: dict) -> ApiError:
     return ApiError(status, event.get("message") or "the replica failed the request", type=kind, code=event.get("code"))
 
 
-class Exchange:
-    """One request in flight: its events, deadlines, cancel and usage."""
+# After a cancel, how long the web waits for the replica's final event (with the tokens it made)
+# before it counts what it saw streamed instead. A replica stops a cancelled request at once.
+SETTLE_WAIT_SECONDS = 5.0
 
-    def __init__(self, kind, request_id, caller, target, entry_id, shaper, deadline) -> None:
+
+class Exchange:
+    """One request in flight: its events, deadlines, cancel, the replica's liveness, and usage:
+    `reserved` tokens of the key's quota were reserved at admission, and `settle` counts the real
+    tokens exactly once, on every end path (end, error, timeout, a dead replica, a client that
+    went away)."""
+
+    def __init__(self, kind, request_id, caller, target, entry_id, shaper, deadline, reserved: int = 0) -> None:
         self.kind, self.request_id, self.caller, self.target, self.entry_id = kind, request_id, caller, target, entry_id
-        self.shaper, self.deadline = shaper, deadline
+        self.shaper, self.deadline, self.reserved = shaper, deadline, reserved
         self.queue_deadline = time.monotonic() + settings.SERVING_QUEUE_TIMEOUT_SECONDS
         self.reader = gateway.EventReader(request_id)
         self.started = False
         self.finished = False
+        self.settled = False
         self.replica = ""
+        self.consumer = ""
+        self.prompt_tokens = 0
+        self.seen_tokens = 0  # completion tokens streamed so far
 
-    async def abort(self) -> None:
+    def _count(self, event: dict) -> None:
+        kind = event.get("type")
+        if kind == "start":
+            self.started = True
+            self.replica = str(event.get("replica") or "")
+            self.consumer = str(event.get("consumer") or "")
+            self.prompt_tokens = int(event.get("prompt_tokens") or 0)
+        elif kind == "delta":
+            self.seen_tokens += int(event.get("tokens") or 0)
+
+    async def settle(self, usage: dict | None = None, *, ran: bool = True) -> None:
+        """Record the request's tokens (the replica's count, or what was seen streamed) and settle
+        its reservation; `ran=False` (it never reached a replica) only releases the reservation."""
+        if self.settled:
+            return
+        self.settled = True
+        usage = usage or {}
+        prompt = int(usage.get("prompt_tokens") or self.prompt_tokens)
+        completion = max(int(usage.get("completion_tokens") or 0), self.seen_tokens)
+        try:
+            if ran:
+                await sync_to_async(access.record_usage)(self.caller.key_id, self.target.deployment_id,
+                                                         {"prompt_tokens": prompt, "completion_tokens": completion})
+            await gateway.settle_tokens(self.caller, self.reserved, prompt + completion if ran else 0)
+        except Exception:  # the answer (or the client's absence) stands; say what was not counted
+            log.exception("could not record the usage of request %s (%s + %s tokens)", self.request_id, prompt, completion)
+
+    async def _watch(self) -> None:
+        """While no event comes: the replica answering must still beat (else 502 at once, not at
+        the deadline); before one started the request, some replica must still be alive."""
+        deployment = self.target.deployment_id
+        if self.started:
+            if self.replica and not await gateway.replica_alive(deployment, self.replica, self.consumer):
+                raise ApiError(502, "the replica answering this request stopped (it missed its heartbeats); retry the request",
+                               type="server_error", code="replica_lost")
+            return
+        for replica_id in self.target.replica_ids:
+            if await gateway.replica_alive(deployment, replica_id):
+                return
+        raise ApiError(503, f"no replica of {self.target.served_name} is running any more (stopped, or missed its "
+                            "heartbeats); the request was cancelled, retry shortly",
+                       type="server_error", code="no_live_replica", retry_after=5)
+
+    async def abort(self, wait: bool = True) -> None:
+        """Cancel the request at the replica and count what it made: wait (briefly) for the
+        replica's final event unless the replica is known dead."""
         if self.finished:
             return
         self.finished = True
@@ -64,11 +123,26 @@ class Exchange:
                 await gateway.drop_unclaimed(self.target.deployment_id, self.entry_id)
         except Exception:  # the client is gone either way; the replica's deadline ends it
             log.warning("could not cancel request %s", self.request_id, exc_info=True)
+        usage = None
+        if wait and self.started:
+            deadline = time.monotonic() + SETTLE_WAIT_SECONDS
+            try:
+                while usage is None:
+                    event = await self.reader.next(deadline)
+                    self._count(event)
+                    if event.get("type") in ("end", "error"):
+                        usage = event.get("usage") or {}
+            except Exception:  # TimeoutError, Redis: count what was seen
+                pass
+        await self.settle(usage, ran=self.started)
 
     async def next(self) -> dict:
         deadline = self.deadline if self.started else min(self.deadline, self.queue_deadline)
         try:
-            event = await self.reader.next(deadline)
+            event = await self.reader.next(deadline, self._watch)
+        except ApiError:  # the replica died: nobody will send a final event
+            await self.abort(wait=False)
+            raise
         except TimeoutError:
             await self.abort()
             if not self.started and deadline < self.deadline:
@@ -78,16 +152,15 @@ class Exchange:
             raise ApiError(504, f"the request did not finish within the deployment's timeout of "
                                 f"{self.target.request_timeout_s:g} s; it was cancelled", type="server_error",
                            code="timeout") from None
+        self._count(event)
         kind = event.get("type")
-        if kind == "start":
-            self.started = True
-            self.replica = str(event.get("replica") or "")
-        elif kind == "error":
+        if kind == "error":
             self.finished = True
+            await self.settle(event.get("usage"))
             raise _error_from_event(event)
-        elif kind == "end":
+        if kind == "end":
             self.finished = True
-            await sync_to_async(access.record_usage)(self.caller.key_id, self.target.deployment_id, event.get("usage") or {})
+            await self.settle(event.get("usage"))
         return event
 
     async def until_start(self) -> dict:
@@ -164,10 +237,17 @@ async def open_exchange(kind: str, spec: dict, caller, target) -> Exchange:
     """Rate limit, admission and XADD of an admitted request (ApiError when refused)."""
     request_id = uuid.uuid4().hex
     await gateway.check_rate_limit(caller)
+    reserved = int(spec["max_tokens"])
+    await gateway.reserve_tokens(caller, reserved)
     now = time.time()
-    entry_id = await gateway.enqueue(target, {**spec, "id": request_id, "created": now, "deadline": now + target.request_timeout_s})
+    try:
+        entry_id = await gateway.enqueue(target, {**spec, "id": request_id, "created": now,
+                                                  "deadline": now + target.request_timeout_s})
+    except BaseException:
+        await asyncio.shield(gateway.settle_tokens(caller, reserved, 0))
+        raise
     return Exchange(kind, request_id, caller, target, entry_id, Shaper(kind, request_id, target.served_name),
-                    time.monotonic() + target.request_timeout_s)
+                    time.monotonic() + target.request_timeout_s, reserved)
 
 
 async def serve(kind: str, body: dict, spec: dict, caller, target):

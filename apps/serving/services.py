@@ -34,6 +34,7 @@ from workers.tasks.catalog import InvalidParams, validate_params
 log = logging.getLogger(__name__)
 
 # Replica spec fields the studio fills in from the rows; a user's engine options may not set them.
+# (redis_url is not stored at all: the replica task passes the worker's REDIS_URL at run time.)
 RESERVED_FIELDS = ("deployment_id", "replica_id", "redis_url", "model_dir", "adapter_dir", "served_name", "version_label")
 MAX_REPLICAS = 16
 
@@ -74,7 +75,6 @@ def replica_params(deployment: Deployment, version: ModelVersion, replica_id: st
         **(deployment.engine_options or {}),
         "deployment_id": deployment.pk,
         "replica_id": replica_id,
-        "redis_url": settings.REDIS_URL,
         **_model_paths(version),
         "served_name": deployment.served_name,
         "version_label": str(version),
@@ -95,8 +95,7 @@ def validate_engine_options(options, version: ModelVersion) -> dict:
     for field in RESERVED_FIELDS:
         if field in options:
             raise ServingError(f"engine_options.{field}", "is set by the studio from the deployment and may not be given")
-    probe = {**options, "deployment_id": 1, "replica_id": "check", "redis_url": settings.REDIS_URL,
-             **_model_paths(version), "served_name": "check", "version_label": "check"}
+    probe = {**options, "deployment_id": 1, "replica_id": "check", **_model_paths(version), "served_name": "check", "version_label": "check"}
     try:
         validate_params("serve", probe)
     except InvalidParams as exc:

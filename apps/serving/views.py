@@ -107,8 +107,9 @@ async def deployment_try(request, deployment_id: int):
         return ApiError(405, "use POST", code="method_not_allowed").response()
     user = await request.auser()
     try:
-        body = parse_body(request.body)
+        # Access first: an outsider gets 404 whatever the body says.
         caller, target = await sync_to_async(access.admit_session)(user, deployment_id)
+        body = parse_body(request.body)
         body = {**body, "model": target.served_name, "stream": True, "stream_options": {"include_usage": True}}
         spec = parse_request(body, "chat", settings.SERVING_DEFAULT_MAX_TOKENS)
     except ApiError as exc:
@@ -119,14 +120,15 @@ async def deployment_try(request, deployment_id: int):
 # ---- keys and usage ----------------------------------------------------------------------------
 
 def keys(request):
-    form = KeyForm(request.POST or None)
+    staff = request.user.is_staff
+    form = KeyForm(request.POST or None, staff=staff)
     new_key = None
     if request.method == "POST" and form.is_valid():
         key, new_key = ApiKey.issue(request.user, **form.cleaned_data)
         messages.success(request, f"Key “{key.name}” created. Copy it now: it is not shown again.")
-        form = KeyForm()
+        form = KeyForm(staff=staff)
     context = {"form": form, "keys": ApiKey.objects.filter(user=request.user), "new_key": new_key,
-               "base_url": request.build_absolute_uri("/v1")}
+               "base_url": request.build_absolute_uri("/v1"), "limits_by_staff": not staff}
     return render(request, "serving/keys.html", context)
 
 
@@ -158,7 +160,7 @@ def prometheus(request):
     """Staff sessions, or `Authorization: Bearer $PUYU_METRICS_TOKEN` when that is set."""
     token = access.bearer(request)
     allowed = (request.user.is_authenticated and request.user.is_staff) or (
-        settings.METRICS_TOKEN and token and hmac.compare_digest(token, settings.METRICS_TOKEN))
+        settings.METRICS_TOKEN and token and hmac.compare_digest(token.encode(), settings.METRICS_TOKEN.encode()))  # bytes: a non-ASCII str token raises TypeError
     if not allowed:
         if request.user.is_authenticated:
             return HttpResponse("metrics are for staff or the PUYU_METRICS_TOKEN bearer\n", status=403, content_type="text/plain")

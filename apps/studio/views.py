@@ -1,17 +1,37 @@
+import hashlib
 from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
+from django.core.cache import cache
 from django.db import connection
 from django.db.models import Count
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.template.loader import render_to_string
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django.utils.safestring import mark_safe
 
-from apps.accounts.visibility import visible_to
+from apps.accounts.visibility import teammate_ids, visible_to
 from apps.jobs.models import Job, JobStatus, WorkerNode
 from apps.jobs.services import queue_depths
 from apps.studio.sections import SECTIONS
+
+
+def launcher_restarts() -> list[dict]:
+    """Children that `make run`'s launcher restarted (or is restarting), from the status file it
+    writes atomically under the data dir; [] when there is none or it cannot be read."""
+    import json
+
+    try:
+        with open(settings.DATA_DIR / "launcher_status.json", encoding="utf-8") as fh:
+            children = json.loads(fh.read(65536)).get("children", {})
+        return [{"name": str(name)[:60], "restarts": int(c.get("restarts") or 0), "state": str(c.get("state", ""))[:20],
+                 "last_restart_at": parse_datetime(str(c.get("last_restart_at") or ""))}
+                for name, c in children.items() if c.get("restarts") or c.get("state") == "restarting"]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
 
 
 def _dashboard_context(user) -> dict:
@@ -25,15 +45,35 @@ def _dashboard_context(user) -> dict:
               for q in settings.JOB_QUEUES]
     return {
         "workers": workers,
+        "launcher_restarts": launcher_restarts(),
         "queues": queues,
         "running_jobs": jobs.filter(status=JobStatus.RUNNING)[:20],
         "recent_jobs": jobs.exclude(status=JobStatus.RUNNING)[:10],
     }
 
 
+# Everyone who sees the same jobs sees the same live panel: render it once per scope and keep it
+# this long, so a room full of open dashboards (each refreshing every few seconds) costs one
+# render a second, not one per viewer (bench/dashboard_load.py).
+LIVE_PANEL_SECONDS = 1.0
+
+
+def _live_panel(request) -> str:
+    user = request.user
+    scope = "all" if user.is_superuser else ",".join(map(str, sorted(set(teammate_ids(user).values_list("pk", flat=True)))))
+    key = "dashboard-live:" + hashlib.sha256(scope.encode()).hexdigest()
+    html = cache.get(key)
+    if html is None:
+        html = render_to_string("studio/_dashboard_live.html", _dashboard_context(user), request=request)
+        cache.set(key, html, LIVE_PANEL_SECONDS)
+    return mark_safe(html)  # rendered (and escaped) by the template engine above
+
+
 def dashboard(request):
-    template = "studio/_dashboard_live.html" if request.htmx else "studio/dashboard.html"
-    return render(request, template, _dashboard_context(request.user))
+    live = _live_panel(request)
+    if request.htmx:
+        return HttpResponse(live)
+    return render(request, "studio/dashboard.html", {"live_panel": live})
 
 
 def section(request, slug: str):

@@ -15,6 +15,7 @@ from apps.jobs.api import JobOut
 from apps.training import presets, services
 from apps.training.models import TrainingRun
 from apps.training.views import visible_runs
+from workers.tasks.catalog import public_value
 
 router = Router(tags=["training"])
 
@@ -83,7 +84,12 @@ class RunOut(Schema):
 
     @staticmethod
     def resolve_checkpoints(obj: TrainingRun) -> list[dict]:
-        return services.kept_checkpoints(obj)
+        # Paths relative to the data dir (restart takes the checkpoint's name, not its path).
+        return [{**c, "path": public_value(c["path"])} for c in services.kept_checkpoints(obj)]
+
+    @staticmethod
+    def resolve_restarted_from(obj: TrainingRun) -> str:
+        return public_value(obj.restarted_from) if obj.restarted_from else ""
 
 
 class RestartIn(Schema):
@@ -160,7 +166,7 @@ def submit(request, payload: TrainingIn):
 
 @router.get("/training/runs", response=list[RunOut])
 def list_runs(request, limit: int = 50, offset: int = 0):
-    limit = max(1, min(limit, 200))
+    limit, offset = max(1, min(limit, 200)), max(offset, 0)  # a negative offset would be a 500
     return list(visible_runs(request.auth).prefetch_related("job__dataset_uses")[offset:offset + limit])
 
 

@@ -53,10 +53,13 @@ def curves(jobs, max_points: int = MAX_POINTS) -> dict[str, list[dict]]:
 
 def config_diff(jobs) -> list[dict]:
     """[{"field", "values": [per job, in order]}] for the fields whose values differ."""
-    names = sorted({key for job in jobs for key in job.params} - set(NOT_CONFIG))
+    from workers.tasks.catalog import public_params
+
+    shown = [public_params(job.kind, job.params) for job in jobs]  # no server paths on the page
+    names = sorted({key for params in shown for key in params} - set(NOT_CONFIG))
     rows = []
     for name in names:
-        values = [job.params.get(name, "—") for job in jobs]
+        values = [params.get(name, "—") for params in shown]
         if any(v != values[0] for v in values[1:]):
             rows.append({"field": name, "values": values})
     return rows

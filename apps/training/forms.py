@@ -24,20 +24,19 @@ METHOD_LABELS = {"pretrain": "pretraining from scratch", "cpt": "continued pretr
 
 
 def parse_advanced(text: str) -> dict:
-    """The advanced YAML mapping, with errors that name the line."""
-    import yaml
+    """The advanced YAML mapping, with errors that name the line. Bounded (size, nesting, aliases)
+    before it is built: see catalog.load_yaml."""
+    from workers.tasks import catalog
 
     if not (text or "").strip():
         return {}
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise TrainingError("advanced", f"line {mark.line + 1 if mark else 1}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        data, root = catalog.load_yaml(text, "advanced")
+    except catalog.InvalidParams as exc:
+        raise TrainingError(exc.field, exc.reason) from None
     if not isinstance(data, dict):
         raise TrainingError("advanced", "line 1: expected a mapping of field: value")
-    root = yaml.compose(text)
-    where = {key.value: f"line {key.start_mark.line + 1}" for key, _ in root.value}
+    where = {key.value: f"line {key.start_mark.line + 1}" for key, _ in presets.scalar_keys(root, "advanced")}
     return presets.check_fields(data, where)
 
 

@@ -11,6 +11,8 @@ from apps.training.services import PATH_FIELDS, TrainingError
 from workers.tasks import catalog
 
 BUILTIN_PREFIX = "builtin:"
+MAX_YAML_BYTES = 64 * 2**10  # what the YAML loader accepts (workers/core/yamlsafe.py MAX_BYTES)
+MAX_NAME, MAX_DESCRIPTION = 100, 2000
 
 
 def builtin_presets() -> dict[str, dict]:
@@ -70,6 +72,10 @@ def save(user, *, name: str, fields: dict, description: str = "", preset: Traini
     name = (name or "").strip()
     if not name:
         raise TrainingError("name", "name the preset")
+    if len(name) > MAX_NAME:
+        raise TrainingError("name", f"at most {MAX_NAME} characters")
+    if len(description or "") > MAX_DESCRIPTION:
+        raise TrainingError("description", f"at most {MAX_DESCRIPTION} characters")
     fields = check_fields(fields)
     try:
         with transaction.atomic():
@@ -99,26 +105,25 @@ def export_yaml(name: str, fields: dict, description: str = "") -> str:
 
 
 def parse_yaml(text: str) -> dict:
-    """{"name", "description", "fields"} from an exported file; errors name the line and field."""
+    """{"name", "description", "fields"} from an exported file; errors name the line and field.
+    The text is bounded (size, nesting, aliases) before it is built: see catalog.load_yaml."""
     import yaml
 
     try:
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"line {mark.line + 1}" if mark else "the file"
-        raise TrainingError("yaml", f"{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if root is None or not isinstance(root, yaml.MappingNode):
+        data, root = catalog.load_yaml(text, "yaml")
+    except catalog.InvalidParams as exc:
+        raise TrainingError(exc.field, exc.reason) from None
+    if root is None or not isinstance(root, yaml.MappingNode) or not isinstance(data, dict):
         raise TrainingError("yaml", "line 1: expected a mapping with name, description and fields")
-    top = {key.value: value for key, value in root.value}
+    top = {key.value: value for key, value in scalar_keys(root, "yaml")}
     unknown = [key for key, _ in root.value if key.value not in ("name", "description", "fields")]
     if unknown:
-        raise TrainingError(unknown[0].value, f"line {unknown[0].start_mark.line + 1}: unknown key (allowed: name, description, fields)")
+        raise TrainingError(str(unknown[0].value)[:100], f"line {unknown[0].start_mark.line + 1}: unknown key "
+                                                         "(allowed: name, description, fields)")
     if "fields" not in top or not isinstance(top["fields"], yaml.MappingNode):
         line = top["fields"].start_mark.line + 1 if "fields" in top else 1
         raise TrainingError("fields", f"line {line}: `fields` must be a mapping of field: value")
-    where = {key.value: f"line {key.start_mark.line + 1}" for key, _ in top["fields"].value}
-    data = yaml.safe_load(text)
+    where = {key.value: f"line {key.start_mark.line + 1}" for key, _ in scalar_keys(top["fields"], "fields")}
     name = data.get("name")
     if not isinstance(name, str) or not name.strip():
         line = top["name"].start_mark.line + 1 if "name" in top else 1
@@ -127,6 +132,17 @@ def parse_yaml(text: str) -> dict:
     if not isinstance(description, str):
         raise TrainingError("description", f"line {top['description'].start_mark.line + 1}: must be a string")
     return {"name": name.strip(), "description": description, "fields": check_fields(data["fields"], where)}
+
+
+def scalar_keys(mapping, field: str) -> list:
+    """The (key, value) nodes of a YAML mapping node whose keys are all plain scalars (a `? [a]`
+    key or a `<<` merge would otherwise reach the line maps as unhashable or foreign values)."""
+    import yaml
+
+    for key, _ in mapping.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            raise TrainingError(field, f"line {key.start_mark.line + 1}: keys must be plain names")
+    return mapping.value
 
 
 def import_yaml(user, text: str) -> TrainingPreset:

@@ -159,6 +159,10 @@ def _check_request(req: TrainingRequest) -> None:
     given_paths = sorted(set(req.fields) & set(PATH_FIELDS))
     if given_paths:
         raise TrainingError(given_paths[0], "is filled in from the chosen model and dataset versions; do not set it")
+    # The core also takes a tokenizer folder for pretraining; a request may only ask for one
+    # trained on the data, never name a folder (it could be another user's version).
+    if req.fields.get("tokenizer", "train") != "train":
+        raise TrainingError("tokenizer", "only 'train' (a tokenizer trained on the data) may be chosen; a folder is never accepted")
     for name in ("method", "finetune"):
         if name in req.fields and req.fields[name] != getattr(req, name):
             raise TrainingError(name, f"set it with the {name} choice, not in the fields")
@@ -333,6 +337,7 @@ def recent_samples(run: TrainingRun, limit: int = 20) -> list[dict]:
 
 
 def spec_yaml(job: Job) -> str:
+    """The run's spec as users may download it: paths relative to the data dir, no secrets."""
     import yaml
 
-    return yaml.safe_dump(job.params, sort_keys=True, allow_unicode=True)
+    return yaml.safe_dump(catalog.public_params(job.kind, job.params), sort_keys=True, allow_unicode=True)

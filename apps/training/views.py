@@ -221,8 +221,8 @@ def preset_list(request):
 def preset_import(request):
     text = request.POST.get("yaml", "")
     upload = request.FILES.get("file")
-    if upload is not None:
-        text = upload.read().decode("utf-8", errors="replace")
+    if upload is not None:  # a bounded read: one byte past the limit is enough to refuse it
+        text = upload.read(presets.MAX_YAML_BYTES + 1).decode("utf-8", errors="replace")
     try:
         preset = presets.import_yaml(request.user, text)
     except services.TrainingError as exc:

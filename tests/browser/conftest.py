@@ -54,6 +54,25 @@ def browser():
             os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
+def _csp_safe_wait_for_function(page):
+    """Playwright polls a string predicate with eval() inside the page, which the studio's
+    Content-Security-Policy (script-src 'self') refuses; evaluate it from here instead
+    (page.evaluate goes through the DevTools protocol, which the policy does not govern)."""
+    import time
+
+    def wait_for_function(expression: str, *, timeout: float | None = None, **_ignored):
+        deadline = time.monotonic() + (timeout if timeout is not None else DEFAULT_TIMEOUT_MS) / 1000
+        while True:
+            value = page.evaluate(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting in the page for: {expression}")
+            page.wait_for_timeout(100)
+
+    return wait_for_function
+
+
 @pytest.fixture
 def page(browser):
     context = browser.new_context(viewport=VIEWPORT)
@@ -61,7 +80,10 @@ def page(browser):
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # A script or style the Content-Security-Policy refused counts as an error too.
+    page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
     page.js_errors = errors  # tests assert the live page ran without uncaught exceptions
+    page.wait_for_function = _csp_safe_wait_for_function(page)
     yield page
     context.close()
 

@@ -277,8 +277,8 @@ def test_the_job_page_draws_every_metric_point(page, client, running_job):
     for step in range(1, 31):
         push("metric", {"name": "matmul_gflops", "step": step, "value": 2 + step % 3})
         push("metric", {"name": "copy_gbps", "step": step, "value": 7 + step % 5})
-        page.wait_for_timeout(20)  # events arrive spread over animation frames, as from a worker
-    page.wait_for_function("document.getElementById('job-chart').dataset.points === '60'")
+        # each step is drawn before the next arrives: events spread over frames, as from a worker
+        page.wait_for_function(f"document.getElementById('job-chart').dataset.points === '{2 * step}'")
     expect(page.locator("#job-chart .scatterlayer .trace")).to_have_count(2)
     expect(page.locator("#job-chart .scatterlayer .point")).to_have_count(60)
     assert page.evaluate("document.getElementById('job-chart')._fullLayout.xaxis.range[1]") >= 30

@@ -97,4 +97,4 @@ def test_the_command_line_names_the_bad_field(tmp_path):
     out = subprocess.run([sys.executable, "-m", "workers.core", "probe", "--set", "seconds=-1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
-    assert "seconds: must be between 0.0 and 86400.0, got -1" in out.stderr
+    assert "seconds: must be between 0.0 and 3600.0, got -1" in out.stderr

@@ -2,25 +2,27 @@
 cleaning and generation jobs with lineage, preview, render-with-template, and who sees what."""
 import io
 import json
-from pathlib import Path
 
 import pytest
 
 from apps.datasets import services
 from apps.datasets.models import Dataset, DatasetUpload, DatasetVersion
 from apps.jobs.models import Job, JobStatus
+from tests.fixtures.data import excerpt
 
 pytestmark = pytest.mark.django_db(transaction=True)  # tasks run with a heartbeat thread
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
-def stores(tmp_path, settings):
-    settings.DATASET_STORE_DIR = tmp_path / "datasets"
-    settings.UPLOAD_DIR = tmp_path / "uploads"
-    settings.DATASET_STORE_DIR.mkdir()
-    settings.UPLOAD_DIR.mkdir()
+def stores(tmp_path, settings, monkeypatch):
+    """A data dir of the test's own (the core confines job paths to the data dir it reads from
+    PUYU_DATA_DIR), so leftovers of one test cannot hide or fake another's."""
+    settings.DATA_DIR = tmp_path / "data"
+    monkeypatch.setenv("PUYU_DATA_DIR", str(settings.DATA_DIR))
+    for name, folder in (("DATASET_STORE_DIR", "datasets"), ("UPLOAD_DIR", "uploads"), ("MODEL_STORE_DIR", "models")):
+        setattr(settings, name, settings.DATA_DIR / folder)
+        getattr(settings, name).mkdir(parents=True)
 
 
 def run(job: Job) -> Job:
@@ -120,14 +122,14 @@ def test_a_file_in_the_wrong_encoding_or_binary_fails_its_job_with_the_reason_an
 
 def test_real_public_files_import_as_they_are(client, owner, api_token):
     token = api_token(owner)
-    for path, fmt, canonical in [(SHARED / "llamafactory_demo" / "alpaca_zh_demo.json", "alpaca", "chat"),
-                                 (SHARED / "llamafactory_demo" / "glaive_toolcall_en_demo.json", "sharegpt", "chat"),
-                                 (SHARED / "gsm8k" / "test.jsonl", "qa", "qa")]:
+    for path, fmt, canonical, rows in [(excerpt("llamafactory_demo/alpaca_zh_demo.json"), "alpaca", "chat", 40),
+                                       (excerpt("llamafactory_demo/glaive_toolcall_en_demo.json"), "sharegpt", "chat", 12),
+                                       (excerpt("gsm8k/test.jsonl"), "qa", "qa", 20)]:
         _, job = upload_and_run(client, token, path.name, path.read_bytes(), dataset_name=path.stem)
         assert job.status == JobStatus.SUCCEEDED and job.result["created"], (path, job.error, job.result.get("report", {}).get("errors"))
         version = DatasetVersion.objects.get(source_job=job)
         assert (version.source_format, version.canonical) == (fmt, canonical), path
-        assert version.rows == job.result["report"]["total"]
+        assert version.rows == job.result["report"]["total"] == rows, path
 
 
 def make_version(client, owner, api_token, data=None, name="numbers") -> DatasetVersion:
@@ -185,13 +187,15 @@ def test_rows_page_and_search_within_a_version(client, owner, api_token):
     assert "#51" in page and 'class="bubble user"' in page
 
 
-def test_render_with_template_highlights_exactly_the_assistant_tokens(client, owner, api_token, tmp_path, settings):
+def test_render_with_template_highlights_exactly_the_assistant_tokens(client, owner, api_token, tmp_path, settings,
+                                                                     monkeypatch):
     from apps.registry import services as registry
     from apps.registry.models import ModelVersion
     from tests.fixtures.tiny_models import build_tiny_llama, train_tokenizer
     from workers.tasks.registry import model_import
 
     settings.MODEL_IMPORT_DIRS = [tmp_path.resolve()]
+    monkeypatch.setenv("PUYU_MODEL_IMPORT_DIRS", str(tmp_path.resolve()))  # what the core allows reading
     build_tiny_llama(tmp_path / "tiny", tokenizer_dir=train_tokenizer(tmp_path / "tok"))
     model_import.run(registry.start_import(owner, source="folder", folder="0/tiny", model_name="tiny").pk)
     model = ModelVersion.objects.get()

@@ -40,7 +40,8 @@ def test_a_deployment_starts_its_replicas_as_serve_jobs_with_the_spec_fields(use
         assert job.params["deployment_id"] == deployment.pk and job.params["replica_id"] == row.replica_id
         assert job.params["model_dir"] == str(version.path) and job.params["adapter_dir"] == ""
         assert job.params["served_name"] == "owner/chat" and job.params["max_concurrent"] == 4
-        assert job.params["redis_url"] == settings.REDIS_URL
+        # The broker URL (with its password) is never stored where users see the job's params.
+        assert not job.params.get("redis_url") and settings.REDIS_URL not in str(job.params)
         assert job.model_uses.filter(version=version, role="serving").exists()
 
 
@@ -176,6 +177,20 @@ def test_the_replica_task_runs_the_spec_built_from_the_rows_and_skips_a_stopped_
     assert tasks.replica.run(first.job_id) == JobStatus.SUCCEEDED
     assert seen["kind"] == "serve" and seen["params"]["replica_id"] == first.replica_id
     assert seen["params"]["model_dir"] == str(deployment.version.path)
+    assert seen["params"]["redis_url"] == settings.REDIS_URL  # handed over at run time only
     Deployment.objects.filter(pk=deployment.pk).update(state="draining")  # stopped while the message waited
     seen.clear()
     assert tasks.replica.run(second.job_id) == JobStatus.CANCELLED and not seen
+
+
+def test_replica_jobs_stored_with_the_broker_url_lose_it_in_the_migration(deployment):
+    import importlib
+
+    from django.apps import apps as django_apps
+
+    migration = importlib.import_module("apps.serving.migrations.0002_drop_redis_url_from_replica_params")
+    job = deployment.replica_set.get().job
+    Job.objects.filter(pk=job.pk).update(params={**job.params, "redis_url": "redis://:s3cret@10.0.0.5:6379/0"})
+    migration.drop_redis_url(django_apps, None)
+    job.refresh_from_db()
+    assert "redis_url" not in job.params and job.params["replica_id"] == deployment.replica_set.get().replica_id

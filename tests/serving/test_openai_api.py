@@ -9,6 +9,7 @@ from django.conf import settings
 from apps.serving.models import UsageDay
 from tests.serving.conftest import sse_events
 from tests.serving.fake_replica import end_event
+from apps.serving import gateway
 from workers.tasks import serving_protocol as protocol
 
 CHAT = {"model": "owner/tiny-chat", "messages": [{"role": "user", "content": "Hi"}]}
@@ -157,22 +158,29 @@ def test_an_error_event_from_the_replica_becomes_that_http_error(db, api, deploy
             assert "does not support tools" in error["message"]
 
 
-def test_the_rate_limit_answers_429_with_retry_after(db, api, deployment, replica, make_key, users):
+@pytest.mark.parametrize("second", [0.5, 59.5])  # at the start and at the very end of a minute
+def test_the_rate_limit_answers_429_with_retry_after(db, api, deployment, replica, make_key, users, monkeypatch, second):
+    # The windows are whole minutes: pin the clock, so the test never straddles a minute's edge.
+    minute_start = (int(time.time() // 60) + 1) * 60
+    monkeypatch.setattr(gateway, "clock", lambda: minute_start + second)
     key = make_key(users["owner"], rate_limit_per_minute=2)
     with replica():
         assert [api.post("/v1/chat/completions", CHAT, key).status_code for _ in range(2)] == [200, 200]
         response = api.post("/v1/chat/completions", CHAT, key)
     assert_openai_error(response, 429, "rate_limit_exceeded")
-    assert 1 <= int(response["Retry-After"]) <= 61
+    assert int(response["Retry-After"]) == int(60 - second) + 1  # until the next minute
 
 
 def test_a_used_up_token_quota_answers_429_until_midnight(db, api, deployment, replica, make_key, users):
-    key = make_key(users["owner"], token_quota_per_day=7)
+    key = make_key(users["owner"], token_quota_per_day=20)
+    ask = {**CHAT, "max_tokens": 10}  # each reserves 10 and uses 7 (5 prompt + 2 completion)
     with replica():
-        assert api.post("/v1/chat/completions", CHAT, key).status_code == 200  # uses 7 tokens
-        response = api.post("/v1/chat/completions", CHAT, key)
+        assert [api.post("/v1/chat/completions", ask, key).status_code for _ in range(2)] == [200, 200]
+        response = api.post("/v1/chat/completions", ask, key)  # 14 used + 10 reserved > 20
     error = assert_openai_error(response, 429, "insufficient_quota")
     assert error["type"] == "insufficient_quota" and 1 <= int(response["Retry-After"]) <= 86401
+    assert "6 of its 20 tokens" in error["message"]
+    assert UsageDay.objects.get().total_tokens == 14
 
 
 def test_a_full_queue_answers_429_with_retry_after(db, api, deployment, replica, make_key, users):

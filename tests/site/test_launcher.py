@@ -1,21 +1,13 @@
-"""`make run`'s launcher: one command starts Redis, the web server, the workers and beat,
-creates the first admin, and Ctrl-C stops every process it started."""
+"""`make run`'s launcher: the worker plan, and the supervisor that restarts a crashed child with
+backoff and stops everything only when one keeps crashing. (The real launcher end to end, with a
+killed worker and Ctrl-C, is tests/reliability/test_launcher.py.)"""
+import json
 import os
-import re
 import signal
-import sqlite3
-import subprocess
 import sys
-import urllib.request
-from pathlib import Path
-
-import pytest
 
 from puyu_site.launcher import worker_plan
-from puyu_site.redis_server import free_port
 from tests.stack import wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_without_gpus_one_gpu_queue_worker_runs_on_the_cpu_and_threads_are_shared():
@@ -41,49 +33,64 @@ def test_with_gpus_each_gpu_gets_its_own_pinned_worker():
     assert {env["OMP_NUM_THREADS"] for name, _, env in plan if name != "control"} == {"1"}
 
 
-def alive(pid: int) -> bool:
+def supervised(tmp_path, **options):
+    from puyu_site.launcher import Supervisor
+
+    supervisor = Supervisor(tmp_path / "launcher_status.json", **options)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    supervisor.spawn("web", sleeper, dict(os.environ))
+    supervisor.spawn("worker gpu0", sleeper, dict(os.environ))
+    return supervisor
+
+
+def test_a_crashed_child_is_restarted_with_backoff_while_the_others_keep_running(tmp_path, capsys):
+    supervisor = supervised(tmp_path, backoff=0.05)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is dead for our purposes
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split()[2] == "Z")
-
-
-@pytest.mark.slow
-@pytest.mark.integration
-def test_the_launcher_starts_everything_creates_an_admin_and_stops_it_all_on_ctrl_c(tmp_path):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "DJANGO_SUPERUSER", "DATABASE_URL"))}
-    env.update(PUYU_DATA_DIR=str(tmp_path), PUYU_PORT=str(port), PYTHONUNBUFFERED="1")
-    log = open(tmp_path / "launcher.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "puyu_site.launcher"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        def healthy():
-            try:
-                return urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200
-            except OSError:
-                return False
-
-        wait_for(healthy, 90, 0.3, "the web server")
-        db = tmp_path / "puyu.sqlite3"
-        wait_for(lambda: len(sqlite3.connect(db).execute("select name from jobs_workernode").fetchall()) == 4, 90, 0.5,
-                 "four workers to report in")
-        output = (tmp_path / "launcher.log").read_text()
-        password = (tmp_path / "admin_password.txt").read_text().strip()
-        assert f"username 'admin', password '{password}'" in output
-        assert "started the embedded Redis" in output
-        pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", output)]
-        assert len(pids) == 6  # web, gpu0, serve0, cpu, control, beat
+        web, worker = (child.proc for child in supervisor.children)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        assert supervisor.check() is None
+        assert "[puyu] worker gpu0 exited with status -9; restarting in 0.05 s (restart 1 of 5 in 10 min)" in capsys.readouterr().out
+        wait_for(lambda: supervisor.check() is None and supervisor.children[1].proc.pid != worker.pid, 5, 0.02, "the restart")
+        assert web.poll() is None and supervisor.children[1].proc.poll() is None
+        status = json.loads((tmp_path / "launcher_status.json").read_text())
+        assert status["children"]["worker gpu0"]["restarts"] == 1 and status["children"]["worker gpu0"]["state"] == "running"
+        assert status["children"]["worker gpu0"]["last_exit_status"] == -9 and status["children"]["web"]["restarts"] == 0
     finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(60)
-    output = (tmp_path / "launcher.log").read_text()
-    assert code == 0, output[-3000:]
-    assert "[puyu] stopped" in output
-    assert not [pid for pid in pids if alive(pid)]
-    redis_port = int(re.search(r"redis://127.0.0.1:(\d+)/0", output).group(1))
-    from puyu_site.redis_server import ping
+        supervisor.stop_all(grace=5)
+    assert all(child.proc.poll() is not None for child in supervisor.children)
 
-    assert not ping(redis_port)
+
+def test_the_backoff_doubles_and_a_child_that_keeps_crashing_stops_everything(tmp_path, capsys):
+    supervisor = supervised(tmp_path, restart_limit=2, window=600, backoff=1.0)
+    try:
+        worker = supervisor.children[1]
+        delays = []
+        for crash in range(3):
+            os.kill(worker.proc.pid, signal.SIGKILL)
+            worker.proc.wait()
+            now = 1000.0 + crash * 10
+            status = supervisor.check(now=now)
+            if status is not None:
+                break
+            delays.append(worker.restart_at - now)
+            supervisor.check(now=worker.restart_at)  # the backoff has passed: restart
+        assert delays == [1.0, 2.0]
+        assert status == 1
+        assert "it keeps crashing, so stopping everything" in capsys.readouterr().out
+        assert supervisor.children[0].proc.poll() is None  # the web server was never touched
+    finally:
+        supervisor.stop_all(grace=5)
+
+
+def test_the_dashboard_shows_how_often_the_launcher_restarted_a_worker(client, owner, settings):
+    (settings.DATA_DIR / "launcher_status.json").write_text(json.dumps({"children": {
+        "worker gpu0": {"restarts": 2, "state": "running", "last_restart_at": "2026-12-03T11:00:05+00:00"},
+        "web": {"restarts": 0, "state": "running"}}}))
+    try:
+        client.force_login(owner)
+        page = client.get("/").content.decode()
+    finally:
+        (settings.DATA_DIR / "launcher_status.json").unlink()
+    assert "worker gpu0 restarted 2 times, last at 2026-12-03 11:00:05" in page
+    assert "web restarted" not in page

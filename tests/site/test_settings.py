@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from puyu_site.database import database_from_url
-from puyu_site.env import SettingError, env_bool, env_int, env_redis_url
+from puyu_site.env import SettingError, env_bool, env_int, env_redis_url, require_redis_password
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,6 +30,10 @@ def start_django(tmp_path, **env):
     ({"PUYU_ENV": "production", "ALLOWED_HOSTS": "studio.example.org"}, "SECRET_KEY is required when PUYU_ENV=production"),
     ({"PUYU_ENV": "production", "SECRET_KEY": "x" * 60}, "ALLOWED_HOSTS is required when PUYU_ENV=production"),
     ({"PUYU_JOB_HEARTBEAT_SECONDS": "20", "PUYU_JOB_LEASE_SECONDS": "30"}, "must exceed twice PUYU_JOB_HEARTBEAT_SECONDS"),
+    ({"PUYU_ENV": "production", "SECRET_KEY": "x" * 60, "ALLOWED_HOSTS": "studio.example.org,*"},
+     "ALLOWED_HOSTS=* is refused when PUYU_ENV=production"),
+    ({"PUYU_ENV": "production", "SECRET_KEY": "x" * 60, "ALLOWED_HOSTS": "studio.example.org",
+      "REDIS_URL": "redis://10.0.0.5:6379/0"}, "REDIS_URL points to 10.0.0.5, beyond this machine, without a password"),
 ])
 def test_a_bad_setting_stops_start_up_and_names_the_variable(tmp_path, env, message):
     out = start_django(tmp_path, **env)
@@ -91,3 +95,16 @@ def test_a_redis_unix_socket_url_is_refused_with_the_reason(monkeypatch):
     monkeypatch.setenv("REDIS_URL", "unix:///tmp/redis.sock")
     with pytest.raises(SettingError, match="TCP"):
         env_redis_url()
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "redis://localhost:6379/1", "redis://[::1]:6379/0",
+                                 "redis://:s3cret@10.0.0.5:6379/0", "rediss://user:s3cret@redis.example.org:6380/0"])
+def test_redis_on_loopback_or_with_a_password_is_accepted_in_production(url):
+    require_redis_password(url)
+
+
+@pytest.mark.parametrize("url", ["redis://10.0.0.5:6379/0", "redis://redis.example.org:6379/0", "redis://user@0.0.0.0:6379/0"])
+def test_redis_beyond_loopback_without_a_password_is_refused_naming_the_host(url):
+    with pytest.raises(SettingError, match="without a password") as refused:
+        require_redis_password(url)
+    assert "REDIS_URL points to" in str(refused.value)

@@ -66,7 +66,7 @@ def test_a_refused_pre_flight_stores_nothing(users, inputs, fake_preflight, lora
     assert not RegisteredModel.objects.filter(name="never-made").exists()
 
 
-@pytest.mark.parametrize("field", ["output_dir", "train_files", "base_model_dir", "checkpoint_dir", "resume_from"])
+@pytest.mark.parametrize("field", ["output_dir", "train_files", "base_model_dir", "checkpoint_dir", "resume_from", "tokenizer"])
 def test_a_submission_may_not_name_a_server_path(users, inputs, fake_preflight, lora_request, field):
     base, data = inputs
     with pytest.raises(services.TrainingError) as refused:

@@ -67,24 +67,6 @@ def test_a_lora_sft_job_registers_exactly_one_adapter_with_lineage_and_a_checkpo
     assert ModelVersion.objects.get(source_job=again).number == version.number + 1
 
 
-def test_a_killed_worker_s_job_resumes_from_its_checkpoint_as_attempt_two_without_metric_gaps(stack, submit):
-    stack.worker("gpu0", "gpu")
-    stack.beat()
-    job = submit(max_steps=10)
-    run = TrainingRun.objects.get(job=job)
-    wait_for(lambda: services.kept_checkpoints(run), 180, 0.1, "a complete checkpoint")
-    assert status_of(job) == JobStatus.RUNNING
-    stack.kill("gpu0")
-    killed_at = max(loss_steps(job))
-    stack.worker("gpu0", "gpu")
-    job = finished(job, stack, timeout=240)
-    assert job.status == JobStatus.SUCCEEDED, job.error
-    assert job.attempts == 2
-    assert Path(job.result["resumed_from"]).name.startswith("checkpoint-") and killed_at < 10
-    assert loss_steps(job) == list(range(1, 11))  # every step once: no gap, no duplicate
-    assert ModelVersion.objects.filter(source_job=job).count() == 1
-
-
 def test_cancel_during_training_stops_within_two_steps_and_registers_nothing(stack, submit, users):
     stack.worker("gpu0", "gpu")
     # Optimizer steps of ~1k tokens (about a second each here): the worker reads the cancel flag

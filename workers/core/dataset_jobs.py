@@ -7,13 +7,9 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from workers.core import paths
 from workers.core.reporting import Reporter, check_cancelled
-from workers.core.specs import SpecError, build_spec, require_range
-
-
-def _require_absolute(name: str, value: str) -> None:
-    if not value or not Path(value).is_absolute():
-        raise SpecError(name, "must be an absolute path chosen by the server")
+from workers.core.specs import SpecError, build_spec, require_range, short
 
 
 def sha256_file(path: Path) -> str:
@@ -54,11 +50,14 @@ class DatasetImportSpec:
     hub_file: str = ""  # the file in that repository
 
     def validate(self) -> None:
-        _require_absolute("path", self.path)
-        _require_absolute("output_path", self.output_path)
+        # `path` is the stored upload (or, for a hub import, where the download is written).
+        paths.writable("path", self.path, paths.UPLOADS)
+        paths.writable("output_path", self.output_path, paths.DATASETS)
+        if self.tokenizer_dir:
+            paths.readable("tokenizer_dir", self.tokenizer_dir, paths.MODELS, starter=True)
         require_range("max_length", self.max_length, 0, 1_000_000)
         if self.hub_id and ("/" not in self.hub_id or not self.hub_file):
-            raise SpecError("hub_id", f"expected a dataset id like 'org/name' and a file in it, got {self.hub_id!r} / {self.hub_file!r}")
+            raise SpecError("hub_id", f"expected a dataset id like 'org/name' and a file in it, got {short(self.hub_id)} / {short(self.hub_file)}")
 
 
 def download_from_hub(hub_id: str, hub_file: str, target: Path, reporter: Reporter) -> None:
@@ -72,8 +71,12 @@ def download_from_hub(hub_id: str, hub_file: str, target: Path, reporter: Report
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import LocalEntryNotFoundError
 
+        from workers.core import hub_limits
+
+        hub_limits.check_listing(hub_id, repo_type="dataset", filename=hub_file)  # the size cap, before fetching
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             fetched = hf_hub_download(hub_id, hub_file, repo_type="dataset", local_dir=tmp, etag_timeout=10)
+            hub_limits.check_downloaded(hub_id, Path(fetched))
             shutil.move(fetched, target)
     except LocalEntryNotFoundError:
         raise DataFileError(hub_file, f"cannot reach the hub to fetch {hub_id!r} (this machine is offline); "
@@ -124,8 +127,9 @@ class DatasetCleanSpec:
     eval_names: list = field(default_factory=list)  # shown in the report instead of file names
 
     def validate(self) -> None:
-        _require_absolute("input_path", self.input_path)
-        _require_absolute("output_path", self.output_path)
+        paths.readable("input_path", self.input_path, paths.DATASETS)
+        paths.writable("output_path", self.output_path, paths.DATASETS)
+        paths.readable_list("eval_paths", self.eval_paths, paths.DATASETS)
         if len(self.eval_paths) != len(self.eval_canonicals):
             raise SpecError("eval_canonicals", "needs one canonical format per evaluation path")
         from workers.core.data.cleaning import CleaningSpec
@@ -162,9 +166,9 @@ class DatasetGenerateSpec:
 
     def validate(self) -> None:
         if self.generator not in GENERATORS:
-            raise SpecError("generator", f"must be one of {', '.join(GENERATORS)}, got {self.generator!r}")
+            raise SpecError("generator", f"must be one of {', '.join(GENERATORS)}, got {short(self.generator)}")
         require_range("n", self.n, 1, 1_000_000)
-        _require_absolute("output_path", self.output_path)
+        paths.writable("output_path", self.output_path, paths.DATASETS)
 
 
 def run_dataset_generate(spec: DatasetGenerateSpec, reporter: Reporter) -> dict:

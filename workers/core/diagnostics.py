@@ -15,7 +15,11 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 
 from workers.core.reporting import Reporter, check_cancelled
-from workers.core.specs import SpecError, require_range
+from workers.core.specs import SpecError, require_range, short
+
+
+# Stretched steps hold a device: like a probe, one diagnostics run waits at most an hour.
+MAX_STRETCHED_SECONDS = 3600.0
 
 
 @dataclass
@@ -31,8 +35,11 @@ class DiagnosticsSpec:
         require_range("matmul_size", self.matmul_size, 16, 16_384)
         require_range("bandwidth_mb", self.bandwidth_mb, 1, 8_192)
         require_range("min_step_seconds", self.min_step_seconds, 0.0, 600.0)
+        if self.steps * self.min_step_seconds > MAX_STRETCHED_SECONDS:
+            raise SpecError("min_step_seconds", f"steps × min_step_seconds must stay within {MAX_STRETCHED_SECONDS:.0f} s, "
+                                                f"got {self.steps * self.min_step_seconds:.0f} s")
         if self.device not in ("auto", "cpu", "cuda"):
-            raise SpecError("device", f"must be auto, cpu or cuda, got {self.device!r}")
+            raise SpecError("device", f"must be auto, cpu or cuda, got {short(self.device)}")
 
 
 def _version(package: str) -> str | None:

@@ -16,6 +16,7 @@ from workers.core.dataset_jobs import (
 from workers.core.inference.replica import ReplicaSpec, run_replica
 from workers.core.training.job import TrainSpec, run_training
 from workers.core.diagnostics import DiagnosticsSpec, run_diagnostics
+from workers.core.modelstore.atomic import disk_full_is_clear
 from workers.core.model_jobs import (
     ModelImportSpec,
     ModelMergeSpec,
@@ -51,4 +52,6 @@ CORE_JOBS: dict[str, CoreJob] = {
 
 def run_core_job(kind: str, params: dict | None, reporter: Reporter) -> dict:
     job = CORE_JOBS[kind]
-    return job.run(build_spec(job.spec_class, params), reporter)
+    spec = build_spec(job.spec_class, params)
+    with disk_full_is_clear(f"the {kind.replace('_', ' ')} output"):  # inner writers name it more precisely
+        return job.run(spec, reporter)

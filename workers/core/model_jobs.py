@@ -12,8 +12,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.core import hub_limits, paths
 from workers.core.reporting import Reporter, check_cancelled
-from workers.core.specs import SpecError
+from workers.core.specs import SpecError, short
 
 IMPORT_SOURCES = ("folder", "archive", "starter", "hub")
 
@@ -27,11 +28,6 @@ def _fresh(output_dir: str) -> Path:
     return out
 
 
-def _require_absolute(field: str, value: str) -> None:
-    if not value or not Path(value).is_absolute():
-        raise SpecError(field, "must be an absolute path chosen by the server")
-
-
 @dataclass
 class ModelImportSpec:
     source: str = "folder"
@@ -41,12 +37,17 @@ class ModelImportSpec:
 
     def validate(self) -> None:
         if self.source not in IMPORT_SOURCES:
-            raise SpecError("source", f"must be one of {', '.join(IMPORT_SOURCES)}, got {self.source!r}")
-        if self.source in ("folder", "archive"):
-            _require_absolute("path", self.path)
+            raise SpecError("source", f"must be one of {', '.join(IMPORT_SOURCES)}, got {short(self.source)}")
+        if self.source == "folder":
+            paths.readable("path", self.path, import_folders=True, starter=True)
+        elif self.source == "archive":
+            paths.readable("path", self.path, paths.UPLOADS)
+        elif self.path:
+            raise SpecError("path", f"is not used by a {self.source} import: leave it empty")
         if self.source == "hub" and "/" not in self.hub_id:
-            raise SpecError("hub_id", f"expected an id like 'org/name', got {self.hub_id!r}")
-        _require_absolute("output_dir", self.output_dir)
+            raise SpecError("hub_id", f"expected an id like 'org/name', got {short(self.hub_id)}")
+        # `_fresh` removes what is at output_dir: only a version folder inside the store may be named.
+        paths.writable("output_dir", self.output_dir, paths.MODELS)
 
 
 def run_model_import(spec: ModelImportSpec, reporter: Reporter) -> dict:
@@ -109,10 +110,12 @@ def _download_from_hub(hub_id: str, workdir: Path, reporter: Reporter) -> Path:
         raise ModelFolderError("hub", "huggingface_hub is not installed on this worker") from None
     reporter.log(f"downloading {hub_id} from the hub")
     try:
-        return Path(snapshot_download(
-            hub_id, local_dir=tempfile.mkdtemp(prefix=".hub-", dir=workdir),
-            allow_patterns=["*.safetensors", "*.json", "tokenizer.model", "*.txt", "*.jinja"], etag_timeout=10,
-        ))
+        patterns = ["*.safetensors", "*.json", "tokenizer.model", "*.txt", "*.jinja"]
+        hub_limits.check_listing(hub_id, repo_type="model", patterns=patterns)  # the size cap, before fetching
+        folder = Path(snapshot_download(hub_id, local_dir=tempfile.mkdtemp(prefix=".hub-", dir=workdir),
+                                        allow_patterns=patterns, etag_timeout=10))
+        hub_limits.check_downloaded(hub_id, folder)
+        return folder
     except LocalEntryNotFoundError:
         raise ModelFolderError("hub", f"cannot reach the model hub to fetch {hub_id!r} (this machine is offline); "
                                       "import a local folder or an archive instead") from None
@@ -127,8 +130,9 @@ class ModelMergeSpec:
     output_dir: str = ""
 
     def validate(self) -> None:
-        for field in ("base_dir", "adapter_dir", "output_dir"):
-            _require_absolute(field, getattr(self, field))
+        paths.readable("base_dir", self.base_dir, paths.MODELS)
+        paths.readable("adapter_dir", self.adapter_dir, paths.MODELS)
+        paths.writable("output_dir", self.output_dir, paths.MODELS)
 
 
 def run_model_merge(spec: ModelMergeSpec, reporter: Reporter) -> dict:
@@ -150,10 +154,10 @@ class ModelQuantizeSpec:
     eval_max_tokens: int = 2048
 
     def validate(self) -> None:
-        _require_absolute("source_dir", self.source_dir)
-        _require_absolute("output_dir", self.output_dir)
+        paths.readable("source_dir", self.source_dir, paths.MODELS)
+        paths.writable("output_dir", self.output_dir, paths.MODELS)
         if self.method not in QUANT_METHODS:
-            raise SpecError("method", f"must be one of {', '.join(QUANT_METHODS)}, got {self.method!r}")
+            raise SpecError("method", f"must be one of {', '.join(QUANT_METHODS)}, got {short(self.method)}")
         if not 64 <= self.eval_max_tokens <= 1_000_000:
             raise SpecError("eval_max_tokens", f"must be between 64 and 1000000, got {self.eval_max_tokens}")
 

@@ -11,6 +11,11 @@ from dataclasses import dataclass
 from workers.core.reporting import Reporter, check_cancelled
 from workers.core.specs import require_range
 
+# A probe holds a worker slot while it waits: an hour is far more than any pipeline check needs,
+# and bounds what one user can tie up with it.
+MAX_PROBE_SECONDS = 3600.0
+MAX_PROBE_STEPS = 100_000
+
 
 @dataclass
 class ProbeSpec:
@@ -18,8 +23,8 @@ class ProbeSpec:
     steps: int = 1
 
     def validate(self) -> None:
-        require_range("seconds", self.seconds, 0.0, 86_400.0)
-        require_range("steps", self.steps, 1, 100_000)
+        require_range("seconds", self.seconds, 0.0, MAX_PROBE_SECONDS)
+        require_range("steps", self.steps, 1, MAX_PROBE_STEPS)
 
 
 def run_probe(spec: ProbeSpec, reporter: Reporter) -> dict:

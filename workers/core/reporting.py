@@ -3,6 +3,11 @@
 The Celery adapter implements Reporter with database rows and websocket pushes; the command
 line uses ConsoleReporter. A job calls `reporter.check_cancelled()` once per step, so a cancel
 takes effect within one step of being requested.
+
+Suspend is the gentler stop of a warm shutdown (the worker got SIGTERM): a job that can resume
+(training) checkpoints at the end of its current step and raises JobSuspended; its runner hands
+the job back to the queue without counting a failed attempt. `should_suspend` is optional in the
+protocol: jobs that cannot resume never ask, and simply finish before the worker exits.
 """
 from __future__ import annotations
 
@@ -13,6 +18,17 @@ from typing import Protocol, runtime_checkable
 
 class JobCancelled(Exception):
     """Raised inside a job when its runner asked it to stop."""
+
+
+class JobSuspended(Exception):
+    """Raised by a resumable job that checkpointed and stopped because its runner is shutting
+    down; the next attempt resumes from that checkpoint."""
+
+
+def suspend_requested(reporter) -> bool:
+    """Whether the runner asks a resumable job to checkpoint and stop (warm shutdown)."""
+    ask = getattr(reporter, "should_suspend", None)
+    return bool(ask and ask())
 
 
 @runtime_checkable
@@ -40,6 +56,7 @@ class ConsoleReporter:
         self.metrics: list[tuple[str, int, float]] = []
         self.lines: list[str] = []
         self.stop_requested = False
+        self.suspend_requested = False
         self._start = time.monotonic()
 
     def progress(self, fraction: float, message: str = "") -> None:
@@ -55,3 +72,6 @@ class ConsoleReporter:
 
     def should_stop(self) -> bool:
         return self.stop_requested
+
+    def should_suspend(self) -> bool:
+        return self.suspend_requested

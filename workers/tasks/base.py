@@ -4,6 +4,12 @@ claim (conditional UPDATE) → heartbeat thread renewing the lease → run the c
 DatabaseReporter → record SUCCEEDED / FAILED / CANCELLED. A duplicate delivery finds the job
 claimed and returns. A worker that dies leaves the message unacknowledged and the lease
 expiring; the beat reaper re-queues the job (or fails it once its attempts are used up).
+
+Warm shutdown (SIGTERM, Ctrl-C, the launcher stopping): celery lets the running task finish; the
+signal also raises the reporter's suspend flag, so a training job checkpoints at the end of its
+step and raises JobSuspended; the job is released to the queue and dispatched again at once, and
+another worker resumes it from that step (no lost steps, no wait for the lease to expire).
+Every write of an attempt is fenced by (lease owner, attempt number).
 """
 from __future__ import annotations
 
@@ -13,17 +19,25 @@ import threading
 import traceback
 
 from celery import Task
+from celery.signals import worker_shutting_down
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 
 from apps.jobs import lifecycle
 from apps.jobs.models import Job, JobStatus
 from workers.core.kinds import run_core_job
-from workers.core.reporting import JobCancelled
+from workers.core.reporting import JobCancelled, JobSuspended
 from workers.core.specs import SpecError
-from workers.tasks.reporter import DatabaseReporter
+from workers.tasks.reporter import DatabaseReporter, request_suspend
 
 log = logging.getLogger(__name__)
+
+
+@worker_shutting_down.connect
+def _suspend_on_warm_shutdown(sender=None, sig=None, how=None, **kwargs):
+    """Runs in the worker's main process, from its signal handler: only raise a flag."""
+    if how == "Warm":
+        request_suspend()
 
 
 class LeaseLost(Exception):
@@ -34,8 +48,8 @@ class LeaseHeartbeat:
     """Renews the job's lease every JOB_HEARTBEAT_SECONDS in a thread, so a long step in the core
     cannot make a live job look dead. Losing the lease tells the reporter to stop."""
 
-    def __init__(self, job_id: int, worker: str, lost: threading.Event) -> None:
-        self.job_id, self.worker, self.lost = job_id, worker, lost
+    def __init__(self, job_id: int, worker: str, lost: threading.Event, attempt: int | None = None) -> None:
+        self.job_id, self.worker, self.lost, self.attempt = job_id, worker, lost, attempt
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
 
@@ -43,7 +57,7 @@ class LeaseHeartbeat:
         try:
             while not self._stop.wait(settings.JOB_HEARTBEAT_SECONDS):
                 try:
-                    if not lifecycle.renew_lease(self.job_id, self.worker):
+                    if not lifecycle.renew_lease(self.job_id, self.worker, self.attempt):
                         log.warning("job %s: lease lost; stopping", self.job_id)
                         self.lost.set()
                         return
@@ -87,39 +101,51 @@ class JobTask(Task):
         if job is None:
             log.info("job %s: not claimable (finished, cancelled, or held by another worker)", job_id)
             return "skipped"
+        attempt = job.attempts
         reporter = DatabaseReporter(job, worker)
-        reporter.log(f"attempt {job.attempts} of {job.max_attempts} on {worker}")
+        reporter.log(f"attempt {attempt} of {job.max_attempts} on {worker}")
         try:
-            with LeaseHeartbeat(job.pk, worker, reporter.lost):
+            with LeaseHeartbeat(job.pk, worker, reporter.lost, attempt):
                 result = self.execute(job, reporter)
         except JobCancelled:
             if reporter.lost.is_set():
                 return "lease lost"
             reporter.log("cancelled on request", "warning")
-            lifecycle.finish(job.pk, worker, JobStatus.CANCELLED)
+            lifecycle.finish(job.pk, worker, JobStatus.CANCELLED, attempt=attempt)
             return JobStatus.CANCELLED
+        except JobSuspended as exc:
+            if reporter.lost.is_set():
+                return "lease lost"
+            if lifecycle.release(job.pk, worker, attempt, f"worker shutting down ({exc}); the next worker resumes there"):
+                from apps.jobs.services import dispatch  # here: services imports the task catalog
+
+                dispatch(job.pk)
+            return "suspended"
         except SpecError as exc:
             reporter.log(f"invalid parameters: {exc}", "error")
-            lifecycle.finish(job.pk, worker, JobStatus.FAILED, error=f"invalid parameters: {exc}")
+            lifecycle.finish(job.pk, worker, JobStatus.FAILED, error=f"invalid parameters: {exc}", attempt=attempt)
             return JobStatus.FAILED
         except Exception as exc:
             # Errors in the job itself are not retried: they would fail the same way again.
             # Only a lost worker earns another attempt (see lifecycle.reap_stale).
             reporter.log(traceback.format_exc(), "error")
-            lifecycle.finish(job.pk, worker, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+            lifecycle.finish(job.pk, worker, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}", attempt=attempt)
             return JobStatus.FAILED
         finally:
             reporter.close()
         try:
             with transaction.atomic():
+                # The registration (record) and SUCCEEDED commit together, only while this attempt
+                # holds the lease: a stale attempt's checkpoints and results are never registered.
                 result = self.record(job, result)
-                if not lifecycle.finish(job.pk, worker, JobStatus.SUCCEEDED, result=result):
+                if not lifecycle.finish(job.pk, worker, JobStatus.SUCCEEDED, result=result, attempt=attempt):
                     raise LeaseLost()
         except LeaseLost:
             log.warning("job %s: lease lost before its result was recorded; nothing stored", job.pk)
             return "lease lost"
         except Exception as exc:
             log.exception("job %s: recording the result failed", job.pk)
-            lifecycle.finish(job.pk, worker, JobStatus.FAILED, error=f"recording the result failed: {type(exc).__name__}: {exc}")
+            lifecycle.finish(job.pk, worker, JobStatus.FAILED, attempt=attempt,
+                             error=f"recording the result failed: {type(exc).__name__}: {exc}")
             return JobStatus.FAILED
         return JobStatus.SUCCEEDED

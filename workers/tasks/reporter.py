@@ -1,26 +1,49 @@
 """The Reporter the core sees when it runs under Celery: rows in the database (the truth) plus a
-push to the job's websocket group. Progress writes are throttled; logs and metrics are not."""
+push to the job's websocket group. Progress writes are throttled; logs and metrics are not.
+
+Fencing: every write is conditional on this attempt still holding the job (status RUNNING, the
+same lease owner and attempt number), checked in the same transaction as the write. An attempt
+whose lease was taken away (the reaper re-queued its job, a newer attempt runs) writes nothing
+more, and learns it has lost the job at its next write. The same conditional UPDATE records
+`progress_at`, the sign of progress the reaper's hung-job check reads.
+
+Warm shutdown: the worker's signal handler calls `request_suspend()`; `should_suspend()` then
+tells a resumable job (training) to checkpoint and stop (workers/core/reporting.py).
+"""
 from __future__ import annotations
 
 import threading
 import time
+
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Max
+from django.utils import timezone
 
 from apps.jobs import events
-from apps.jobs.models import Job, JobLogLine, JobMetric
+from apps.jobs.models import Job, JobLogLine, JobMetric, JobStatus
+from workers.core.paths import scrub_text
 
 PROGRESS_MIN_INTERVAL = 0.2  # seconds between progress writes; the last one is always written
 CANCEL_CHECK_INTERVAL = 0.2  # seconds between reads of the cancel flag (a cheap indexed read; training
 # checks it every optimizer step and must stop within two steps, and steps can be a few tenths of a second)
 TRIM_EVERY = 50  # delete log rows beyond the tail every this many lines
 
+# Set from a signal handler (celery's worker_shutting_down, see workers/tasks/base.py): a plain
+# attribute, because a signal handler must not take locks the interrupted code may hold.
+_suspend = {"requested": False}
+
+
+def request_suspend() -> None:
+    _suspend["requested"] = True
+
 
 class DatabaseReporter:
     def __init__(self, job: Job, worker: str) -> None:
         self.job_id = job.pk
         self.worker = worker
-        self.lost = threading.Event()  # set by the heartbeat when the lease is taken away
+        self.attempt = job.attempts
+        self.lost = threading.Event()  # set by the heartbeat, or by a fenced write, when the lease is gone
         self._cancel = job.cancel_requested
         self._last_cancel_check = time.monotonic()
         self._last_progress_write = 0.0
@@ -31,6 +54,15 @@ class DatabaseReporter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = path.open("a", encoding="utf-8")
 
+    def _held(self, **fields) -> bool:
+        """Update this attempt's row (and progress_at) only while it holds the job; call inside the
+        transaction of the write it guards. False (and `lost` set) once the lease is gone."""
+        held = Job.objects.filter(pk=self.job_id, status=JobStatus.RUNNING, lease_owner=self.worker,
+                                  attempts=self.attempt).update(progress_at=timezone.now(), **fields)
+        if not held:
+            self.lost.set()
+        return bool(held)
+
     # -- Reporter protocol --------------------------------------------------------------------
     def progress(self, fraction: float, message: str = "") -> None:
         fraction = min(max(float(fraction), 0.0), 1.0)
@@ -39,26 +71,31 @@ class DatabaseReporter:
             return
         self._last_progress_write = now
         eta = self._eta(fraction, now)
-        Job.objects.filter(pk=self.job_id, lease_owner=self.worker).update(
-            progress=fraction, eta_seconds=eta, progress_message=message[:200]
-        )
-        events.publish(self.job_id, "progress", {"progress": fraction, "eta_seconds": eta, "message": message[:200]})
+        if self._held(progress=fraction, eta_seconds=eta, progress_message=message[:200]):
+            events.publish(self.job_id, "progress", {"progress": fraction, "eta_seconds": eta, "message": message[:200]})
 
     def log(self, message: str, level: str = "info") -> None:
-        self._seq += 1
+        message = scrub_text(message)  # tracebacks name server folders; users see the log
+        with transaction.atomic():
+            if not self._held():
+                return
+            self._seq += 1
+            JobLogLine.objects.create(job_id=self.job_id, seq=self._seq, level=level, message=message)
+            if self._seq % TRIM_EVERY == 0:
+                JobLogLine.objects.filter(job_id=self.job_id, seq__lte=self._seq - settings.JOB_LOG_TAIL_LINES).delete()
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         self._file.write(f"{stamp} {level.upper():7} {message}\n")
         self._file.flush()
-        JobLogLine.objects.create(job_id=self.job_id, seq=self._seq, level=level, message=message)
-        if self._seq % TRIM_EVERY == 0:
-            JobLogLine.objects.filter(job_id=self.job_id, seq__lte=self._seq - settings.JOB_LOG_TAIL_LINES).delete()
         events.publish(self.job_id, "log", {"seq": self._seq, "level": level, "message": message})
 
     def metric(self, name: str, step: int, value: float) -> None:
-        JobMetric.objects.bulk_create(
-            [JobMetric(job_id=self.job_id, name=name, step=step, value=value)],
-            update_conflicts=True, unique_fields=["job", "name", "step"], update_fields=["value"],
-        )
+        with transaction.atomic():
+            if not self._held():
+                return
+            JobMetric.objects.bulk_create(
+                [JobMetric(job_id=self.job_id, name=name, step=step, value=value)],
+                update_conflicts=True, unique_fields=["job", "name", "step"], update_fields=["value"],
+            )
         events.publish(self.job_id, "metric", {"name": name, "step": step, "value": value})
 
     def should_stop(self) -> bool:
@@ -69,6 +106,9 @@ class DatabaseReporter:
             self._last_cancel_check = now
             self._cancel = Job.objects.filter(pk=self.job_id, cancel_requested=True).exists()
         return self._cancel
+
+    def should_suspend(self) -> bool:
+        return _suspend["requested"]
 
     # -----------------------------------------------------------------------------------------
     def _eta(self, fraction: float, now: float) -> float | None:

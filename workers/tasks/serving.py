@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
+
 from apps.serving import services
 from apps.serving.models import ACTIVE_STATES, Replica
 from puyu_site.celery import app
@@ -25,7 +27,10 @@ class ReplicaTask(JobTask):
             reporter.log("the deployment was stopped or deleted before this replica started", "warning")
             raise JobCancelled()
         params = services.replica_params(replica.deployment, replica.version, replica.replica_id)
-        return run_core_job(job.kind, params, reporter)
+        # The broker URL (with its password) is handed over here, at run time: it is never stored
+        # in the job's params, which users see. (Rows from before carried it; they are rebuilt
+        # from the deployment above, and migration serving 0002 removed it from them.)
+        return run_core_job(job.kind, {**params, "redis_url": settings.REDIS_URL}, reporter)
 
 
 @app.task(base=ReplicaTask, bind=True, name="serving.replica")

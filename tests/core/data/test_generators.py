@@ -6,13 +6,12 @@ import json
 import operator
 import re
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 
+from tests.fixtures.data import excerpt
 from workers.core.data.generators import arithmetic_word_problems, evaluate, tool_use_dialogues, write_jsonl
 
-GLAIVE_DEMO = Path(__file__).resolve().parents[4] / "shared" / "data" / "llamafactory_demo" / "glaive_toolcall_en_demo.json"
 OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
 
@@ -90,11 +89,10 @@ def test_the_sharegpt_style_has_the_glaive_shape():
         assert record["conversations"][-2]["value"] == canonical["messages"][-2]["content"]
         tools = json.loads(record["tools"])  # a JSON string holding a list of functions, as in glaive
         assert [t["name"] for t in tools] == ["calculator"] and "parameters" in tools[0]
-    if GLAIVE_DEMO.exists():  # the real demo file, when the shared data is beside the checkout
-        demo = json.loads(GLAIVE_DEMO.read_text(encoding="utf-8"))
-        assert set(demo[0]) == set(records[0])
-        assert {t["from"] for d in demo for t in d["conversations"]} >= {t["from"] for r in records for t in r["conversations"]}
-        assert isinstance(demo[0]["tools"], str) and set(json.loads(demo[0]["tools"])[0]) >= set(json.loads(records[0]["tools"])[0])
+    demo = json.loads(excerpt("llamafactory_demo/glaive_toolcall_en_demo.json").read_text(encoding="utf-8"))
+    assert set(demo[0]) == set(records[0])  # the shape of the real glaive demo file
+    assert {t["from"] for d in demo for t in d["conversations"]} >= {t["from"] for r in records for t in r["conversations"]}
+    assert isinstance(demo[0]["tools"], str) and set(json.loads(demo[0]["tools"])[0]) >= set(json.loads(records[0]["tools"])[0])
 
 
 def test_the_calculator_evaluates_exactly_and_refuses_anything_but_arithmetic():

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.core.data.fixtures.import_support import fixture, head_json_array, shared
+from tests.core.data.fixtures.import_support import excerpt, fixture, head_json_array
 from workers.core.data import formats
 
 
@@ -30,7 +30,7 @@ def version_of(path, tmp_path, fmt=None):
     ("llamafactory_demo/alpaca_en_demo.json", "en"),
 ])
 def test_the_languages_of_a_chinese_and_an_english_file_are_reported(tmp_path, relative, language):
-    sample = head_json_array(shared(relative), 30, tmp_path / shared(relative).name)
+    sample = head_json_array(excerpt(relative), 30, tmp_path / excerpt(relative).name)
     stats = formats.dataset_stats(version_of(sample, tmp_path), "chat")
     assert stats["rows"] == 30
     assert next(iter(stats["languages"])) == language  # the most common first

@@ -98,11 +98,20 @@ def test_the_same_seed_reproduces_a_sample_and_another_seed_differs(engine):
     assert first != other
 
 
-def test_sampled_requests_without_a_seed_run_in_the_batch_with_their_own_settings(engine):
-    sampling = SamplingParams(max_tokens=12, temperature=0.9, top_p=0.95, top_k=40)
-    finals = [engine.submit(EngineRequest(prompt="ROMEO:", sampling=sampling)).result(60) for _ in range(3)]
-    # a random model may sample its end token early: what matters is that each ran and ended
-    assert all(f["type"] == "end" and 1 <= f["usage"]["completion_tokens"] <= 12 for f in finals)
+def test_sampled_requests_without_a_seed_run_in_the_batch_with_their_own_settings(engine, reference_model):
+    ids = reference_model[1]("O")["input_ids"]
+    expected = reference_tokens(reference_model, ids, 10)
+    hot = SamplingParams(max_tokens=10, temperature=1.5)
+    # submitted together, so they share batches: each must keep its own settings
+    sampled = [engine.submit(EngineRequest(prompt_ids=ids, sampling=hot)) for _ in range(4)]
+    greedy_one = engine.submit(EngineRequest(prompt_ids=ids, sampling=SamplingParams(max_tokens=10, temperature=0.0)))
+    top_1 = engine.submit(EngineRequest(prompt_ids=ids, sampling=SamplingParams(max_tokens=10, temperature=1.5, top_k=1)))
+    for handle in (*sampled, greedy_one, top_1):
+        assert handle.result(60)["type"] == "end"
+    assert greedy_one.token_ids == expected  # hot neighbours in the batch did not make it sample
+    assert top_1.token_ids == expected  # its own top_k=1 was applied: sampling from one token is greedy
+    assert len({tuple(h.token_ids) for h in sampled}) > 1  # unseeded samples differ from each other
+    assert any(h.token_ids != expected for h in sampled)  # and temperature 1.5 really sampled
 
 
 def test_temperature_zero_is_greedy(engine, reference_model):

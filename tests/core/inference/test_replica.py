@@ -128,9 +128,58 @@ def test_a_dead_replicas_pending_requests_are_taken_over(redis_client, deploymen
             assert events[0]["replica"] == "alive"
         lost = events_of(redis_client, half_done)[-1]
         assert lost["type"] == "error" and lost["status"] == 502 and lost["code"] == "replica_lost"
+        # what the dead replica made is reported, so the web can count it against the quota
+        assert lost["usage"] == {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
         assert redis_client.xlen(stream) == 0
+        wait_until(lambda: "dead" not in consumers(redis_client, stream), "the dead consumer to be deleted")
     finally:
         survivor.stop()
+
+
+def consumers(client, stream):
+    return {info["name"]: info["pending"] for info in client.xinfo_consumers(stream, protocol.REPLICA_GROUP)}
+
+
+def wait_until(condition, what, timeout=30):
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_a_restarted_replica_reclaims_what_its_killed_incarnation_held(redis_client, deployment_id, serve_model_dir):
+    """The same replica id (the job re-run after its worker was killed) reads as a new consumer, so
+    the entries the killed process held are reclaimed instead of counting in XLEN forever."""
+    stream = protocol.requests_stream(deployment_id)
+    redis_client.xgroup_create(stream, protocol.REPLICA_GROUP, id="0", mkstream=True)
+    held = [push(redis_client, deployment_id) for _ in range(2)]
+    killed = protocol.consumer_name("again", "killed")
+    redis_client.xreadgroup(protocol.REPLICA_GROUP, killed, {stream: ">"}, count=10)
+    restarted = replica(deployment_id, serve_model_dir, "again")
+    try:
+        for request_id in held:
+            assert events_of(redis_client, request_id)[-1]["type"] == "end"
+        current = redis_client.hget(protocol.replica_key(deployment_id, "again"), "consumer")
+        assert current.startswith("again#") and current != killed
+        wait_until(lambda: killed not in consumers(redis_client, stream), "the killed incarnation's consumer to go")
+        assert redis_client.xlen(stream) == 0
+    finally:
+        restarted.stop()
+
+
+def test_a_replica_serves_only_model_folders_of_the_registry(serve_model_dir):
+    from workers.core.specs import SpecError
+
+    base = dict(deployment_id=1, replica_id="x", redis_url=os.environ["REDIS_URL"], device="cpu")
+    build_spec(ReplicaSpec, {**base, "model_dir": str(serve_model_dir)})  # inside <data dir>/models: fine
+    for field, value in (("model_dir", "/var/tmp"), ("model_dir", "/etc"),
+                         ("model_dir", str(serve_model_dir) + "/../../../../secret_key"),
+                         ("adapter_dir", "/etc/passwd")):
+        params = {**base, "model_dir": str(serve_model_dir), field: value}
+        with pytest.raises(SpecError) as refused:
+            build_spec(ReplicaSpec, params)
+        assert refused.value.field == field and "/etc" not in str(refused.value)
 
 
 def test_a_cancel_on_the_channel_ends_the_request_as_cancelled(redis_client, deployment_id, serve_model_dir):
@@ -181,8 +230,9 @@ def test_a_stopped_replica_drains_reports_metrics_and_removes_its_hash(redis_cli
     wait_ready(redis_client, deployment_id, "m1")
     request_id = push(redis_client, deployment_id, max_tokens=30)
     events_of(redis_client, request_id)
-    time.sleep(0.8)  # one metrics tick after the request
-    metrics = protocol.decode(redis_client.hget(protocol.replica_key(deployment_id, "m1"), "metrics"))
+    metrics_of = lambda: protocol.decode(redis_client.hget(protocol.replica_key(deployment_id, "m1"), "metrics"))
+    wait_until(lambda: metrics_of().get("tokens_total") == 30, "a metrics tick after the request")
+    metrics = metrics_of()
     assert metrics["requests_total"] == 1 and metrics["tokens_total"] == 30
     assert isinstance(worker.stop(), JobCancelled)
     assert not redis_client.exists(protocol.replica_key(deployment_id, "m1"))

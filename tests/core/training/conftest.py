@@ -1,5 +1,6 @@
 """Shared fixtures for the training core tests: a tiny Llama with a ChatML tokenizer, and the demo
-data sets (Alpaca SFT, DPO, plain text) normalized into canonical JSONL with workers/core/data."""
+data sets (Alpaca SFT, DPO, plain text; excerpts in tests/fixtures/data) normalized into canonical
+JSONL with workers/core/data."""
 from __future__ import annotations
 
 import json
@@ -7,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.data import excerpt
 from tests.fixtures.tiny_models import build_tiny_llama, train_text, train_tokenizer
-
-SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "llamafactory_demo"
 
 
 def normalized(tmp: Path, source: str, count: int) -> Path:
     """The first `count` records of a demo file, normalized to canonical JSONL."""
     from workers.core.data.formats import write_normalized
 
-    records = json.loads((SHARED_DATA / source).read_text(encoding="utf-8"))[:count]
+    records = json.loads(excerpt(f"llamafactory_demo/{source}").read_text(encoding="utf-8"))[:count]
+    assert len(records) == count, f"the {source} excerpt has {len(records)} records, fewer than {count}"
     subset = tmp / source
     subset.write_text(json.dumps(records), encoding="utf-8")
     out = tmp / (Path(source).stem + ".jsonl")

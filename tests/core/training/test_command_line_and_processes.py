@@ -3,6 +3,7 @@ path (torchrun, 2 gloo processes on CPU), plus spec validation."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import yaml
 from tests.core.training.conftest import spec_params
 from workers.core.reporting import ConsoleReporter, JobCancelled
 from workers.core.specs import SpecError, build_spec
-from workers.core.training.job import TrainSpec, run_training
+from workers.core.training.job import METHODS, TrainSpec, run_training
 from workers.core.training.presets import BUILTIN_PRESETS
 
 REPO = Path(__file__).resolve().parents[3]
@@ -23,7 +24,8 @@ def test_python_m_workers_core_train_spec_yaml_works_without_django(tmp_path, ti
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(spec_params(tmp_path, base_model_dir=str(tiny_base),
                                                     train_files=[str(alpaca_chat)], max_steps=2)))
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}  # no DJANGO_SETTINGS_MODULE
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1",  # no DJANGO_SETTINGS_MODULE
+           "PUYU_DATA_DIR": os.environ["PUYU_DATA_DIR"]}  # the store the spec's paths lie in (tests/core/conftest.py)
     done = subprocess.run([sys.executable, "-m", "workers.core", "train", str(spec_file)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -32,12 +34,18 @@ def test_python_m_workers_core_train_spec_yaml_works_without_django(tmp_path, ti
     assert "django" not in done.stderr.lower()
 
 
-def test_every_builtin_preset_is_a_valid_spec_once_paths_are_filled_in(tmp_path):
+def test_every_builtin_preset_is_a_valid_spec_once_paths_are_filled_in_and_keeps_its_fields(tmp_path):
+    assert "sft-lora-small" in BUILTIN_PRESETS
     for name, preset in BUILTIN_PRESETS.items():
-        paths = {"train_files": ["/data/train.jsonl"], "output_dir": "/out", "checkpoint_dir": "/ckpt"}
+        data = os.environ["PUYU_DATA_DIR"]
+        paths = {"train_files": [f"{data}/datasets/train.jsonl"], "output_dir": f"{data}/models/out",
+                 "checkpoint_dir": f"{data}/checkpoints/run"}
         if preset["method"] != "pretrain":
-            paths["base_model_dir"] = "/models/base"
-        build_spec(TrainSpec, {**preset, **paths})
+            paths["base_model_dir"] = f"{data}/models/base"
+        spec = build_spec(TrainSpec, {**preset, **paths})
+        assert isinstance(spec, TrainSpec), name
+        assert {field: getattr(spec, field) for field in preset} == preset, name  # nothing dropped or defaulted
+        assert spec.method in METHODS and spec.max_steps > 0, name
 
 
 @pytest.mark.parametrize("overrides, field", [
@@ -51,8 +59,9 @@ def test_every_builtin_preset_is_a_valid_spec_once_paths_are_filled_in(tmp_path)
     ({"finetune": "qlora", "precision": "fp32"}, "precision"),
 ])
 def test_bad_specs_name_their_field(overrides, field):
-    params = {"base_model_dir": "/m", "train_files": ["/d.jsonl"], "output_dir": "/o", "checkpoint_dir": "/c",
-              **overrides}
+    data = os.environ["PUYU_DATA_DIR"]
+    params = {"base_model_dir": f"{data}/models/m", "train_files": [f"{data}/datasets/d.jsonl"],
+              "output_dir": f"{data}/models/o", "checkpoint_dir": f"{data}/checkpoints/c", **overrides}
     with pytest.raises(SpecError) as info:
         build_spec(TrainSpec, params)
     assert info.value.field == field

@@ -69,12 +69,12 @@ class EngineConfig:
     cuda_graphs: str = "auto"  # auto | on | off
 
     def validate(self) -> None:
-        from workers.core.specs import SpecError
+        from workers.core.specs import SpecError, short
 
         if self.dtype not in DTYPES:
-            raise SpecError("dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            raise SpecError("dtype", f"must be one of {', '.join(DTYPES)}, got {short(self.dtype)}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise SpecError("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+            raise SpecError("device", f"must be auto, cpu, cuda or cuda:N, got {short(self.device)}")
         for name in ("kv_cache_bytes", "num_blocks", "max_batch_tokens", "threads"):
             if getattr(self, name) < 0:
                 raise SpecError(name, "must be >= 0")
@@ -84,11 +84,11 @@ class EngineConfig:
         if self.block_size < 4:
             raise SpecError("block_size", "must be at least 4 tokens")
         if self.exclusive_lane not in ("copy", "off"):
-            raise SpecError("exclusive_lane", f"must be copy or off, got {self.exclusive_lane!r}")
+            raise SpecError("exclusive_lane", f"must be copy or off, got {short(self.exclusive_lane)}")
         if self.cuda_graphs not in ("auto", "on", "off"):
-            raise SpecError("cuda_graphs", f"must be auto, on or off, got {self.cuda_graphs!r}")
+            raise SpecError("cuda_graphs", f"must be auto, on or off, got {short(self.cuda_graphs)}")
         if self.quantize not in ("none", "int8-dynamic"):
-            raise SpecError("quantize", f"must be none or int8-dynamic, got {self.quantize!r}")
+            raise SpecError("quantize", f"must be none or int8-dynamic, got {short(self.quantize)}")
 
 
 @dataclass

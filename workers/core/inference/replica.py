@@ -22,6 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from workers.core.paths import MODELS, readable
 from workers.core.reporting import JobCancelled
 from workers.core.specs import SpecError
 
@@ -36,7 +37,7 @@ KEEP_SAMPLES = 200  # recent requests kept for the ttft / tpot percentiles
 class ReplicaSpec:
     deployment_id: int = 0
     replica_id: str = ""  # "" → host-pid-random
-    redis_url: str = ""
+    redis_url: str = ""  # "" → the worker's REDIS_URL (the studio never stores the broker URL in params)
     model_dir: str = ""
     adapter_dir: str = ""  # a LoRA adapter folder served on model_dir (its base)
     merge_adapter: bool = False  # merge it into the base at load (faster) instead of peft on top
@@ -66,10 +67,12 @@ class ReplicaSpec:
     def validate(self) -> None:
         if self.deployment_id < 1:
             raise SpecError("deployment_id", "must be a positive deployment id")
-        if not self.redis_url:
-            raise SpecError("redis_url", "is required (redis://host:port/db)")
         if not self.model_dir:
             raise SpecError("model_dir", "is required (the model version's folder)")
+        # A replica reads only registry versions (a bug in a service must not serve other files).
+        readable("model_dir", self.model_dir, MODELS)
+        if self.adapter_dir:
+            readable("adapter_dir", self.adapter_dir, MODELS)
         if not 0.1 <= self.heartbeat_seconds <= protocol.REPLICA_TTL_SECONDS / 2:
             raise SpecError("heartbeat_seconds", f"must be between 0.1 and {protocol.REPLICA_TTL_SECONDS / 2}")
         for name in ("claim_idle_seconds", "drain_seconds", "metrics_every_seconds"):
@@ -78,6 +81,13 @@ class ReplicaSpec:
         if not 1 <= self.coalesce_ms <= 1000:
             raise SpecError("coalesce_ms", "must be between 1 and 1000")
         self.engine_config().validate()
+
+    def broker_url(self) -> str:
+        """The spec's URL (command line, tests) or the worker's REDIS_URL, read at run time."""
+        url = self.redis_url or os.environ.get("REDIS_URL", "")
+        if not url:
+            raise SpecError("redis_url", "is not set and the worker has no REDIS_URL in its environment")
+        return url
 
     def engine_config(self):
         from .engine import EngineConfig
@@ -102,7 +112,8 @@ class Active:
     deadline: float | None
     claimed_at: float  # wall clock
     text: str = ""  # coalesced, not yet sent
-    tokens: int = 0
+    tokens: int = 0  # in `text`, not yet sent
+    sent_tokens: int = 0  # completion tokens sent so far (usage when the request ends in an error)
     last_flush: float = 0.0
     first_sent_at: float | None = None
 
@@ -122,7 +133,10 @@ class Replica:
         self.spec = spec
         self.reporter = reporter
         self.id = spec.replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.redis = redis.Redis.from_url(spec.redis_url, decode_responses=True, socket_timeout=None)
+        # A consumer name per incarnation: a restarted replica (same id, same job) must not
+        # inherit the pending entries of the process that died, or they would never be reclaimed.
+        self.consumer = protocol.consumer_name(self.id, uuid.uuid4().hex[:8])
+        self.redis = redis.Redis.from_url(spec.broker_url(), decode_responses=True, socket_timeout=None)
         self.stream = protocol.requests_stream(spec.deployment_id)
         self.key = protocol.replica_key(spec.deployment_id, self.id)
         self.active: dict[str, Active] = {}
@@ -235,10 +249,10 @@ class Replica:
             time.sleep(ACTIVE_POLL_SECONDS)
             if free <= 0:
                 return
-            reply = self.redis.xreadgroup(protocol.REPLICA_GROUP, self.id, {self.stream: ">"}, count=free)
+            reply = self.redis.xreadgroup(protocol.REPLICA_GROUP, self.consumer, {self.stream: ">"}, count=free)
         else:
             # Idle: block; a new entry wakes the read at once.
-            reply = self.redis.xreadgroup(protocol.REPLICA_GROUP, self.id, {self.stream: ">"}, count=free, block=100)
+            reply = self.redis.xreadgroup(protocol.REPLICA_GROUP, self.consumer, {self.stream: ">"}, count=free, block=100)
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 self._start(entry_id, fields)
@@ -280,7 +294,8 @@ class Replica:
             return
         self.active[request_id] = active
         active.last_flush = time.monotonic()
-        self._xadd(request_id, {"type": "start", "replica": self.id, "prompt_tokens": active.handle.prompt_tokens})
+        self._xadd(request_id, {"type": "start", "replica": self.id, "consumer": self.consumer,
+                                "prompt_tokens": active.handle.prompt_tokens})
 
     def _end_without_output(self, active: Active, reason: str) -> dict:
         return {"type": "end", "finish_reason": reason, "text": "", "tool_calls": None,
@@ -290,27 +305,43 @@ class Replica:
 
     # ---------------------------------------------------------------- dead replicas
 
+    def _consumer_alive(self, consumer: str, cache: dict[str, bool]) -> bool:
+        """Alive: its replica's hash exists, names this incarnation (a name from before
+        incarnations counts while the hash names none), and was renewed within the dead time
+        (protocol.dead_after: the hash's TTL shows its last beat on the Redis clock)."""
+        if consumer not in cache:
+            replica_id = protocol.replica_of_consumer(consumer)
+            key = protocol.replica_key(self.spec.deployment_id, replica_id)
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.pttl(key)
+                pipe.hmget(key, "consumer", "heartbeat_seconds")
+                ttl_ms, (current, beat) = pipe.execute()
+            cache[consumer] = (ttl_ms != -2 and (current or replica_id) == consumer
+                               and not protocol.missed_beats(ttl_ms, beat))
+        return cache[consumer]
+
     def _reclaim_dead(self) -> None:
+        """XCLAIM the pending requests of dead consumers, then drop the dead consumers that hold
+        nothing any more (their entries would otherwise count in XLEN forever: false 429s)."""
         free = self.spec.max_concurrent - len(self.active)
-        if free <= 0:
-            return
         idle_ms = int(self.spec.claim_idle_seconds * 1000)
-        pending = self.redis.xpending_range(self.stream, protocol.REPLICA_GROUP, min="-", max="+", count=100, idle=idle_ms)
         alive: dict[str, bool] = {}
-        for item in pending:
-            consumer = item["consumer"]
-            if consumer == self.id:
-                continue
-            if consumer not in alive:
-                alive[consumer] = bool(self.redis.exists(protocol.replica_key(self.spec.deployment_id, consumer)))
-            if alive[consumer]:
-                continue
-            if free <= 0:
-                return
-            claimed = self.redis.xclaim(self.stream, protocol.REPLICA_GROUP, self.id, idle_ms, [item["message_id"]])
-            for entry_id, fields in claimed:
-                free -= 1
-                self._resume(entry_id, fields, consumer)
+        if free > 0:
+            pending = self.redis.xpending_range(self.stream, protocol.REPLICA_GROUP, min="-", max="+", count=100, idle=idle_ms)
+            for item in pending:
+                consumer = item["consumer"]
+                if consumer == self.consumer or self._consumer_alive(consumer, alive):
+                    continue
+                if free <= 0:
+                    break
+                claimed = self.redis.xclaim(self.stream, protocol.REPLICA_GROUP, self.consumer, idle_ms, [item["message_id"]])
+                for entry_id, fields in claimed:
+                    free -= 1
+                    self._resume(entry_id, fields, consumer)
+        for info in self.redis.xinfo_consumers(self.stream, protocol.REPLICA_GROUP):
+            name = info["name"]
+            if name != self.consumer and not info.get("pending") and not self._consumer_alive(name, alive):
+                self.redis.xgroup_delconsumer(self.stream, protocol.REPLICA_GROUP, name)
 
     def _resume(self, entry_id: str, fields: dict | None, dead: str) -> None:
         """A dead replica's request: finished → just ack; partly streamed → 502; else run it."""
@@ -319,14 +350,19 @@ class Replica:
         except (ValueError, KeyError, TypeError):
             self._ack(entry_id)
             return
-        kinds = [protocol.decode(f["event"]).get("type") for _id, f in self.redis.xrange(protocol.events_stream(request_id))]
+        events = [protocol.decode(f["event"]) for _id, f in self.redis.xrange(protocol.events_stream(request_id))]
+        kinds = [event.get("type") for event in events]
         if "end" in kinds or "error" in kinds:
             self._ack(entry_id)
         elif "delta" in kinds:
             self.reporter.log(f"request {request_id}: replica {dead} died mid-stream", "warning")
             active = Active(entry_id, request_id, None, time.time(), None, time.time())
+            # What the dead replica made, from what it sent (the web counts it against the quota).
+            active.sent_tokens = sum(int(e.get("tokens") or 0) for e in events if e.get("type") == "delta")
+            prompt = next((int(e.get("prompt_tokens") or 0) for e in events if e.get("type") == "start"), 0)
             self._send_final(active, {"type": "error", "status": 502, "code": "replica_lost",
-                                      "message": "the replica serving this request stopped mid-answer; retry the request"})
+                                      "message": "the replica serving this request stopped mid-answer; retry the request"},
+                             prompt_tokens=prompt)
         else:
             self.reporter.log(f"request {request_id}: rerunning it (replica {dead} died before answering)")
             self._start(entry_id, fields)
@@ -375,9 +411,18 @@ class Replica:
         if active.first_sent_at is None and active.text:
             active.first_sent_at = time.time()
         self._xadd(active.request_id, {"type": "delta", "text": active.text, "tokens": active.tokens})
+        active.sent_tokens += active.tokens
         active.text, active.tokens, active.last_flush = "", 0, time.monotonic()
 
-    def _send_final(self, active: Active, event: dict) -> None:
+    def _send_final(self, active: Active, event: dict, prompt_tokens: int | None = None) -> None:
+        """Close the request with its one final event. Every final event carries `usage` (an
+        error too: the tokens made until then), so the web counts them on every end path."""
+        if event["type"] != "end" and "usage" not in event:
+            if prompt_tokens is None:
+                prompt_tokens = active.handle.prompt_tokens if active.handle is not None else 0
+            completion = active.sent_tokens + active.tokens
+            event = {**event, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                                        "total_tokens": prompt_tokens + completion}}
         if event["type"] == "end":
             handle = active.handle
             first = active.first_sent_at
@@ -417,6 +462,8 @@ class Replica:
     def _write_hash(self) -> None:
         fields = {
             "state": self.state,
+            "consumer": self.consumer,
+            "heartbeat_seconds": self.spec.heartbeat_seconds,
             "model": self.spec.served_name or self.spec.model_dir,
             "version": self.spec.version_label,
             "pid": os.getpid(),

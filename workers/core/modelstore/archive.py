@@ -9,6 +9,7 @@ and into a temporary sibling that is renamed to `dest` only when everything is w
 from __future__ import annotations
 
 import re
+import shutil
 import stat
 import tarfile
 import zipfile
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
-from .atomic import atomic_output_dir, require_empty_destination
+from .atomic import DiskFull, atomic_output_dir, require_empty_destination
 from .errors import ModelFolderError
 from .validation import refuse_forbidden_name
 
@@ -41,8 +42,16 @@ class Member:
     open: Callable[[], IO[bytes]]
 
 
+# A compression bomb: safetensors weights hardly compress (random-looking floats, ~1.1x), so an
+# archive that claims to expand more than this is refused once it is past the size where ratios
+# mean anything (small configs and tokenizers compress well and are harmless).
+MAX_EXPANSION = 100
+EXPANSION_FLOOR = 64 * 2**20
+
+
 def safe_extract_archive(
-    archive: Path, dest: Path, *, max_bytes: int = 20 * 2**30, max_members: int = 10_000
+    archive: Path, dest: Path, *, max_bytes: int = 20 * 2**30, max_members: int = 10_000,
+    max_expansion: float = MAX_EXPANSION,
 ) -> Path:
     """Extract `archive` into `dest` (absent or empty). Returns the archive's single top-level
     folder inside `dest` if it has one (the usual ``model-name/...`` layout), else `dest`.
@@ -54,9 +63,12 @@ def safe_extract_archive(
             members = _checked_members(entries, max_bytes, max_members)
             if not members:
                 raise ModelFolderError(archive.name, "the archive is empty")
+            _check_expansion_and_space(archive, dest, sum(m.size for m in members), max_expansion)
             with atomic_output_dir(dest) as partial:
                 for member in members:
                     _write_member(member, partial)
+    except DiskFull:
+        raise
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
         # Corrupt archives (bad headers, CRC or zlib errors mid-read) surface as these.
         raise ModelFolderError(archive.name, f"could not be extracted ({exc})") from None
@@ -67,6 +79,21 @@ def safe_extract_archive(
         if (dest / top).is_dir():
             return dest / top
     return dest
+
+
+def _check_expansion_and_space(archive: Path, dest: Path, total: int, max_expansion: float) -> None:
+    """Refuse a compression bomb, and an archive the disk cannot hold, before writing anything
+    (the member sizes are the headers' claims; _write_member stops a member that lies)."""
+    packed = max(archive.stat().st_size, 1)
+    if total > EXPANSION_FLOOR and total > packed * max_expansion:
+        raise ModelFolderError(archive.name, f"expands {total / packed:,.0f} times ({total:,} bytes from {packed:,}); "
+                                             f"more than {max_expansion:g} times is refused as a compression bomb")
+    parent = dest.parent if not dest.exists() else dest
+    while not parent.exists():
+        parent = parent.parent
+    free = shutil.disk_usage(parent).free
+    if total > free:
+        raise DiskFull(f"the model from {archive.name} ({total:,} bytes, {free:,} free)")
 
 
 def member_path(raw_name: str) -> str | None:

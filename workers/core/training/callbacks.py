@@ -4,6 +4,12 @@ and sample generations from fixed prompts.
 
 In a multi-process run only rank 0 has a Reporter; every rank runs StopCallback, which watches a
 stop file the parent process writes, so all ranks stop at the same step.
+
+Two kinds of stop, decided at the end of a step:
+- cancel (or a lost lease): stop, and write NO checkpoint for this step, so an attempt that lost
+  its job cannot leave state that the next attempt would resume from;
+- suspend (warm shutdown of the worker): log, checkpoint this step, stop; the recipe raises
+  JobSuspended and the next attempt resumes exactly here (no lost step).
 """
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ import time
 from pathlib import Path
 
 from transformers import TrainerCallback
+
+from workers.core.reporting import suspend_requested
 
 # Peak dense bf16 FLOP/s per GPU (datasheet, without sparsity), for MFU.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12,
@@ -68,6 +76,7 @@ class ReporterCallback(TrainerCallback):
         self.last = {}  # the latest value of each metric
         self.last_step = {}  # and the step it was reported at
         self.cancelled = False
+        self.suspended = False
         self.step_times: list[float] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -86,8 +95,12 @@ class ReporterCallback(TrainerCallback):
         self.reporter.progress(min(1.0, step / max(self.total_steps, 1)),
                                f"step {step}/{self.total_steps}, ETA {_duration(remaining)}")
         if self.reporter.should_stop():
-            control.should_training_stop = True
+            stop_here(control, save=False)
             self.cancelled = True
+        elif suspend_requested(self.reporter):
+            stop_here(control, save=True)
+            self.suspended = True
+            self.reporter.log(f"worker shutting down: checkpointing step {step} and handing the job back")
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -117,15 +130,35 @@ class ReporterCallback(TrainerCallback):
         self.reporter.metric(name, step, value)
 
 
+def stop_here(control, *, save: bool) -> None:
+    """End training after this step; `save` forces (True) or forbids (False) its checkpoint, and a
+    saved step also logs its loss so the resumed run's metrics have no gap."""
+    control.should_training_stop = True
+    control.should_save = save
+    if save:
+        control.should_log = True
+
+
+def suspend_file(stop_file) -> Path:
+    """The file a multi-process parent writes to suspend every rank (beside the stop file)."""
+    return Path(stop_file).with_name("suspend")
+
+
 class StopCallback(TrainerCallback):
-    """Stops every rank when the parent wrote the stop file (multi-process runs)."""
+    """Stops every rank when the parent wrote the stop file (cancel: no checkpoint) or the suspend
+    file (warm shutdown: checkpoint this step) in multi-process runs."""
 
     def __init__(self, stop_file: str):
         self.stop_file = Path(stop_file)
+        self.suspend_file = suspend_file(stop_file)
+        self.suspended = False
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.stop_file.exists():
-            control.should_training_stop = True
+            stop_here(control, save=False)
+        elif self.suspend_file.exists():
+            stop_here(control, save=True)
+            self.suspended = True
         return control
 
 

@@ -14,7 +14,10 @@ import os
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
+
+from workers.core.modelstore.atomic import DiskFull, disk_full_is_clear
 
 MANIFEST = "manifest.json"
 STAGING = ".staging"
@@ -42,26 +45,48 @@ def _fsync_dir(folder: Path) -> None:
 
 def write_manifest(folder: Path, step: int, files: list[str]) -> None:
     tmp = folder / (MANIFEST + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump({"step": step, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                   "files": files, "complete": True}, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(tmp, "w") as fh:
+            json.dump({"step": step, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "files": files, "complete": True}, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.rename(tmp, folder / MANIFEST)
     _fsync_dir(folder)
 
 
+@contextmanager
+def writing(step: int):
+    """Around the Trainer's own save into the staging folder: a full disk is a DiskFull naming the
+    checkpoint (the staging folder is removed by the recipe's cleanup; the previous checkpoints
+    stay the latest complete ones)."""
+    with disk_full_is_clear(f"checkpoint-{step}"):
+        yield
+
+
 def commit_checkpoint(staged: Path, checkpoint_dir: Path, step: int, keep: int) -> Path:
     """Move a fully written staging folder to checkpoint_dir/checkpoint-{step}, manifest last,
-    then prune to the newest `keep` complete checkpoints."""
+    then prune to the newest `keep` complete checkpoints. If the disk fills up on the way, the
+    staged and the half-committed folder are removed (older checkpoints are untouched: pruning
+    comes after the manifest) and DiskFull says so."""
     staged, checkpoint_dir = Path(staged), Path(checkpoint_dir)
-    files = _fsync_tree(staged)
     final = checkpoint_dir / f"checkpoint-{step}"
-    if final.exists():  # an earlier attempt's incomplete (or same-step) folder
-        shutil.rmtree(final)
-    os.rename(staged, final)
-    _fsync_dir(checkpoint_dir)
-    write_manifest(final, step, files)
+    try:
+        with disk_full_is_clear(f"checkpoint-{step}"):
+            files = _fsync_tree(staged)
+            if final.exists():  # an earlier attempt's incomplete (or same-step) folder
+                shutil.rmtree(final)
+            os.rename(staged, final)
+            _fsync_dir(checkpoint_dir)
+            write_manifest(final, step, files)
+    except DiskFull:  # (another error is left as a crash would leave it: clean_incomplete removes it)
+        shutil.rmtree(staged, ignore_errors=True)
+        if read_manifest(final) is None:
+            shutil.rmtree(final, ignore_errors=True)
+        raise
     prune(checkpoint_dir, keep)
     return final
 

@@ -202,7 +202,8 @@ def puyu_trainer_class(base):
         def _save_checkpoint(self, model, trial):
             # The Trainer writes checkpoint-N into the staging root (args.output_dir); once every
             # rank has written its part it is committed atomically, manifest last.
-            super()._save_checkpoint(model, trial)
+            with checkpoints.writing(self.state.global_step):  # a full disk: a clear DiskFull
+                super()._save_checkpoint(model, trial)
             _barrier()
             if self.args.should_save:
                 staged = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"

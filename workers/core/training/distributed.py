@@ -5,10 +5,18 @@ the same recipe (DDP: gloo on CPU, nccl on GPU; FSDP when distributed: fsdp).
 Rank 0 writes its progress / log / metric events as JSON lines to events.jsonl, and its result to
 result.json; the parent tails the events and forwards them to the real Reporter. Cancel: the
 parent writes a stop file when reporter.should_stop(); every rank's StopCallback sees it after
-its current step, so all ranks stop at the same step. The parent kills the whole process group
-when it leaves (error, cancel or its own death by exception).
+its current step, so all ranks stop at the same step. Warm shutdown: the parent writes a suspend
+file instead; every rank checkpoints its current step and stops, and the parent raises
+JobSuspended. The parent kills the whole process group when it leaves (error, cancel or its own
+death by exception).
 
-Not `accelerate launch --cpu --num_processes 2`: it silently runs ONE process (verified).
+Orphans: torchrun runs in its own session and starts each rank in a session of its own, so
+neither a group kill nor the worker's death reaches the ranks. So (1) torchrun gets
+PR_SET_PDEATHSIG=SIGKILL from the worker, and every rank the same from torchrun (then checks its
+parent is still torchrun, to close the race with a parent that died first); (2) every process of
+a run is found by its run folder, which is on its command line: the parent kills them all when it
+leaves, and records the folder in the checkpoint folder so the next attempt kills any that are
+still alive before it resumes (two attempts never write the same checkpoints).
 """
 from __future__ import annotations
 
@@ -23,7 +31,72 @@ import tempfile
 import time
 from pathlib import Path
 
-from workers.core.reporting import JobCancelled
+from workers.core.reporting import JobCancelled, JobSuspended, suspend_requested
+
+
+RANKS_FILE = ".ranks.json"  # in the checkpoint folder: the run folder of the running torchrun
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the thread that started it dies (prctl
+    PR_SET_PDEATHSIG). Safe as a Popen preexec_fn (only a libc call). No-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def run_processes(run_dir) -> list[int]:
+    """Live processes (torchrun and its ranks) of the run in `run_dir`: its path is an argument
+    of each of their command lines, and it is a fresh temp folder per run."""
+    marker = str(run_dir).encode() + b"\0"
+    members = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and marker in _cmdline(int(proc.name)) and int(proc.name) != os.getpid():
+            members.append(int(proc.name))
+    return members
+
+
+def kill_run(run_dir, timeout: float = 10.0) -> int:
+    """SIGKILL every process of the run and wait (bounded) until they are gone."""
+    members = run_processes(run_dir)
+    for pid in members:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while run_processes(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return len(members)
+
+
+def reap_recorded_run(checkpoint_dir: Path, reporter) -> int:
+    """Kill the ranks an earlier attempt left running (its worker was SIGKILLed before it could):
+    they would keep writing checkpoints beside this attempt. Returns how many were killed."""
+    record = Path(checkpoint_dir) / RANKS_FILE
+    try:
+        run_dir = str(json.loads(record.read_text())["run_dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    killed = kill_run(run_dir)
+    if killed:
+        reporter.log(f"stopped {killed} processes left running by an earlier attempt", "warning")
+    record.unlink(missing_ok=True)
+    return killed
 
 
 class EventReporter:
@@ -31,6 +104,7 @@ class EventReporter:
 
     def __init__(self, path: Path, stop_file: Path):
         self.path, self.stop_file = Path(path), Path(stop_file)
+        self.suspend_file = self.stop_file.with_name("suspend")
 
     def _write(self, event: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as fh:
@@ -48,6 +122,9 @@ class EventReporter:
     def should_stop(self) -> bool:
         return self.stop_file.exists()
 
+    def should_suspend(self) -> bool:
+        return self.suspend_file.exists()
+
 
 class NullReporter(EventReporter):
     def _write(self, event: dict) -> None:
@@ -64,7 +141,11 @@ def launch(spec, reporter) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="puyu-train-"))
     (run_dir / "spec.json").write_text(json.dumps(dataclasses.asdict(spec)))
     events, stop, result_file = run_dir / "events.jsonl", run_dir / "stop", run_dir / "result.json"
+    suspend = run_dir / "suspend"
     events.touch()
+    checkpoint_dir = Path(spec.checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    reap_recorded_run(checkpoint_dir, reporter)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={spec.num_processes}",
            "--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
            "-m", "workers.core.training.distributed", str(run_dir)]
@@ -73,7 +154,8 @@ def launch(spec, reporter) -> dict:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // spec.num_processes))
     reporter.log(f"launching {spec.num_processes} processes: torchrun --nproc_per_node {spec.num_processes}")
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            cwd=str(Path(__file__).resolve().parents[3]))
+                            cwd=str(Path(__file__).resolve().parents[3]), preexec_fn=die_with_parent)
+    (checkpoint_dir / RANKS_FILE).write_text(json.dumps({"run_dir": str(run_dir)}))
     tail: list[str] = []
     try:
         import threading
@@ -92,6 +174,8 @@ def launch(spec, reporter) -> dict:
                 break
             if reporter.should_stop() and not stop.exists():
                 stop.touch()
+            elif suspend_requested(reporter) and not suspend.exists():
+                suspend.touch()
             time.sleep(0.2)
         _forward(events, offset, reporter)
         if proc.returncode != 0:
@@ -99,6 +183,8 @@ def launch(spec, reporter) -> dict:
         result = json.loads(result_file.read_text())
         if result.get("cancelled"):
             raise JobCancelled("stopped on request")
+        if result.get("suspended"):
+            raise JobSuspended(result["suspended"])
         if "error" in result:
             raise RuntimeError(result["error"])
         return result
@@ -106,6 +192,8 @@ def launch(spec, reporter) -> dict:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        kill_run(run_dir)  # ranks live in sessions of their own: the group kill misses them
+        (checkpoint_dir / RANKS_FILE).unlink(missing_ok=True)
         import shutil
 
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -134,6 +222,9 @@ def main(run_dir: str) -> int:
     from workers.core.training.job import TrainSpec
     from workers.core.training.recipes import run_recipe
 
+    die_with_parent()  # torchrun is our parent; it dies with the worker (launch's preexec_fn)
+    if b"torch.distributed.run" not in _cmdline(os.getppid()):  # torchrun died before the line above
+        return 1
     run_dir = Path(run_dir)
     params = json.loads((run_dir / "spec.json").read_text())
     params["num_processes"] = 1  # this process is one rank: never launch again
@@ -145,6 +236,8 @@ def main(run_dir: str) -> int:
         result = run_recipe(spec, reporter, stop_file=str(stop))
     except JobCancelled:
         result = {"cancelled": True}
+    except JobSuspended as exc:
+        result = {"suspended": str(exc) or "suspended"}
     except Exception as exc:
         if rank == 0:
             (run_dir / "result.json").write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))

@@ -6,10 +6,11 @@ runs it in this process, or launches `torchrun` for `num_processes > 1` (distrib
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from workers.core.specs import SpecError, require_range
+from workers.core import paths
+from workers.core.specs import SpecError, require_range, short
 
 METHODS = ("pretrain", "cpt", "sft", "dpo")
 FINETUNES = ("full", "lora", "qlora")
@@ -17,6 +18,16 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 DISTRIBUTED = ("ddp", "fsdp")
 DATA_FORMATS = ("", "text", "chat", "qa", "preference")
+# Processes one training job may launch (torchrun ranks): one per device on the biggest node
+# the studio is sized for; `PUYU_MAX_TRAIN_PROCESSES` raises it for bigger nodes.
+DEFAULT_MAX_PROCESSES = 8
+
+
+def max_processes() -> int:
+    try:
+        return max(1, int(os.environ.get("PUYU_MAX_TRAIN_PROCESSES") or DEFAULT_MAX_PROCESSES))
+    except ValueError:
+        return DEFAULT_MAX_PROCESSES
 # Which canonical dataset formats each method trains on (preflight names them in its errors).
 METHOD_FORMATS = {
     "pretrain": ("text",),
@@ -91,16 +102,14 @@ class TrainSpec:
 
             _choice("architecture", self.architecture, tuple(ARCHITECTURES))
             if self.tokenizer != "train":
-                _absolute("tokenizer", self.tokenizer)
+                paths.readable("tokenizer", self.tokenizer, paths.MODELS, starter=True)
             require_range("vocab_size", self.vocab_size, 260, 262_144)
         else:
-            _absolute("base_model_dir", self.base_model_dir)
+            paths.readable("base_model_dir", self.base_model_dir, paths.MODELS, starter=True)
         if not self.train_files:
             raise SpecError("train_files", "needs at least one dataset file")
-        for i, path in enumerate(self.train_files):
-            _absolute(f"train_files[{i}]", path)
-        for i, path in enumerate(self.eval_files):
-            _absolute(f"eval_files[{i}]", path)
+        paths.readable_list("train_files", self.train_files, paths.DATASETS)
+        paths.readable_list("eval_files", self.eval_files, paths.DATASETS)
         require_range("eval_fraction", self.eval_fraction, 0.0, 0.5)
         require_range("max_length", self.max_length, 16, 131_072)
         require_range("batch_size", self.batch_size, 1, 4096)
@@ -131,14 +140,14 @@ class TrainSpec:
         if not all(isinstance(p, str) and p for p in self.sample_prompts):
             raise SpecError("sample_prompts", "must be a list of non-empty strings")
         require_range("sample_max_tokens", self.sample_max_tokens, 1, 4096)
-        require_range("num_processes", self.num_processes, 1, 64)
+        require_range("num_processes", self.num_processes, 1, max_processes())
         require_range("dry_run_steps", self.dry_run_steps, 0, 1000)
         require_range("torch_threads", self.torch_threads, 0, 1024)
-        if not self.dry_run_steps:
-            _absolute("output_dir", self.output_dir)
-        _absolute("checkpoint_dir", self.checkpoint_dir)
+        if not self.dry_run_steps or self.output_dir:
+            paths.writable("output_dir", self.output_dir, paths.MODELS)
+        paths.writable("checkpoint_dir", self.checkpoint_dir, paths.CHECKPOINTS)
         if self.resume_from not in ("", "none"):
-            _absolute("resume_from", self.resume_from)
+            paths.readable("resume_from", self.resume_from, paths.CHECKPOINTS)
         if self.method == "pretrain" and self.finetune != "full":
             self.finetune = "full"  # pretraining trains every weight; the field is ignored
         if self.method == "dpo" and self.packing:
@@ -153,12 +162,7 @@ class TrainSpec:
 
 def _choice(name: str, value: str, allowed: tuple) -> None:
     if value not in allowed:
-        raise SpecError(name, f"must be one of {', '.join(a or repr(a) for a in allowed)}, got {value!r}")
-
-
-def _absolute(name: str, value: str) -> None:
-    if not value or not Path(value).is_absolute():
-        raise SpecError(name, f"must be an absolute path chosen by the server, got {value!r}")
+        raise SpecError(name, f"must be one of {', '.join(a or repr(a) for a in allowed)}, got {short(value)}")
 
 
 def run_training(spec: TrainSpec, reporter) -> dict:

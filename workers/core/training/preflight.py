@@ -26,7 +26,13 @@ from pathlib import Path
 
 from workers.core.specs import SpecError, build_spec
 
-PLACEHOLDERS = {"output_dir": "/preflight/output", "checkpoint_dir": "/preflight/checkpoints"}
+def placeholders() -> dict:
+    """Output folders for a spec checked before its run has any (never written: inside the data
+    dir only because the spec refuses paths outside it)."""
+    from workers.core import paths
+
+    return {"output_dir": str(paths.data_dir() / paths.MODELS / "preflight"),
+            "checkpoint_dir": str(paths.data_dir() / paths.CHECKPOINTS / "preflight")}
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -37,7 +43,7 @@ def preflight(params: dict, device: dict) -> dict:
               "context_length": None, "parameters": 0, "trainable_parameters": 0}
     errors = result["errors"]
     try:
-        spec = build_spec(TrainSpec, {**PLACEHOLDERS, **(params or {})})
+        spec = build_spec(TrainSpec, {**placeholders(), **(params or {})})
     except SpecError as exc:
         errors.append({"field": exc.field, "message": exc.reason})
         return result

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from workers.core.reporting import JobCancelled, check_cancelled
+from workers.core.reporting import JobCancelled, JobSuspended, check_cancelled
 from workers.core.training import checkpoints, components, data
 from workers.core.training.templates import resolve_chat_template
 
@@ -155,6 +155,11 @@ class Recipe:
         if self.reporter.should_stop() or (self.stop_file and Path(self.stop_file).exists()):
             raise JobCancelled("stopped on request")
         step = self.trainer.state.global_step
+        suspended = any(getattr(c, "suspended", False) for c in self.trainer.callback_handler.callbacks)
+        if suspended and step < self.progress.total_steps and not spec.dry_run_steps:
+            # Warm shutdown: the Trainer checkpointed this step (callbacks.stop_here); hand the job
+            # back (at the last step there is nothing left to resume: finish instead).
+            raise JobSuspended(f"checkpointed at step {step}")
         if spec.dry_run_steps:
             return {"dry_run": self.dry_run_report(seconds), "checkpoints": [], "resumed_from": None,
                     "final_metrics": {"loss": self.progress.last.get("loss"), "eval_loss": None,

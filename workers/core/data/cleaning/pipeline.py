@@ -27,6 +27,7 @@ from array import array
 from collections import Counter
 from pathlib import Path
 
+from ...modelstore.atomic import disk_full_is_clear
 from ...reporting import check_cancelled
 from ..schema import CANONICAL_FORMATS, record_text
 from .spec import CleaningSpec
@@ -356,7 +357,8 @@ def run_cleaning(in_path: Path, out_path: Path, canonical: str, spec: CleaningSp
         os.replace(tmp, out_path)
     except BaseException:
         tmp.unlink(missing_ok=True)
-        raise
+        with disk_full_is_clear("the cleaned dataset version"):  # ENOSPC → a clear DiskFull
+            raise
 
     seconds = time.monotonic() - started
     reports = [stage.report() for stage in stages]

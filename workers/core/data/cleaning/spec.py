@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...specs import SpecError, require_range
+from ...specs import SpecError, require_range, short
 from .language import LANGID_CODES
 
 
@@ -31,7 +31,7 @@ class CleaningSpec:
         codes = self.language_codes()
         unknown = sorted(codes - LANGID_CODES)
         if unknown:
-            raise SpecError("languages", f"unknown language code {unknown[0]!r} (langid codes such as en, zh, fr)")
+            raise SpecError("languages", f"unknown language code {short(unknown[0])} (langid codes such as en, zh, fr)")
         require_range("min_chars", self.min_chars, 0, 10_000_000)
         require_range("max_chars", self.max_chars, 1, 100_000_000)
         if self.max_chars < self.min_chars:
