@@ -18,7 +18,6 @@ ratio, not the absolute times. Nothing here asserts a timing.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import signal
@@ -33,12 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.dispatch import p95, wait_http  # noqa: E402 (one nearest-rank p95 and health wait for the benches)
+
 RATIO_TARGET = 1.5
-
-
-def p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[math.ceil(0.95 * len(ordered)) - 1] if ordered else float("nan")  # nearest rank
 
 
 def load(url: str, session_ids: list[str], seconds: float, path: str = "/") -> dict:
@@ -77,20 +73,6 @@ def load(url: str, session_ids: list[str], seconds: float, path: str = "/") -> d
     for thread in threads:
         thread.join(seconds + 60)
     return {"latencies": latencies, "errors": errors, "requests": len(latencies)}
-
-
-def wait_http(url: str, timeout: float) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(url, timeout=1).status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
 
 
 def session_for(user) -> str:

@@ -44,7 +44,7 @@ RATIO_TARGET, P95_TARGET_MS = 1.05, 100.0
 
 def p95(values: list[float]) -> float:
     ordered = sorted(values)
-    return ordered[math.ceil(0.95 * len(ordered)) - 1]  # nearest rank
+    return ordered[math.ceil(0.95 * len(ordered)) - 1] if ordered else float("nan")  # nearest rank
 
 
 def verdict(ok: bool) -> str:
