@@ -11,7 +11,7 @@ import pytest
 
 from workers.core import paths
 
-SUBTREES = (paths.MODELS, paths.DATASETS, paths.UPLOADS, paths.CHECKPOINTS, paths.IMPORT)
+SUBTREES = (paths.MODELS, paths.DATASETS, paths.UPLOADS, paths.CHECKPOINTS, paths.IMPORT, paths.EVALUATIONS)
 
 
 @pytest.fixture(scope="session")

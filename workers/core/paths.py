@@ -29,6 +29,7 @@ DATASETS = "datasets"  # dataset versions (normalized JSONL)
 UPLOADS = "uploads"  # uploaded files waiting to be imported
 CHECKPOINTS = "checkpoints"  # training checkpoints (one folder per run)
 IMPORT = "import"  # the default model import folder
+EVALUATIONS = "evaluations"  # evaluation prediction caches and per-sample files (one folder per run)
 
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux: anything longer is not a path the server made
 # The server makes every path it puts in a spec (uuid names, stored upload names, folder names
