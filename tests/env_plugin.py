@@ -28,66 +28,69 @@ for name in ("DATABASE_URL", "SECRET_KEY", "DEBUG", "ALLOWED_HOSTS"):
     os.environ.pop(name, None)
 
 
-# ---- no test reads ../shared -----------------------------------------------------------------
-# The maintainers keep the full public data sets in ../shared beside the checkout, and CI has
-# that folder too, so a test that reads it passes there and fails for everyone who clones the
-# repository. Tests use the excerpts in tests/fixtures/data instead; this audit hook makes a read
-# under ../shared fail loudly wherever the suite runs (the folder need not exist: the hook sees
-# the path before the file system does). Audit hooks cannot be removed, which is the point.
+# ---- tests read only what a clone of the repository holds -------------------------------------
+# A machine that runs the suite may keep other data beside the checkout (the maintainers and CI
+# keep the full public data sets there). A test that reads such a folder passes on that machine
+# and fails for everyone who clones the repository; tests use the excerpts in tests/fixtures/data
+# instead. The folders a run must not read are named by PUYU_TESTS_FORBIDDEN_DIRS (os.pathsep-
+# separated; `.ci/run` sets it), and this audit hook makes any read under them fail loudly (the
+# folder need not exist: the hook sees the path before the file system does). Audit hooks cannot
+# be removed, which is the point.
 import sys  # noqa: E402  (kept with the guard it serves)
 
 import pytest  # noqa: E402
 
-SHARED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir, "shared")
-SHARED_DIR = os.path.normpath(SHARED_DIR)
-_SHARED_PREFIX = SHARED_DIR + os.sep
+FORBIDDEN_DIRS: list[str] = [os.path.normpath(os.path.abspath(p))
+                             for p in os.environ.get("PUYU_TESTS_FORBIDDEN_DIRS", "").split(os.pathsep) if p.strip()]
 # event -> the positions of its path arguments (open, listing, copying, linking, globbing)
 _PATH_EVENTS = {"open": (0,), "os.listdir": (0,), "os.scandir": (0,), "os.symlink": (0,), "os.link": (0,),
                 "shutil.copyfile": (0,), "shutil.copytree": (0,), "glob.glob": (0,), "os.chdir": (0,)}
 _violations: list[str] = []
 
 
-class SharedDataRead(RuntimeError):
+class ForbiddenRead(RuntimeError):
     """Not an OSError, so that `except OSError` (a missing-file fallback) does not swallow it."""
 
 
-def _inside_shared(value, cwd=None) -> bool:
+def _forbidden(value, cwd=None) -> bool:
+    if not FORBIDDEN_DIRS:
+        return False  # the cheap test first: this runs on every open() of the session
     if isinstance(value, (bytes, os.PathLike)):
         value = os.fsdecode(value)
-    if not isinstance(value, str) or "shared" not in value and not (cwd or "").startswith(_SHARED_PREFIX):
-        return False  # the cheap test first: this runs on every open() of the session
+    if not isinstance(value, str):
+        return False
     full = os.path.normpath(os.path.join(cwd or os.getcwd(), value))  # absolute values stay as they are
-    return full == SHARED_DIR or full.startswith(_SHARED_PREFIX)
+    return any(full == root or full.startswith(root + os.sep) for root in FORBIDDEN_DIRS)
 
 
 def _refuse(event: str, path) -> None:
     _violations.append(f"{event} {os.fsdecode(path)}")
-    raise SharedDataRead(
-        f"a test read {os.fsdecode(path)!r} ({event}), under {SHARED_DIR}: that folder is not in a clone of the "
-        "repository; use a small excerpt in tests/fixtures/data (see its make_excerpts.py and SOURCE.txt files)")
+    raise ForbiddenRead(
+        f"a test read {os.fsdecode(path)!r} ({event}), a folder that is not in a clone of the repository "
+        "(PUYU_TESTS_FORBIDDEN_DIRS); use a small excerpt in tests/fixtures/data (see its SOURCE.txt files)")
 
 
 def _audit(event: str, args: tuple) -> None:
     positions = _PATH_EVENTS.get(event)
     if positions is not None:
         for position in positions:
-            if position < len(args) and _inside_shared(args[position]):
+            if position < len(args) and _forbidden(args[position]):
                 _refuse(event, args[position])
-    elif event == "subprocess.Popen":  # (executable, args, cwd, env): a child told to read it
+    elif event == "subprocess.Popen" and FORBIDDEN_DIRS:  # (executable, args, cwd, env): a child told to read it
         _, argv, cwd, _ = args
         argv = [argv] if isinstance(argv, (str, bytes, os.PathLike)) else list(argv or ())
         cwd = os.fsdecode(cwd) if cwd is not None else None
-        if cwd is not None and _inside_shared(cwd):
+        if cwd is not None and _forbidden(cwd):
             _refuse(event, cwd)
         for arg in argv:
-            if isinstance(arg, (str, bytes, os.PathLike)) and _inside_shared(arg, cwd):
+            if isinstance(arg, (str, bytes, os.PathLike)) and _forbidden(arg, cwd):
                 _refuse(event, arg)
 
 
 sys.addaudithook(_audit)
 
 
-def take_shared_violations() -> list[str]:
+def take_violations() -> list[str]:
     """The reads refused since the last call (and forget them): for the guard's own test."""
     taken = list(_violations)
     _violations.clear()
@@ -98,9 +101,9 @@ def take_shared_violations() -> list[str]:
 def pytest_runtest_makereport(item, call):
     """A test (or fixture) that caught the guard's exception still fails."""
     outcome = yield
-    refused = take_shared_violations()
+    refused = take_violations()
     report = outcome.get_result()
     if refused and not report.failed:
         report.outcome = "failed"
-        report.longrepr = (f"{item.nodeid} read under {SHARED_DIR} (not in a clone of the repository): "
+        report.longrepr = (f"{item.nodeid} read outside the clone (PUYU_TESTS_FORBIDDEN_DIRS): "
                            + "; ".join(refused[:5]) + ". Use an excerpt in tests/fixtures/data instead.")
