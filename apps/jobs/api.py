@@ -69,7 +69,7 @@ class JobOut(Schema):
 
     @staticmethod
     def resolve_result(obj: Job) -> dict[str, Any] | None:
-        return public_value(obj.result) if obj.result is not None else None
+        return public_value(obj.result)
 
 
 class JobPage(Schema):

@@ -28,7 +28,7 @@ def job_snapshot(job: Job) -> dict:
         "id": job.pk,
         "kind": job.kind,
         **status_payload(job),
-        "result": public_value(job.result) if job.result is not None else None,
+        "result": public_value(job.result),
         "log": recent_log(job),
         "metrics": metric_series(job),
     }

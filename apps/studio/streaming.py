@@ -10,7 +10,6 @@ itself never waits for a slow client).
 from __future__ import annotations
 
 import asyncio
-import os
 
 from django.http import FileResponse, StreamingHttpResponse
 
@@ -43,8 +42,3 @@ class StreamingFileResponse(_ThreadedAsyncIteration, FileResponse):
 
 class StreamingIteratorResponse(_ThreadedAsyncIteration, StreamingHttpResponse):
     """A generator's chunks (a tar being built), produced in a worker thread under ASGI."""
-
-
-def file_download(path: os.PathLike | str, filename: str, content_type: str | None = None) -> StreamingFileResponse:
-    kwargs = {"content_type": content_type} if content_type else {}
-    return StreamingFileResponse(open(path, "rb"), as_attachment=True, filename=filename, **kwargs)

@@ -39,7 +39,8 @@ def test_a_failed_jobs_error_names_data_dir_files_relatively_and_hides_other_ser
     assert "(server path)/workers/core/model_jobs.py" in error
 
 
-def test_a_log_line_with_a_traceback_is_stored_and_written_to_the_log_file_scrubbed(users):
+def test_a_log_line_with_a_traceback_is_stored_and_written_to_the_log_file_scrubbed(users, settings, tmp_path):
+    settings.JOB_LOG_DIR = tmp_path  # job ids restart with each test database: keep this log apart
     job = services.submit_job(users["owner"], "probe", {"seconds": 0})
     claimed = lifecycle.claim(job.pk, "w1")
     reporter = DatabaseReporter(claimed, "w1")

@@ -14,6 +14,7 @@ is shown to the user who submitted the job).
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -160,10 +161,12 @@ def public(value: str) -> str:
     return SERVER_PATH
 
 
-def _server_prefixes() -> list[tuple[str, str]]:
+@functools.lru_cache(maxsize=8)
+def _server_prefixes(data_dir_setting: str) -> list[tuple[str, str]]:
     """(prefix, replacement) for the server folders that may appear in free text (tracebacks,
     exception messages): the data dir becomes relative, the code and the Python installation a
-    placeholder. Longest first, so the data dir inside the repo (`<repo>/var`) wins."""
+    placeholder. Longest first, so the data dir inside the repo (`<repo>/var`) wins. Cached per
+    `PUYU_DATA_DIR` value: it runs for every stored log line, and resolving folders costs stat calls."""
     import sys
 
     pairs = {data_dir().as_posix() + "/": "", data_dir().as_posix(): "."}
@@ -180,6 +183,6 @@ def scrub_text(text: str) -> str:
     live stream and the downloadable log all hold the same scrubbed text."""
     if not isinstance(text, str) or "/" not in text:
         return text
-    for prefix, replacement in _server_prefixes():
+    for prefix, replacement in _server_prefixes(os.environ.get("PUYU_DATA_DIR", "")):
         text = text.replace(prefix, replacement)
     return text

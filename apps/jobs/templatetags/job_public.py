@@ -1,16 +1,11 @@
-"""Template filters that show job parameters and results without server paths or secrets
-(see workers.tasks.catalog.public_params): `{{ job|public_params }}`, `{{ job.result|public_value }}`."""
+"""A template filter that shows job results without server paths or secrets (see
+workers.tasks.catalog.public_value): `{{ job.result|public_value }}`. Parameters are made public
+in the views (catalog.public_params)."""
 from django import template
 
-from workers.tasks.catalog import public_params as _public_params
 from workers.tasks.catalog import public_value as _public_value
 
 register = template.Library()
-
-
-@register.filter
-def public_params(job) -> dict:
-    return _public_params(job.kind, job.params)
 
 
 @register.filter

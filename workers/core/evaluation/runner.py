@@ -31,6 +31,7 @@ import math
 import sqlite3
 from pathlib import Path
 
+from workers.core.data.packing import sha256_file
 from workers.core.evaluation.spec import EvaluateSpec, benchmark_hash, check_row, prediction_hash
 from workers.core.reporting import JobCancelled, Reporter
 from workers.core.specs import SpecError
@@ -44,12 +45,6 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 # ---------------------------------------------------------------------------------- hashing, data
-
-
-def sha256_file(path: Path) -> str:
-    from workers.core.data.packing import sha256_file as digest
-
-    return digest(path)
 
 
 def model_content_hash(model_dir: Path) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from workers.core.reporting import suspend_requested
+from workers.core.training.distributed import suspend_file
 
 # Peak dense bf16 FLOP/s per GPU (datasheet, without sparsity), for MFU.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12,
@@ -137,11 +138,6 @@ def stop_here(control, *, save: bool) -> None:
     control.should_save = save
     if save:
         control.should_log = True
-
-
-def suspend_file(stop_file) -> Path:
-    """The file a multi-process parent writes to suspend every rank (beside the stop file)."""
-    return Path(stop_file).with_name("suspend")
 
 
 class StopCallback(TrainerCallback):

@@ -99,12 +99,17 @@ def reap_recorded_run(checkpoint_dir: Path, reporter) -> int:
     return killed
 
 
+def suspend_file(stop_file: Path) -> Path:
+    """The file the parent writes to suspend every rank (warm shutdown), beside the stop file."""
+    return Path(stop_file).with_name("suspend")
+
+
 class EventReporter:
     """Rank 0's Reporter: appends events to a file the parent tails."""
 
     def __init__(self, path: Path, stop_file: Path):
         self.path, self.stop_file = Path(path), Path(stop_file)
-        self.suspend_file = self.stop_file.with_name("suspend")
+        self.suspend_file = suspend_file(self.stop_file)
 
     def _write(self, event: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as fh:
@@ -141,7 +146,7 @@ def launch(spec, reporter) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="puyu-train-"))
     (run_dir / "spec.json").write_text(json.dumps(dataclasses.asdict(spec)))
     events, stop, result_file = run_dir / "events.jsonl", run_dir / "stop", run_dir / "result.json"
-    suspend = run_dir / "suspend"
+    suspend = suspend_file(stop)
     events.touch()
     checkpoint_dir = Path(spec.checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
