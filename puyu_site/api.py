@@ -6,6 +6,8 @@ from apps.accounts.api import API_AUTH
 from apps.accounts.api import router as accounts_router
 from apps.datasets.api import router as datasets_router
 from apps.jobs.api import router as jobs_router
+from apps.leaderboards.api import router as leaderboards_router
+from apps.playground.api import router as playground_router
 from apps.registry.api import router as registry_router
 from apps.serving.api import router as serving_router
 from apps.studio import idempotency
@@ -28,3 +30,5 @@ api.add_router("/", registry_router)
 api.add_router("/", datasets_router)
 api.add_router("/", training_router)
 api.add_router("/", serving_router)
+api.add_router("/", leaderboards_router)
+api.add_router("/", playground_router)

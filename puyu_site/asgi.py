@@ -11,6 +11,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from apps.jobs.routing import websocket_urlpatterns  # noqa: E402
+from apps.playground.routing import websocket_urlpatterns as playground_websockets  # noqa: E402
 from apps.serving.routing import websocket_urlpatterns as serving_websockets  # noqa: E402
 from puyu_site.bodylimit import BodyLimitMiddleware, install_daphne_limits  # noqa: E402
 
@@ -23,6 +24,7 @@ application = ProtocolTypeRouter(
         "http": BodyLimitMiddleware(django_asgi_app),
         # Origin must match ALLOWED_HOSTS (no cross-site websocket hijacking); the session
         # cookie identifies the user; the consumer checks who may see the job.
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns + serving_websockets))),
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(
+            websocket_urlpatterns + serving_websockets + playground_websockets))),
     }
 )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import html
 import json
 from io import BytesIO
@@ -66,15 +67,23 @@ _flows: dict[tuple[str, int], Flow] = {}
 current_flow: contextvars.ContextVar[Flow | None] = contextvars.ContextVar("current_flow", default=None)
 
 
-def limit_for(path: str) -> int:
-    """The most body bytes the route at `path` accepts."""
-    from django.conf import settings
+@functools.lru_cache(maxsize=4096)
+def _view_name(path: str) -> str:
+    """The view a path resolves to ("" for none); cached, since the URLconf does not change while
+    the server runs and every request with a body asks."""
     from django.urls import Resolver404, resolve
 
     try:
-        view = resolve(path).view_name
+        return resolve(path).view_name
     except Resolver404:
-        return settings.MAX_REQUEST_BYTES
+        return ""
+
+
+def limit_for(path: str) -> int:
+    """The most body bytes the route at `path` accepts."""
+    from django.conf import settings
+
+    view = _view_name(path)
     if view in UPLOAD_VIEWS:
         return settings.MAX_UPLOAD_BYTES
     if view in PRESET_VIEWS:

@@ -10,6 +10,8 @@ style cannot run code. `connect-src 'self'` covers the page's websockets (same h
 A view may set its own header (e.g. a download) and keeps it."""
 from __future__ import annotations
 
+from django.utils.deprecation import MiddlewareMixin
+
 POLICY = "; ".join((
     "default-src 'self'",
     "script-src 'self'",
@@ -24,28 +26,10 @@ POLICY = "; ".join((
 ))
 
 
-class ContentSecurityPolicyMiddleware:
-    sync_capable = True
-    async_capable = True
+class ContentSecurityPolicyMiddleware(MiddlewareMixin):
+    """MiddlewareMixin gives the sync and async paths; only the response hook is ours."""
 
-    def __init__(self, get_response):
-        from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
-
-    def __call__(self, request):
-        if self.is_async:
-            return self._acall(request)
-        return self._set(self.get_response(request))
-
-    async def _acall(self, request):
-        return self._set(await self.get_response(request))
-
-    @staticmethod
-    def _set(response):
+    def process_response(self, request, response):
         if "Content-Security-Policy" not in response:
             response["Content-Security-Policy"] = POLICY
         return response

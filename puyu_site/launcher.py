@@ -2,8 +2,10 @@
 
 Starts a Redis (REDIS_URL when set, else the bundled redis-server on a free loopback port,
 persisting under the data dir), migrates, creates the first admin, then runs daphne, one Celery
-worker per GPU for queue `gpu` (one on the CPU when there is no GPU), a worker for queue `cpu`,
-a light worker for the `control` queue (the reaper must not wait behind long jobs), and beat.
+worker per GPU for queue `gpu` (one on the CPU when there is no GPU), one `serve` worker per GPU
+(or one on the CPU) hosting several model replicas at once (its serve slots, see serve_slots), a
+worker for queue `cpu`, a light worker for the `control` queue (the reaper must not wait behind
+long jobs), and beat.
 
 A child that dies (the OOM killer takes a training worker) is restarted with exponential backoff
 (1 s, 2 s, 4 s … at most 30 s) while the others, the web server included, keep running; its job
@@ -58,26 +60,79 @@ def gpu_count() -> int:
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
-def worker_plan(cores: int, gpus: int) -> list[tuple[str, list[str], dict[str, str]]]:
+# A serve slot holds one replica (its own engine). What one takes with the engine's CPU defaults,
+# measured: SmolLM2-135M in fp32 +1.3 GiB (weights, the exclusive lane's copy, 256 MiB of KV
+# cache); the tiny test Llama as much (the manager's buffers grow with the KV token count). The
+# OS, the web server and the other workers keep SLOT_RESERVE_BYTES.
+SLOT_MEMORY_BYTES = 3 * 2**29  # 1.5 GiB
+SLOT_RESERVE_BYTES = 2 * 2**30
+MAX_DEFAULT_SERVE_SLOTS = 8
+MAX_SERVE_SLOTS = 64
+
+
+def total_memory_bytes() -> int:
+    """The machine's RAM, or the container's memory limit (cgroup v2) when that is lower."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a small laptop
+        total = 8 * 10**9
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total
+
+
+def default_serve_slots(memory_bytes: int, serve_workers: int = 1) -> int:
+    """Replicas one serve worker hosts unless PUYU_SERVE_SLOTS says: (RAM - 2 GiB) / 1.5 GiB,
+    shared by the serve workers, 1 to 8. A laptop with 8 GB gets 3, one with 16 GB 8. Total RAM,
+    not what is free at start: the count must not change from one start to the next, and a slot
+    is a limit, not a reservation (an idle studio holds no replica)."""
+    slots = (memory_bytes - SLOT_RESERVE_BYTES) // SLOT_MEMORY_BYTES // max(1, serve_workers)
+    return int(max(1, min(MAX_DEFAULT_SERVE_SLOTS, slots)))
+
+
+def serve_slots(serve_workers: int = 1) -> int:
+    """PUYU_SERVE_SLOTS (strict: a whole number from 1 to 64), else the default from memory."""
+    return env_int("PUYU_SERVE_SLOTS", default_serve_slots(total_memory_bytes(), serve_workers),
+                   minimum=1, maximum=MAX_SERVE_SLOTS)
+
+
+def serve_worker_command(name: str, slots: int, loglevel: str = "INFO") -> list[str]:
+    """A serve worker: a threads pool with one thread per slot. Each replica task holds its thread
+    for the replica's life; with prefetch 1 and late acks the worker takes no more replica
+    messages than it has slots, so a replica that finds none waits in the queue, where any
+    worker with a free slot takes it."""
+    return celery_worker_command(name, "serve", pool="threads", concurrency=slots, loglevel=loglevel)
+
+
+def worker_plan(cores: int, gpus: int, slots: int | None = None) -> list[tuple[str, list[str], dict[str, str]]]:
     """(name, command, extra env) for each worker. Torch threads = cores ÷ busy ML workers: on 2
-    cores two workers with 2 threads each ran 7× slower than with 1 each (ENVIRONMENT.md)."""
+    cores two workers with 2 threads each ran 7× slower than with 1 each (ENVIRONMENT.md). A
+    serve worker's replicas share its setting, each using that many threads while it decodes
+    (1 on 2 cores): only busy replicas compete for the cores. `slots`: replicas per serve worker
+    (None: serve_slots())."""
     plan = []
     # Per device: a `gpu` worker (training, evaluation) and a `serve` worker (model replicas,
     # which run for as long as their deployment does and must never block training); + `cpu`.
     ml_workers = 2 * max(gpus, 1) + 1
     threads = str(max(1, cores // ml_workers))
+    slots = serve_slots(max(gpus, 1)) if slots is None else slots
     if gpus:
         for index in range(gpus):
             plan.append((f"gpu{index}", celery_worker_command(f"gpu{index}", "gpu"),
                          {"CUDA_VISIBLE_DEVICES": str(index), "OMP_NUM_THREADS": threads}))
         for index in range(gpus):
-            plan.append((f"serve{index}", celery_worker_command(f"serve{index}", "serve"),
+            plan.append((f"serve{index}", serve_worker_command(f"serve{index}", slots),
                          {"CUDA_VISIBLE_DEVICES": str(index), "OMP_NUM_THREADS": threads}))
     else:
         plan.append(("gpu0", celery_worker_command("gpu0", "gpu"), {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads}))
-        plan.append(("serve0", celery_worker_command("serve0", "serve"), {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads}))
+        plan.append(("serve0", serve_worker_command("serve0", slots), {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads}))
     plan.append(("cpu", celery_worker_command("cpu", "cpu", pool="prefork", concurrency=1),
                  {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads}))
+    # Agent turns (the playground's tools): a threads pool, so a chat never waits behind training.
+    plan.append(("agent", celery_worker_command("agent", "agent", pool="threads", concurrency=4),
+                 {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}))
     plan.append(("control", celery_worker_command("control", "control", pool="threads", concurrency=2),
                  {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}))
     return plan
@@ -219,6 +274,8 @@ def main() -> int:
         restart_limit = env_int("PUYU_RESTART_LIMIT", 5, minimum=0, maximum=1000)
         restart_window = env_float("PUYU_RESTART_WINDOW_SECONDS", 600.0, minimum=1.0)
         stop_grace = env_float("PUYU_STOP_GRACE_SECONDS", 30.0, minimum=1.0)
+        gpus = gpu_count()
+        slots = serve_slots(max(gpus, 1))
     except SettingError as exc:
         print(f"[puyu] configuration error: {exc}", file=sys.stderr)
         return 2
@@ -242,14 +299,16 @@ def main() -> int:
     status = 0
     try:
         manage = [PYTHON, str(BASE_DIR / "manage.py")]
-        steps = [manage + ["migrate", "--noinput", "-v", "0"], manage + ["ensure_admin"]]
+        # builtin_benchmarks only queues a job (once per data dir): start-up never waits for it.
+        steps = [manage + ["migrate", "--noinput", "-v", "0"], manage + ["ensure_admin"], manage + ["builtin_benchmarks"]]
         if production:
             steps.append(manage + ["collectstatic", "--noinput", "-v", "0"])
         for step in steps:
             subprocess.run(step, cwd=BASE_DIR, env=env, check=True)
         supervisor.spawn("web", daphne_command(host, port), env)
-        for name, command, extra in worker_plan(os.cpu_count() or 1, gpu_count()):
+        for name, command, extra in worker_plan(os.cpu_count() or 1, gpus, slots):
             supervisor.spawn(f"worker {name}", command, {**env, **extra})
+        print(f"[puyu] each serve worker hosts up to {slots} model replicas (PUYU_SERVE_SLOTS)", flush=True)
         supervisor.spawn("beat", celery_beat_command(data_dir / "celerybeat-schedule"), env)
         print(f"[puyu] Puyu Studio is up: http://{host}:{port}/  (Ctrl-C stops everything)", flush=True)
         status = supervisor.watch()

@@ -33,6 +33,10 @@ JOB_LOG_DIR = DATA_DIR / "jobs"
 MODEL_STORE_DIR = DATA_DIR / "models"
 DATASET_STORE_DIR = DATA_DIR / "datasets"
 UPLOAD_DIR = DATA_DIR / "uploads"
+EVALUATION_DIR = DATA_DIR / "evaluations"  # prediction caches, per-sample files, arena vote exports
+# Base URLs of OpenAI-compatible endpoints an admin may register for evaluation runs (comma
+# separated; empty: none). The worker refuses any other URL too (workers/core/evaluation).
+EVAL_ENDPOINT_ALLOWLIST = env_list("PUYU_EVAL_ENDPOINT_ALLOWLIST", [])
 # Folders a user may import models from (their immediate sub-folders are offered in the form).
 # A user never types a server path: the form lists what is there.
 MODEL_IMPORT_DIRS = [Path(p).resolve() for p in env_list("PUYU_MODEL_IMPORT_DIRS", [str(DATA_DIR / "import")])]
@@ -95,6 +99,7 @@ INSTALLED_APPS = [
     "apps.datasets",
     "apps.training",
     "apps.serving",
+    "apps.leaderboards",
 ]
 
 MIDDLEWARE = [
@@ -166,7 +171,7 @@ def _plotly_js_dir() -> Path:
 STATICFILES_DIRS = [BASE_DIR / "static", ("vendor/plotly", _plotly_js_dir())]
 STATIC_ROOT = DATA_DIR / "staticfiles"
 STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns about a missing root before collectstatic
-for _folder in (MODEL_STORE_DIR, DATASET_STORE_DIR, UPLOAD_DIR, DATA_DIR / "import"):
+for _folder in (MODEL_STORE_DIR, DATASET_STORE_DIR, UPLOAD_DIR, EVALUATION_DIR, DATA_DIR / "import"):
     _folder.mkdir(parents=True, exist_ok=True)
 # Uploads stream to disk beside their final place (same file system: the move is a rename).
 FILE_UPLOAD_TEMP_DIR = str(UPLOAD_DIR)
@@ -236,8 +241,8 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
 
 # ---- The job system -----------------------------------------------------------------------
-# "serve" runs long-lived model replicas on their own solo workers, so a replica never blocks
-# training or data jobs (see launcher.worker_plan).
+# "serve" runs long-lived model replicas on their own threads-pool workers (one thread per serve
+# slot), so a replica never blocks training or data jobs (see launcher.worker_plan).
 JOB_QUEUES = ("gpu", "cpu", "serve")
 CONTROL_QUEUE = "control"
 JOB_HEARTBEAT_SECONDS = env_float("PUYU_JOB_HEARTBEAT_SECONDS", 5.0, minimum=0.2)
@@ -313,3 +318,21 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }
+
+# ---- Playground (apps/playground) ------------------------------------------------------------
+INSTALLED_APPS += ["apps.playground"]
+# Agent turns run on their own queue (a threads-pool worker), so a chat never waits behind
+# training or data jobs; it is a job queue like the others (dispatch, reaper, dashboard).
+AGENT_QUEUE = "agent"
+JOB_QUEUES = (*JOB_QUEUES, AGENT_QUEUE)
+JOB_TIME_LIMIT_HOURS["agent_turn"] = env_float("PUYU_JOB_TIME_LIMIT_AGENT_TURN", 0.25, minimum=0.0)
+# Hosts (or host:port) the agent's user-described HTTP tools may call; none by default. The
+# agent job receives it at run time (never in its stored parameters).
+PLAYGROUND_HTTP_ALLOWLIST = env_list("PUYU_AGENT_HTTP_ALLOWLIST", [])
+PLAYGROUND_MAX_DOCUMENT_BYTES = env_int("PUYU_PLAYGROUND_MAX_DOCUMENT_BYTES", 8 * 2**20, minimum=1024,
+                                        maximum=MAX_REQUEST_BYTES)
+PLAYGROUND_MAX_DOCUMENTS = 20  # per conversation (the agent core's MAX_DOCUMENTS)
+PLAYGROUND_AGENT_MAX_TURNS = env_int("PUYU_PLAYGROUND_AGENT_MAX_TURNS", 5, minimum=1, maximum=20)
+PLAYGROUND_AGENT_DEADLINE_SECONDS = env_float("PUYU_PLAYGROUND_AGENT_DEADLINE_SECONDS", 120.0, minimum=1.0)
+if PLAYGROUND_AGENT_DEADLINE_SECONDS > 600:
+    raise SettingError(f"PUYU_PLAYGROUND_AGENT_DEADLINE_SECONDS={PLAYGROUND_AGENT_DEADLINE_SECONDS} must be at most 600")

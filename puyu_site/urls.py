@@ -45,6 +45,8 @@ urlpatterns = [
     path("models/versions/<int:version_id>/delete/", registry_views.version_delete, name="version-delete"),
     path("models/versions/<int:version_id>/notes/", registry_views.version_notes, name="version-notes"),
     path("training/", include("apps.training.urls")),
+    path("leaderboards/", include("apps.leaderboards.urls")),
+    path("playground/", include("apps.playground.urls")),
     path("", include("apps.serving.urls")),
     path("s/<slug:slug>/", studio_views.section, name="section"),
     path("admin/", admin.site.urls),

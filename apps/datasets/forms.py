@@ -87,6 +87,7 @@ class CleanForm(forms.Form):
 
 class GenerateForm(forms.Form):
     generator = forms.ChoiceField(choices=[("arithmetic", "arithmetic word problems (question + answer)"),
+                                           ("arithmetic_zh", "Chinese arithmetic word problems (中文, question + answer)"),
                                            ("tool_use", "calculator tool-use dialogues (OpenAI messages)"),
                                            ("tool_use_sharegpt", "calculator tool-use dialogues (ShareGPT)")])
     n = forms.IntegerField(min_value=1, max_value=1_000_000, initial=1000, label="Records")

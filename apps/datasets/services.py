@@ -184,6 +184,8 @@ def search_rows(version: DatasetVersion, query: str, *, limit: int = 50) -> list
 
 def usage_blockers(version: DatasetVersion) -> list[str]:
     blockers = [f"{child} was derived from it" for child in version.children.all()]
+    blockers += [f"benchmark {bv} is made of it" for bv in version.benchmark_versions.select_related("benchmark")]
+    blockers += [f"benchmark {bv} takes its few-shot rows from it" for bv in version.fewshot_of.select_related("benchmark")]
     blockers += jobs.active_use_blockers(version.uses)
     return blockers
 

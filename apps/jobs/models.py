@@ -4,6 +4,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from workers.tasks.catalog import kind_choices
+
 
 class JobStatus(models.TextChoices):
     QUEUED = "QUEUED", "Queued"
@@ -16,17 +18,8 @@ class JobStatus(models.TextChoices):
 FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
-class JobKind(models.TextChoices):
-    DIAGNOSTICS = "diagnostics", "Worker diagnostics"
-    PROBE = "probe", "Pipeline probe"
-    MODEL_IMPORT = "model_import", "Model import"
-    MODEL_MERGE = "model_merge", "Adapter merge"
-    MODEL_QUANTIZE = "model_quantize", "Quantization"
-    DATASET_IMPORT = "dataset_import", "Dataset import"
-    DATASET_CLEAN = "dataset_clean", "Dataset cleaning"
-    DATASET_GENERATE = "dataset_generate", "Dataset generation"
-    TRAIN = "train", "Training"
-    SERVE = "serve", "Model replica"
+# Declared once with the kind itself (workers/core/kinds.py, through the task catalog).
+JobKind = models.TextChoices("JobKind", [(name.upper(), (name, label)) for name, label in kind_choices()])
 
 
 class Job(models.Model):

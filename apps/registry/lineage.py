@@ -46,7 +46,28 @@ def lineage_nodes(version: ModelVersion, user) -> tuple[dict, list[tuple[str, st
 
     walk_up(version, 0)
     walk_down(version, 0)
+    for key, line in evaluation_lines([int(k[1:]) for k in nodes if k.startswith("v")], user).items():
+        label, url, column = nodes[key]
+        nodes[key] = (f"{label}<br>{line}", url, column)
     return nodes, sorted(set(edges))
+
+
+def evaluation_lines(version_ids: list[int], user) -> dict[str, str]:
+    """{node key: "<suite> 41.2%"}: each version's latest finished evaluation the user may see,
+    as the mean of its scores on one 0–1 scale (the leaderboard's naive average)."""
+    from apps.jobs.models import JobStatus
+    from apps.leaderboards.board import AVERAGE_SCALE
+    from apps.leaderboards.services import visible_runs
+
+    lines: dict[str, str] = {}
+    runs = (visible_runs(user).filter(model_version_id__in=version_ids, job__status=JobStatus.SUCCEEDED)
+            .select_related("suite_version__suite").prefetch_related("scores").order_by("-created_at", "-id"))
+    for run in runs[:200]:
+        key = f"v{run.model_version_id}"
+        values = [s.score * AVERAGE_SCALE[s.metric] for s in run.scores.all() if s.metric in AVERAGE_SCALE]
+        if key not in lines and values:
+            lines[key] = f"{run.suite_version.suite.name} {100 * sum(values) / len(values):.1f}%"
+    return lines
 
 
 def lineage_figure(version: ModelVersion, user) -> str:

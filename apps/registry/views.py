@@ -7,6 +7,7 @@ from django.views.decorators.http import require_POST
 
 from apps.accounts.visibility import can_manage, get_visible_or_404, teammate_ids
 from apps.jobs.models import Job
+from apps.leaderboards import views as evaluations  # the model card's scores and its "Evaluate" button
 from apps.registry import services
 from apps.registry.downloads import version_archive_response
 from apps.registry.forms import AliasForm, ImportForm, QuantizeForm, visible_models
@@ -63,8 +64,10 @@ def model_import(request):
 
 def model_detail(request, model_id: int):
     model = get_visible_or_404(RegisteredModel.objects.select_related("owner"), request.user, pk=model_id)
+    versions = model.versions.select_related("parent", "adapter")
     return render(request, "registry/model_detail.html", {
-        "model": model, "versions": model.versions.select_related("parent", "adapter"),
+        "model": model, "versions": versions, "evaluations": evaluations.version_scores(request.user, versions),
+        "evaluate_version": versions.order_by("-created_at", "-id").first(),
         "aliases": model.aliases.select_related("version", "updated_by"),
         "moves": AliasMove.objects.filter(alias__model=model).select_related("alias", "from_version", "to_version", "moved_by")[:50],
         "can_manage": can_manage(request.user, model), "alias_form": AliasForm(),
@@ -77,6 +80,7 @@ def version_detail(request, version_id: int):
         "version": version, "model": version.model, "can_manage": can_manage(request.user, version.model),
         "lineage": lineage_figure(version, request.user), "quantize_form": QuantizeForm(),
         "blockers": services.usage_blockers(version), "aliases": version.aliases.all(),
+        "evaluations": evaluations.version_scores(request.user, [version]), "evaluate_version": version,
     })
 
 

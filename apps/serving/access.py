@@ -44,6 +44,7 @@ class Target:
     max_queue: int
     request_timeout_s: float
     replica_ids: tuple[str, ...]
+    waiting_reason: str = ""  # why no replica has started (slots.py), when none is ready
 
 
 def bearer(request) -> str:
@@ -102,25 +103,35 @@ def admit(raw_key: str, body: dict, kind: str, default_max_tokens: int) -> tuple
     if deployment is None:
         raise ApiError(404, f"the model {body['model']!r} does not exist or this key may not use it", code="model_not_found",
                        param="model")
-    return (spec, *_admit(key, deployment))
+    return (spec, *_admit(key, deployment, user))
 
 
 TRY_KEY_NAME = "Studio try-it box"
 
 
-def admit_session(user, deployment_id: int) -> tuple[Caller, Target]:
+def admit_session(user, deployment_id: int, key_name: str = TRY_KEY_NAME) -> tuple[Caller, Target]:
     """The deployment page's try-it box: the signed-in user, through a key of theirs that the
     studio keeps (its secret is never shown), so that limits and usage work as for any key."""
     deployment = visible_deployments(user).filter(pk=deployment_id).first()
     if deployment is None:
         raise ApiError(404, "no such deployment, or you may not see it", code="model_not_found")
-    key = ApiKey.objects.filter(user=user, name=TRY_KEY_NAME, revoked_at__isnull=True).first()
+    key = ApiKey.objects.filter(user=user, name=key_name, revoked_at__isnull=True).first()
     if key is None:
-        key, _ = ApiKey.issue(user, TRY_KEY_NAME)
-    return _admit(key, deployment)
+        key, _ = ApiKey.issue(user, key_name)
+    return _admit(key, deployment, user)
 
 
-def _admit(key: ApiKey, deployment: Deployment) -> tuple[Caller, Target]:
+def _waiting_reason(replicas: list[Replica], viewer) -> str:
+    """Why none of the replicas serves yet, when all of them wait in the queue (a loading one will
+    serve soon: no reason then). Only computed when no replica is ready, off the common path."""
+    from apps.serving import slots
+
+    if not replicas or any(r.state != "queued" for r in replicas):
+        return ""
+    return next(iter(slots.replica_reasons(replicas, viewer).values()), "")
+
+
+def _admit(key: ApiKey, deployment: Deployment, viewer) -> tuple[Caller, Target]:
     # A quick refusal once the day's quota is used up; the reservation that really bounds
     # concurrent requests is made in Redis (gateway.reserve_tokens).
     used = tokens_used_today(key.pk)
@@ -130,12 +141,13 @@ def _admit(key: ApiKey, deployment: Deployment) -> tuple[Caller, Target]:
     if deployment.state not in (DeploymentState.READY, DeploymentState.STARTING):
         raise ApiError(503, f"the deployment {deployment.served_name} is {deployment.state}", type="server_error",
                        code="deployment_unavailable", retry_after=30)
-    replica_ids = tuple(Replica.objects.filter(deployment=deployment).exclude(state__in=("stopped", "failed"))
-                        .values_list("replica_id", flat=True))
+    replicas = list(Replica.objects.filter(deployment=deployment).exclude(state__in=("stopped", "failed")).select_related("job"))
+    replica_ids = tuple(r.replica_id for r in replicas)
+    waiting = "" if any(r.state == "ready" for r in replicas) else _waiting_reason(replicas, viewer)
     caller = Caller(key.pk, key.key_hash[:24], key.user_id, key.rate_limit_per_minute, key.token_quota_per_day,
                     used_today=used, day=timezone.now().date().isoformat(), seconds_to_midnight=seconds_to_midnight_utc())
     return caller, Target(deployment.pk, deployment.served_name, deployment.state, deployment.max_queue,
-                          deployment.request_timeout_s, replica_ids)
+                          deployment.request_timeout_s, replica_ids, waiting)
 
 
 def list_models(raw_key: str) -> list[dict]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from ninja import Router, Schema, Status
 from ninja.errors import HttpError
 
 from apps.accounts.visibility import get_visible_or_404, visible_to
 from apps.registry.models import ModelAlias, ModelVersion
-from apps.serving import metrics, services
+from apps.serving import metrics, services, slots
 from apps.serving.models import Deployment
 
 router = Router(tags=["serving"])
@@ -30,6 +31,7 @@ class DeploymentOut(Schema):
     request_timeout_s: float
     state: str
     state_reason: str
+    waiting_reason: str  # why its replicas wait for a worker ("" when none waits)
     restarts: int
     max_restarts: int
     created_at: datetime
@@ -37,6 +39,24 @@ class DeploymentOut(Schema):
     @staticmethod
     def resolve_owner(obj: Deployment) -> str:
         return obj.owner.username
+
+    @staticmethod
+    def resolve_waiting_reason(obj: Deployment, context) -> str:
+        request = context["request"]
+        # one slot count per queue for a whole list
+        cache = request.__dict__.setdefault("_serve_slots", {})
+        return slots.deployment_reason(obj, request.auth, cache)
+
+
+class SlotsOut(Schema):
+    queue: str
+    workers: int
+    capacity: int
+    used: int
+    free: int  # what a replica queued now would find
+    queued: int
+    used_by: list[str]
+    summary: str
 
 
 class DeploymentIn(Schema):
@@ -91,6 +111,13 @@ def create_deployment(request, payload: DeploymentIn):
     return Status(201, deployment)
 
 
+@router.get("/deployments/slots", response=list[SlotsOut])
+def serve_slots(request):
+    """The slots of each queue a deployment may use: how many the online workers have, which are
+    used (by what, named only where the caller may see it) and how many are free."""
+    return [slots.queue_slots(queue).as_dict(request.auth) for queue in settings.JOB_QUEUES]
+
+
 @router.get("/deployments/{deployment_id}", response=DeploymentOut)
 def get_deployment(request, deployment_id: int):
     return _deployment(request, deployment_id)
@@ -98,7 +125,7 @@ def get_deployment(request, deployment_id: int):
 
 @router.get("/deployments/{deployment_id}/metrics", response=dict[str, Any])
 def deployment_metrics(request, deployment_id: int):
-    return metrics.live(_deployment(request, deployment_id))
+    return metrics.live(_deployment(request, deployment_id), request.auth)
 
 
 @router.post("/deployments/{deployment_id}/scale", response=DeploymentOut)

@@ -3,6 +3,7 @@ from django.conf import settings
 
 from apps.accounts.visibility import visible_to
 from apps.registry.models import ModelAlias, ModelVersion
+from apps.serving import slots
 
 
 def serve_choices(user) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -32,7 +33,9 @@ class DeploymentForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.user = user
         self.fields["serves"].choices = [("", "—")] + serve_choices(user)
-        self.fields["queue"].choices = [(q, q) for q in settings.JOB_QUEUES]
+        # Free slots per queue, before the user submits (the free ones go to queued jobs first).
+        self.queue_slots = {q: slots.queue_slots(q) for q in settings.JOB_QUEUES}
+        self.fields["queue"].choices = [(q, f"{q}: {self.queue_slots[q].summary(user)}") for q in settings.JOB_QUEUES]
 
     def target(self):
         """(model, version, alias name) for the chosen option."""

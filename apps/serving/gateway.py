@@ -103,6 +103,9 @@ async def enqueue(target: Target, request: dict) -> str:
             pipe.hget(protocol.replica_key(target.deployment_id, rid), "state")
         length, *states = await pipe.execute()
     if "ready" not in states:
+        if target.waiting_reason:  # placement, not loading: retrying shortly would not help
+            raise ApiError(503, f"no replica of {target.served_name} is running: {target.waiting_reason}",
+                           type="server_error", code="no_ready_replica", retry_after=30)
         raise ApiError(503, f"no replica of {target.served_name} is ready yet (deployment {target.state}); retry shortly",
                        type="server_error", code="no_ready_replica", retry_after=5)
     if length >= target.max_queue:

@@ -10,7 +10,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from apps.jobs.models import JobMetric
-from apps.serving import services
+from apps.serving import services, slots
 from apps.serving.models import ACTIVE_STATES, Deployment, UsageDay
 from workers.tasks import serving_protocol as protocol
 
@@ -32,15 +32,19 @@ def _mean(values):
     return statistics.fmean(values) if values else None
 
 
-def live(deployment: Deployment) -> dict:
+def live(deployment: Deployment, viewer=None) -> dict:
+    """The deployment's live state; with a `viewer` (pages, API), also why queued replicas wait
+    (`waiting_reason`, naming only what the viewer may see)."""
     replicas = list(deployment.replica_set.select_related("job", "version").exclude(state__in=("stopped", "failed")))
     hashes = services.replica_hashes(deployment, [r.replica_id for r in replicas])
+    reasons = slots.replica_reasons(replicas, viewer) if viewer is not None else {}
     rows = []
     for replica in replicas:
         live_hash = hashes.get(replica.replica_id) or {}
         metrics = _parse(live_hash.get("metrics"))
         rows.append({"replica_id": replica.replica_id, "state": replica.state, "live_state": live_hash.get("state"),
                      "job_id": replica.job_id, "job_status": replica.job.status, "version": str(replica.version),
+                     "waiting_reason": reasons.get(replica.replica_id, ""),
                      "metrics": {k: metrics.get(k) for k in LIVE_FIELDS}})
     try:
         queue_length = services.redis_client().xlen(protocol.requests_stream(deployment.pk))
@@ -54,7 +58,8 @@ def live(deployment: Deployment) -> dict:
         "kv_cache_used": _mean(m.get("kv_cache_used") for m in ms), "queue_length": queue_length,
     }
     return {"t": timezone.now().isoformat(), "state": deployment.state, "state_reason": deployment.state_reason,
-            "restarts": deployment.restarts, "replicas": rows, "totals": totals}
+            "waiting_reason": next(iter(reasons.values()), ""), "restarts": deployment.restarts, "replicas": rows,
+            "totals": totals}
 
 
 def history(deployment: Deployment, limit: int = 2000) -> dict[str, list]:

@@ -47,16 +47,21 @@ def deployment_new(request):
         else:
             messages.success(request, f"Deployment {deployment.served_name} is starting.")
             return redirect("deployment-detail", deployment_id=deployment.pk)
-    return render(request, "serving/deployment_new.html", {"form": form})
+    serve_slots = form.queue_slots["serve"].summary(request.user)
+    return render(request, "serving/deployment_new.html", {"form": form, "serve_slots": serve_slots})
 
 
 def deployment_detail(request, deployment_id: int):
     deployment = _visible_deployment(request.user, deployment_id)
     base_url = request.build_absolute_uri("/v1")
+    live = metrics.live(deployment, request.user)
+    waiting = {row["replica_id"]: row["waiting_reason"] for row in live["replicas"]}
+    replicas = list(deployment.replica_set.select_related("job", "version").order_by("-created_at")[:20])
+    for replica in replicas:
+        replica.waiting_reason = waiting.get(replica.replica_id, "")
     context = {
-        "deployment": deployment, "can_manage": can_manage(request.user, deployment),
-        "replicas": deployment.replica_set.select_related("job", "version").order_by("-created_at")[:20],
-        "live": metrics.live(deployment), "history": metrics.history(deployment), "base_url": base_url,
+        "deployment": deployment, "can_manage": can_manage(request.user, deployment), "replicas": replicas,
+        "live": live, "history": metrics.history(deployment), "base_url": base_url,
         "engine_options": json.dumps(deployment.engine_options or {}),
     }
     return render(request, "serving/deployment_detail.html", context)
@@ -64,7 +69,7 @@ def deployment_detail(request, deployment_id: int):
 
 def deployment_metrics(request, deployment_id: int):
     deployment = _visible_deployment(request.user, deployment_id)
-    payload = metrics.live(deployment)
+    payload = metrics.live(deployment, request.user)
     if request.GET.get("history"):
         payload["history"] = metrics.history(deployment)
     return JsonResponse(payload)

@@ -8,7 +8,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from apps.accounts.visibility import can_manage, get_visible_or_404, visible_to
-from apps.jobs.models import JobMetric
+from apps.jobs.models import JobMetric, JobStatus
 from apps.jobs.snapshot import job_snapshot
 from apps.training import compare as comparing
 from apps.training import presets, services
@@ -140,7 +140,8 @@ def run_detail(request, job_id: int):
         "train_versions": [u.version for u in uses if u.role == "train"],
         "eval_versions": [u.version for u in uses if u.role == "eval"],
         "checkpoints": services.kept_checkpoints(run), "samples": services.recent_samples(run),
-        "version": version, "restarts": restarts, "command": "python -m workers.core train spec.yaml",
+        "version": version, "evaluate_version": version if job.status == JobStatus.SUCCEEDED else None,
+        "restarts": restarts, "command": "python -m workers.core train spec.yaml",
         "retries": visible_to(job.retries.all(), request.user),
     })
 

@@ -202,8 +202,8 @@ def test_the_dashboard_shows_the_worker_online(stack, make_user, page):
     expect(cells.nth(4)).to_have_text("none")  # CUDA_VISIBLE_DEVICES="" in the test stack
 
     queues = card(live, "Queues")
-    expect(queues.locator("tbody tr")).to_have_count(3)
-    for index, name in enumerate(("gpu", "cpu", "serve")):
+    expect(queues.locator("tbody tr")).to_have_count(4)
+    for index, name in enumerate(("gpu", "cpu", "serve", "agent")):
         expect(queues.locator("tbody tr").nth(index).locator("td").first).to_have_text(name)
     expect(queues).not_to_contain_text("broker unreachable")
     expect(card(live, "Running jobs")).to_contain_text("Nothing is running.")

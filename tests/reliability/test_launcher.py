@@ -80,7 +80,7 @@ def test_the_launcher_runs_everything_restarts_a_killed_gpu_worker_while_the_web
         assert "Created the first admin account: username 'admin'; its password is in" in output
         assert password not in output and "started the embedded Redis" in output  # kept in a mode-600 file only
         pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", output)]
-        assert len(pids) == 6  # web, gpu0, serve0, cpu, control, beat
+        assert len(pids) == 7  # web, gpu0, serve0, cpu, agent, control, beat
 
         job = submit_training()
         wait_for(lambda: len(losses(job)) >= 2, 240, 0.1, f"two training steps\n{launcher.output()[-2000:]}")

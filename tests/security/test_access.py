@@ -242,9 +242,42 @@ def world(users):
     key = ApiKey.issue(owner, "secret-key")[0]
     token = APIToken.issue(owner, "secret-token")[0]
     preset = TrainingPreset.objects.create(owner=owner, name="secret-preset", fields={"learning_rate": 0.001})
+
+    from apps.leaderboards import services as leaderboards
+    from apps.leaderboards.models import BenchmarkScore, ImportedSummary, SampleResult
+
+    mc = b'{"question": "secret?", "choices": ["a", "b"], "answer": "B"}\n'
+    mcversion = DatasetVersion.objects.create(
+        dataset=dataset, number=2, source="upload", source_format="multiple_choice", canonical="multiple_choice",
+        sha256=hashlib.sha256(mc).hexdigest(), rows=1, size_bytes=len(mc), created_by=owner)
+    mcversion.path.write_bytes(mc)
+    bversion = leaderboards.create_benchmark(owner, name="secret-bench", dataset_version=mcversion, shape="multiple_choice",
+                                             scorer={"paradigm": "likelihood"}, dimension="knowledge")
+    suite_version = leaderboards.create_suite(owner, name="secret-suite", items=[(bversion, 1.0)])
+    run = leaderboards.submit_evaluation(owner, suite_version=suite_version, model_version=mversion)
+    score = BenchmarkScore.objects.create(run=run, benchmark_version=bversion, metric="accuracy", score=1.0, n=1, correct=1)
+    SampleResult.objects.create(score=score, index=0, correct=True, prompt="secret prompt")
+    summary = ImportedSummary.objects.create(owner=owner, filename="summary_secret.csv")
+
+    from apps.playground.models import Battle, Comparison, Conversation, Document, HttpTool, Message
+
+    chat = Conversation.objects.create(owner=owner, deployment=deployment, title="secret chat")
+    asked = Message.objects.create(conversation=chat, role="user", content="secret question")
+    answer = Message.objects.create(conversation=chat, parent=asked, role="assistant", content="secret answer",
+                                    deployment=deployment, model_version=mversion)
+    document = Document.objects.create(conversation=chat, name="secret.txt", stored_name="1" * 32 + ".txt", size=6,
+                                       kind="txt")
+    http_tool = HttpTool.objects.create(owner=owner, name="secret_tool", url_template="https://api.example.org/")
+    side = Conversation.objects.create(owner=owner, kind="comparison", deployment=deployment, title="secret compare")
+    comparison = Comparison.objects.create(owner=owner, conversation=side, deployments=[deployment.pk])
+    arena_chat = Conversation.objects.create(owner=owner, kind="battle", deployment=deployment, title="secret battle")
+    battle = Battle.objects.create(user=owner, conversation=arena_chat, prompt="secret prompt", deployment_a=deployment,
+                                   deployment_b=deployment, version_a=mversion, version_b=mversion)
     return {"job": job, "train_job": train_job, "dataset": dataset, "dversion": dversion, "upload": upload,
             "model": model, "mversion": mversion, "deployment": deployment, "key": key, "token": token,
-            "preset": preset}
+            "preset": preset, "benchmark_version": bversion, "suite_version": suite_version, "run": run,
+            "summary": summary, "conversation": chat, "message": answer, "document": document, "http_tool": http_tool,
+            "comparison": comparison, "battle": battle}
 
 
 def param_value(route: str, name: str, world) -> str:
@@ -254,6 +287,12 @@ def param_value(route: str, name: str, world) -> str:
         "dataset_id": world["dataset"].pk, "upload_id": world["upload"].pk, "model_id": world["model"].pk,
         "deployment_id": world["deployment"].pk, "key_id": world["key"].pk, "token_id": world["token"].pk,
         "preset_id": world["preset"].pk, "key": world["preset"].pk, "name": "prod", "action": "stop",
+        "benchmark_id": world["benchmark_version"].benchmark_id, "bv_id": world["benchmark_version"].pk,
+        "suite_id": world["suite_version"].suite_id, "run_id": world["run"].pk, "index": 0,
+        "summary_id": world["summary"].pk, "fmt": "csv",
+        "conversation_id": world["conversation"].pk, "message_id": world["message"].pk,
+        "document_id": world["document"].pk, "tool_id": world["http_tool"].pk,
+        "comparison_id": world["comparison"].pk, "battle_id": world["battle"].pk,
     }
     if name == "job_id":
         return str(world["train_job" if "training" in route else "job"].pk)
@@ -284,6 +323,8 @@ def object_routes(world) -> list[tuple[str, str]]:
 def api_operations(world) -> list[tuple[str, str, str]]:
     """(method, concrete path, JSON body) of every API operation with an object id in its path."""
     bodies = {"put": '{"version_id": %d}' % world["mversion"].pk, "patch": '{"notes": "pwned"}'}
+    # a body the operation accepts, so the answer is about the object, not the body's shape
+    put_bodies = {"suites": '{"items": [{"benchmark_version_id": %d}]}' % world["benchmark_version"].pk}
     post_bodies = {"scale": '{"replicas": 3}', "restart": '{"checkpoint": "step-2"}', "quantize": "{}",
                    "clean": "{}"}
     operations = []
@@ -292,7 +333,12 @@ def api_operations(world) -> list[tuple[str, str, str]]:
             continue
         concrete = re.sub(r"\{(\w+)\}", lambda m: param_value(path, m.group(1), world), path)
         for method in ops:
-            body = bodies.get(method) or post_bodies.get(path.rsplit("/", 1)[-1], "") if method == "post" else bodies.get(method, "")
+            if method == "post":
+                body = post_bodies.get(path.rsplit("/", 1)[-1], "")
+            elif method == "put":
+                body = put_bodies.get(path.split("/")[2], bodies["put"])
+            else:
+                body = bodies.get(method, "")
             operations.append((method, concrete, body))
     return operations
 
@@ -304,7 +350,8 @@ def snapshot() -> dict:
 
     rows = {}
     for model in django_apps.get_models():
-        if model._meta.app_label in ("accounts", "datasets", "jobs", "registry", "serving", "training"):
+        if model._meta.app_label in ("accounts", "datasets", "jobs", "registry", "serving", "training", "leaderboards",
+                                      "playground"):
             for obj in model.objects.all():
                 rows[(model._meta.label, obj.pk)] = serializers.serialize("json", [obj])
     return rows

@@ -83,7 +83,7 @@ def test_deep_huge_cyclic_or_unsafe_yaml_is_a_field_error_never_a_500(text, word
 
 
 def test_spec_errors_show_a_short_value_however_big_or_deep_the_value_is():
-    from workers.core.training.job import TrainSpec
+    from workers.core.training.spec import TrainSpec
 
     deep: list = []
     for _ in range(5000):

@@ -12,15 +12,20 @@ from tests.stack import wait_for
 
 def test_without_gpus_one_gpu_queue_worker_runs_on_the_cpu_and_threads_are_shared():
     plan = {name: (command, env) for name, command, env in worker_plan(cores=8, gpus=0)}
-    assert set(plan) == {"gpu0", "serve0", "cpu", "control"}
+    assert set(plan) == {"gpu0", "serve0", "cpu", "agent", "control"}
     assert plan["gpu0"][1] == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2"}
     assert "solo" in plan["gpu0"][0] and "threads" in plan["control"][0]
 
 
-def test_model_replicas_get_their_own_solo_serve_worker_so_they_never_block_training():
-    plan = {name: command for name, command, _ in worker_plan(cores=8, gpus=0)}
+def test_agent_turns_get_a_threads_pool_worker_of_their_own():
+    agent = {name: command for name, command, _ in worker_plan(cores=2, gpus=0)}["agent"]
+    assert agent[agent.index("-Q") + 1] == "agent" and agent[agent.index("-P") + 1] == "threads"
+
+
+def test_model_replicas_get_their_own_serve_worker_so_they_never_block_training():
+    plan = {name: command for name, command, _ in worker_plan(cores=8, gpus=0, slots=3)}
     serve = plan["serve0"]
-    assert serve[serve.index("-Q") + 1] == "serve" and serve[serve.index("-P") + 1] == "solo"
+    assert serve[serve.index("-Q") + 1] == "serve" and serve[serve.index("-P") + 1] == "threads"  # tests/serving/test_slots.py
     assert all(command[command.index("-Q") + 1] != "serve" for name, command in plan.items() if name != "serve0")
 
 

@@ -15,18 +15,6 @@ from workers.core.reporting import ConsoleReporter
 from workers.core.specs import SpecError
 
 
-def _run_evaluate(params: dict, reporter) -> dict:
-    """`evaluate` is dispatched here until it is registered in CORE_JOBS (kinds.py)."""
-    from workers.core.evaluation.runner import run_evaluation
-    from workers.core.evaluation.spec import EvaluateSpec
-    from workers.core.specs import build_spec
-
-    return run_evaluation(build_spec(EvaluateSpec, params), reporter)
-
-
-EXTRA_JOBS = {"evaluate": _run_evaluate}
-
-
 def _parse_value(raw: str):
     try:
         return json.loads(raw)
@@ -37,7 +25,7 @@ def _parse_value(raw: str):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.core", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=sorted({*CORE_JOBS, *EXTRA_JOBS}))
+    parser.add_argument("kind", choices=sorted(CORE_JOBS))
     parser.add_argument("spec", nargs="?", help="YAML or JSON file with the spec fields")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one field")
     args = parser.parse_args(argv)
@@ -57,10 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--set {item!r}: expected FIELD=VALUE")
         params[field] = _parse_value(raw)
     try:
-        if args.kind in CORE_JOBS:
-            result = run_core_job(args.kind, params, ConsoleReporter())
-        else:
-            result = EXTRA_JOBS[args.kind](params, ConsoleReporter())
+        result = run_core_job(args.kind, params, ConsoleReporter())
     except SpecError as exc:
         print(f"error: {args.spec or '--set'}: {exc}", file=sys.stderr)
         return 2

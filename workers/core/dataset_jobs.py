@@ -154,7 +154,8 @@ def run_dataset_clean(spec: DatasetCleanSpec, reporter: Reporter) -> dict:
             "cleaning_report": report, "cleaning": asdict(cleaning)}
 
 
-GENERATORS = ("arithmetic", "tool_use", "tool_use_sharegpt")
+# arithmetic: English GSM8K-style word problems; arithmetic_zh: the same in Chinese (qa both).
+GENERATORS = ("arithmetic", "arithmetic_zh", "tool_use", "tool_use_sharegpt")
 
 
 @dataclass
@@ -178,6 +179,8 @@ def run_dataset_generate(spec: DatasetGenerateSpec, reporter: Reporter) -> dict:
 
     if spec.generator == "arithmetic":
         records, fmt = generators.arithmetic_word_problems(spec.n, spec.seed), "qa"
+    elif spec.generator == "arithmetic_zh":
+        records, fmt = generators.arithmetic_word_problems_zh(spec.n, spec.seed), "qa"
     else:
         style = "sharegpt" if spec.generator == "tool_use_sharegpt" else "messages"
         records, fmt = generators.tool_use_dialogues(spec.n, spec.seed, style=style), style

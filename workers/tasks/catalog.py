@@ -25,34 +25,19 @@ class KindInfo:
     default_queue: str
 
 
-KINDS: dict[str, KindInfo] = {
-    "diagnostics": KindInfo("jobs.diagnostics", "gpu"),
-    "probe": KindInfo("jobs.probe", "cpu"),
-    "model_import": KindInfo("registry.import", "cpu"),
-    "model_merge": KindInfo("registry.merge", "cpu"),
-    "model_quantize": KindInfo("registry.quantize", "cpu"),
-    "dataset_import": KindInfo("datasets.import", "cpu"),
-    "dataset_clean": KindInfo("datasets.clean", "cpu"),
-    "dataset_generate": KindInfo("datasets.generate", "cpu"),
-    "train": KindInfo("training.train", "gpu"),
-    "serve": KindInfo("serving.replica", "serve"),
-}
-
+# Derived from the one declaration of every kind (workers/core/kinds.py).
+KINDS: dict[str, KindInfo] = {name: KindInfo(job.task_name, job.default_queue) for name, job in CORE_JOBS.items()}
 
 # The kinds anyone may submit with their own parameters (the generic job API and forms): they
 # touch no file. Every other kind carries server paths and is created only by its app's service,
 # which derives each path from ids the caller may see; the value says where that is.
-GENERIC_KINDS = ("diagnostics", "probe")
-APP_KINDS = {
-    "model_import": "the model registry (POST /api/models/import, /api/models/import/archive, or Models → Import)",
-    "model_merge": "the model registry (POST /api/versions/{id}/merge, or a version's page)",
-    "model_quantize": "the model registry (POST /api/versions/{id}/quantize, or a version's page)",
-    "dataset_import": "the datasets app (POST /api/datasets/upload or /api/datasets/import-hub, or Datasets → Upload)",
-    "dataset_clean": "the datasets app (POST /api/dataset-versions/{id}/clean, or a version's page)",
-    "dataset_generate": "the datasets app (POST /api/datasets/generate, or Datasets → Generate)",
-    "train": "the training app (POST /api/training/runs, or Training → New run)",
-    "serve": "a deployment (POST /api/deployments; its replicas are started and restarted by the deployment)",
-}
+GENERIC_KINDS = tuple(name for name, job in CORE_JOBS.items() if not job.created_through)
+APP_KINDS = {name: job.created_through for name, job in CORE_JOBS.items() if job.created_through}
+
+
+def kind_choices() -> list[tuple[str, str]]:
+    """(kind, label) of every kind, for the job model's choices."""
+    return [(name, job.label) for name, job in CORE_JOBS.items()]
 
 
 def check_generic_kind(kind: str) -> None:
@@ -181,3 +166,77 @@ def training_preflight(params: dict, device: dict) -> dict:
     from workers.core.training.preflight import preflight
 
     return preflight(params, device=device)
+
+
+# ---- evaluation (core: workers/core/evaluation) ---------------------------------------------
+
+def check_benchmark(definition: dict, data_path) -> dict:
+    """A benchmark definition checked and completed by the core (defaults filled in), against
+    the dataset version file at `data_path`; returned without `data_path` (the studio adds the
+    version's path when it queues a run). InvalidParams names the field as the definition does
+    (`template`, `scorer.extractor`, `fewshot[2].answer`)."""
+    from workers.core.evaluation.spec import check_benchmark as check
+
+    where = "benchmark"
+    try:
+        checked = check(where, {**definition, "data_path": str(data_path)})
+    except SpecError as exc:
+        field = exc.field[len(where) + 1:] if exc.field.startswith(where + ".") else exc.field
+        raise InvalidParams(field or "definition", exc.reason) from None
+    checked.pop("data_path", None)
+    return checked
+
+
+def benchmark_hash(definition: dict, data_hash: str) -> str:
+    """The version hash shown beside every score (data hash, template, few-shot rows, scorer)."""
+    from workers.core.evaluation.spec import benchmark_hash as digest
+
+    return digest(definition, data_hash)
+
+
+def evaluation_limits() -> dict[str, int]:
+    """The core's bounds on a run: benchmarks per spec and few-shot rows per benchmark."""
+    from workers.core.evaluation.spec import MAX_BENCHMARKS, MAX_FEWSHOT
+
+    return {"benchmarks": MAX_BENCHMARKS, "fewshot": MAX_FEWSHOT}
+
+
+def builtin_benchmark_sets() -> dict[str, dict]:
+    """The built-in benchmark sets (name -> {"title", "canonical", "dimension"}), without their data."""
+    from workers.core.evaluation.builtins import BUILTIN_SETS
+
+    return {name: {"title": s.title, "canonical": s.canonical, "dimension": s.definition.get("dimension", "")}
+            for name, s in BUILTIN_SETS.items()}
+
+
+def wilson(successes: int, n: int) -> tuple[float, float]:
+    """95% Wilson interval of an accuracy."""
+    from workers.core.evaluation.statistics import wilson_interval
+
+    return wilson_interval(successes, n)
+
+
+def mcnemar(a_correct, b_correct) -> dict:
+    """McNemar's exact test on paired right/wrong decisions: {only_a, only_b, p_value, p_mid}."""
+    from workers.core.evaluation.statistics import mcnemar as test
+
+    result = test(list(a_correct), list(b_correct))
+    return {"only_a": result.only_a, "only_b": result.only_b, "p_value": result.p_exact, "p_mid": result.p_mid}
+
+
+def paired_bootstrap(scores_a, scores_b, *, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """Paired bootstrap of mean(A) - mean(B): {difference, low, high, p_value} (seeded)."""
+    from workers.core.evaluation.statistics import paired_bootstrap as test
+
+    result = test(list(scores_a), list(scores_b), n_resamples=n_resamples, seed=seed)
+    return {"difference": result.difference, "low": result.low, "high": result.high, "p_value": result.p_value}
+
+
+def dimension_averages(scores) -> tuple[dict[str, dict], dict]:
+    """Per-dimension and overall naive and weighted averages of one model's scores (rows
+    {"dimension", "score" (None: not run), "weight"}): ({dim: average}, overall), each average
+    {"naive", "weighted", "benchmarks", "complete"} (None averages when a score is missing)."""
+    from workers.core.evaluation.statistics import dimension_averages as averages
+
+    per_dimension, overall = averages(scores)
+    return {d: asdict(a) for d, a in per_dimension.items()}, asdict(overall)

@@ -1,6 +1,14 @@
 """Workers announce themselves: a thread in each worker process upserts its WorkerNode row
 every WORKER_HEARTBEAT_SECONDS, so the dashboard shows who is online and with which devices.
 
+Each worker also reports its serve slots, `devices["serve_slots"]`: {"capacity": the pool's
+concurrency (the replicas it can host at once), "used": [{"job", "deployment", "replica"} of each
+replica running in this process]}. Only ids: the row is readable by every signed-in user, and the
+studio names deployments to a viewer only when the viewer may see them (apps/serving/slots.py,
+which counts a worker's used slots from the jobs it leases: those are known at once, the
+heartbeat only at its next beat, and a prefork pool's children do not share this registry).
+A slot taken or freed wakes the heartbeat, so the row follows within moments.
+
 Runs in the Celery parent process, which must never import torch or initialise CUDA (children
 forked after that hang in OpenMP): GPUs are read with nvidia-smi, not torch.
 """
@@ -12,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import threading
+from contextlib import contextmanager
 
 from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
@@ -20,7 +29,10 @@ from django.utils import timezone
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
+_wake = threading.Event()  # beat now: stopping, or a slot was taken or freed
 _node: dict = {}
+_slots_lock = threading.Lock()
+_slots: dict[int, dict] = {}  # job id → what holds the slot
 
 
 def detect_devices() -> dict:
@@ -50,28 +62,54 @@ def detect_devices() -> dict:
     }
 
 
+def slot_capacity() -> int:
+    """Replicas this worker process hosts at once (its pool's concurrency; 1 before it is ready)."""
+    return int(_node.get("capacity") or 1)
+
+
+@contextmanager
+def holding_slot(job_id: int, deployment_id: int, replica_id: str):
+    """Mark one of this worker's serve slots used by a replica for the block's duration."""
+    with _slots_lock:
+        _slots[job_id] = {"job": job_id, "deployment": deployment_id, "replica": replica_id}
+    _wake.set()
+    try:
+        yield
+    finally:
+        with _slots_lock:
+            _slots.pop(job_id, None)
+        _wake.set()
+
+
+def slot_report() -> dict:
+    with _slots_lock:
+        used = [dict(_slots[job_id]) for job_id in sorted(_slots)]
+    return {"capacity": slot_capacity(), "used": used}
+
+
 def _beat() -> None:
     from apps.jobs.models import WorkerNode
 
     now = timezone.now()
+    devices = {**_node["devices"], "serve_slots": slot_report()}
     WorkerNode.objects.update_or_create(
         name=_node["name"],
         defaults={"hostname": socket.gethostname(), "queues": _node["queues"], "pid": os.getpid(),
-                  "devices": _node["devices"], "last_seen_at": now, "stopped_at": None},
+                  "devices": devices, "last_seen_at": now, "stopped_at": None},
         create_defaults={"hostname": socket.gethostname(), "queues": _node["queues"], "pid": os.getpid(),
-                         "devices": _node["devices"], "last_seen_at": now, "started_at": now},
+                         "devices": devices, "last_seen_at": now, "started_at": now},
     )
 
 
 def _loop() -> None:
     try:
-        while True:
+        while not _stop.is_set():
+            _wake.clear()
             try:
                 _beat()
             except Exception:
                 log.exception("worker heartbeat failed")
-            if _stop.wait(settings.WORKER_HEARTBEAT_SECONDS):
-                return
+            _wake.wait(settings.WORKER_HEARTBEAT_SECONDS)
     finally:
         connection.close()
 
@@ -82,6 +120,8 @@ def _on_ready(sender=None, **kwargs) -> None:
         name=sender.hostname,
         queues=sorted(q.name for q in sender.app.amqp.queues.consume_from.values()),
         devices=detect_devices(),
+        # The pool's size: a threads pool of N runs N replica tasks at once (-c N), solo one.
+        capacity=getattr(getattr(sender, "controller", None), "concurrency", None) or 1,
     )
     threading.Thread(target=_loop, name="worker-presence", daemon=True).start()
 
@@ -89,6 +129,7 @@ def _on_ready(sender=None, **kwargs) -> None:
 @worker_shutdown.connect
 def _on_shutdown(**kwargs) -> None:
     _stop.set()
+    _wake.set()
     if not _node:
         return
     try:

@@ -1,19 +1,56 @@
 """Serving tasks: one long-lived task per model replica (queue "serve" by default) and the beat
-task that reconciles deployments (queue "control")."""
+task that reconciles deployments (queue "control").
+
+A serve worker is a threads pool: each replica task holds one thread (a serve slot) for the
+replica's life, with its own engine, so one process hosts as many replicas as it has slots (see
+launcher.worker_plan). What the replicas of one process share, and how that is handled:
+- torch's CPU thread count is process-wide: it stays the worker's OMP_NUM_THREADS; the engine
+  option `threads` (torch.set_num_threads) would change it under every other replica, so it is
+  ignored, with a line in the replica's log, where a worker hosts more than one;
+- the warm-shutdown flag (workers/tasks/reporter.py) is process-wide on purpose: the whole worker
+  stops, so every replica drains and hands its job back to the queue (another worker, or this one
+  restarted, serves it again) instead of holding the shutdown until the launcher kills it;
+- Django's database connections are per thread; model loads are serialised by the engine.
+"""
 from __future__ import annotations
 
 import logging
 
 from django.conf import settings
 
+from apps.jobs.models import Job
 from apps.serving import services
 from apps.serving.models import ACTIVE_STATES, Replica
 from puyu_site.celery import app
 from workers.core.kinds import run_core_job
-from workers.core.reporting import JobCancelled
+from workers.core.reporting import JobCancelled, JobSuspended
+from workers.tasks import presence
 from workers.tasks.base import JobTask
 
 log = logging.getLogger(__name__)
+
+
+class StopOnShutdown:
+    """The job's reporter, as the replica loop sees it: asked whether to stop, it also says yes
+    once the worker is shutting down (the replica loop only asks should_stop)."""
+
+    def __init__(self, reporter) -> None:
+        self._reporter = reporter
+
+    def should_stop(self) -> bool:
+        return self._reporter.should_stop() or self._reporter.should_suspend()
+
+    def __getattr__(self, name):
+        return getattr(self._reporter, name)
+
+
+def shared_process_params(params: dict, capacity: int, reporter) -> dict:
+    """The replica's params for a worker hosting `capacity` replicas (see the module doc)."""
+    if capacity > 1 and params.get("threads"):
+        reporter.log(f"engine option threads={params['threads']} ignored: this worker hosts up to {capacity} replicas, "
+                     "which share its torch threads (OMP_NUM_THREADS)", "warning")
+        return {**params, "threads": 0}
+    return params
 
 
 class ReplicaTask(JobTask):
@@ -27,10 +64,21 @@ class ReplicaTask(JobTask):
             reporter.log("the deployment was stopped or deleted before this replica started", "warning")
             raise JobCancelled()
         params = services.replica_params(replica.deployment, replica.version, replica.replica_id)
+        params = shared_process_params(params, presence.slot_capacity(), reporter)
         # The broker URL (with its password) is handed over here, at run time: it is never stored
         # in the job's params, which users see. (Rows from before carried it; they are rebuilt
         # from the deployment above, and migration serving 0002 removed it from them.)
-        return run_core_job(job.kind, {**params, "redis_url": settings.REDIS_URL}, reporter)
+        with presence.holding_slot(job.pk, replica.deployment_id, replica.replica_id):
+            try:
+                return run_core_job(job.kind, {**params, "redis_url": settings.REDIS_URL}, StopOnShutdown(reporter))
+            except JobCancelled:
+                if reporter.should_suspend() and not reporter.lost.is_set() and not _cancel_requested(job.pk):
+                    raise JobSuspended("the replica drained") from None
+                raise
+
+
+def _cancel_requested(job_id: int) -> bool:
+    return Job.objects.filter(pk=job_id, cancel_requested=True).exists()
 
 
 @app.task(base=ReplicaTask, bind=True, name="serving.replica")

@@ -10,7 +10,13 @@ from fractions import Fraction
 import pytest
 
 from tests.fixtures.data import excerpt
-from workers.core.data.generators import arithmetic_word_problems, evaluate, tool_use_dialogues, write_jsonl
+from workers.core.data.generators import (
+    arithmetic_word_problems,
+    arithmetic_word_problems_zh,
+    evaluate,
+    tool_use_dialogues,
+    write_jsonl,
+)
 
 OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
@@ -49,6 +55,53 @@ def test_word_problem_answers_are_exact_in_every_step_and_in_the_final_line():
         assert steps
         for expression, value in steps:
             assert exact(expression) == int(value)
+
+
+def test_chinese_word_problems_are_deterministic_prefix_stable_and_apart_from_the_english_ones():
+    assert arithmetic_word_problems_zh(40, seed=5) == arithmetic_word_problems_zh(40, seed=5)
+    assert arithmetic_word_problems_zh(40, seed=5) != arithmetic_word_problems_zh(40, seed=6)
+    assert arithmetic_word_problems_zh(15, seed=5) == arithmetic_word_problems_zh(40, seed=5)[:15]
+    assert arithmetic_word_problems_zh(0) == []
+    with pytest.raises(ValueError):
+        arithmetic_word_problems_zh(-1)
+
+
+def test_chinese_word_problems_are_exact_chinese_and_varied():
+    import langid
+
+    records = arithmetic_word_problems_zh(300, seed=0)
+
+    assert len({r["question"] for r in records}) > 250
+    templates = {re.sub(r"\d+", "N", r["question"])[:6] for r in records}
+    assert len(templates) >= 5  # several problem templates, not one
+    for record in records:
+        assert set(record) == {"question", "answer", "meta"}
+        assert record["meta"]["generator"] == "arithmetic_word_problems_zh"
+        final = re.fullmatch(r"(?s).*\n#### (-?\d+)", record["answer"])
+        assert final, record["answer"]
+        assert exact(record["meta"]["expression"]) == int(final.group(1)) == evaluate(record["meta"]["expression"])
+        for expression, value in re.findall(r"<<([^=<>]+)=(-?\d+)>>", record["answer"]):
+            assert exact(expression) == int(value)
+        # Chinese text: the question is mostly CJK characters (digits aside) and reads as zh.
+        letters = [c for c in record["question"] if not c.isdigit() and not c.isspace()]
+        assert sum("\u4e00" <= c <= "\u9fff" for c in letters) / len(letters) > 0.8
+        assert re.search(r"[a-zA-Z]", record["question"]) is None
+    assert {langid.classify(r["question"])[0] for r in records[:50]} == {"zh"}
+
+
+def test_the_generate_job_writes_a_chinese_qa_version(tmp_path):
+    from workers.core.dataset_jobs import DatasetGenerateSpec, run_dataset_generate
+    from workers.core.reporting import ConsoleReporter
+    from workers.core.specs import build_spec
+
+    out = tmp_path / "zh.jsonl"
+    spec = build_spec(DatasetGenerateSpec, {"generator": "arithmetic_zh", "n": 12, "seed": 3, "output_path": str(out)})
+    result = run_dataset_generate(spec, ConsoleReporter(stream=open("/dev/null", "w")))  # noqa: SIM115
+
+    assert result["created"] and result["canonical"] == "qa" and result["rows"] == 12
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    expected = arithmetic_word_problems_zh(12, seed=3)
+    assert [(r["question"], r["answer"]) for r in rows] == [(e["question"], e["answer"]) for e in expected]
 
 
 def test_tool_dialogues_call_the_calculator_and_the_tool_returns_the_exact_result():
@@ -101,6 +154,10 @@ def test_the_calculator_evaluates_exactly_and_refuses_anything_but_arithmetic():
         evaluate("__import__('os').system('true')")
     with pytest.raises(ValueError):
         evaluate("1 / 0")
+    # A model's tool call is evaluated too: overflow, deep nesting and huge inputs are ValueErrors.
+    for hostile in ("1e400 * 2", "-" * 5000 + "1", "(" * 300 + "1" + ")" * 300, "1 + " * 400 + "1", "2 ** 10", ""):
+        with pytest.raises(ValueError):
+            evaluate(hostile)
 
 
 def test_write_jsonl_writes_one_object_per_line_and_reads_back(tmp_path):

@@ -242,3 +242,50 @@ def test_extract_refuses_an_unknown_extractor_by_name():
         ex.extract("guess", "A")
     with pytest.raises(SpecError, match="answer_pattern"):
         ex.extract("regex", "A")
+
+
+# --- tool calls (agent benchmarks) --------------------------------------------------------------
+
+TOOL_OUTPUTS = [
+    ("qwen2.5 tagged call", '<tool_call>\n{"name": "calculator", "arguments": {"expression": "23 * 17"}}\n</tool_call>', "391"),
+    ("hermes call after a preamble, keys reordered",
+     'I will use the calculator for this.\n<tool_call>\n{"arguments": {"expression": "(1250 - 380) / 4"}, '
+     '"name": "calculator"}\n</tool_call>', "217.5"),
+    ("llama-3.1 json-only reply with parameters", '{"name": "calculator", "parameters": {"expression": "48 / 6 + 7"}}', "15"),
+    ("openai-shaped json with string arguments",
+     '{"type": "function", "function": {"name": "calculator", "arguments": "{\\"expression\\": \\"12*12\\"}"}}', "144"),
+    ("a repeating fraction stays exact", '<tool_call>{"name": "calculator", "arguments": {"expression": "10 / 3"}}</tool_call>',
+     "10/3"),
+    ("answered in text", "To find the total, multiply 23 by 17: 23 × 17 = 391.\n\nThe answer is 391.", "391"),
+    ("answered in text, the stated answer before a later number",
+     "The answer is 18. That is 2 more than last week's 16.", "18"),
+    ("answered in chinese text", "23乘以17等于391。答案是391。", "391"),
+    ("malformed json in the call: no answer, not the 17 inside it",
+     '<tool_call>\n{"name": "calculator", "arguments": {"expression": "23 * 17"}\n</tool_call>', None),
+    ("malformed json-only reply", '{"name": "calculator", "arguments": {"expression": "23 * 17"', None),
+    ("a tool the benchmark does not offer", '<tool_call>{"name": "search", "arguments": {"query": "23*17"}}</tool_call>', None),
+    ("an expression that is not arithmetic",
+     '<tool_call>{"name": "calculator", "arguments": {"expression": "__import__(\'os\').getcwd()"}}</tool_call>', None),
+    ("a call without its expression", '<tool_call>{"name": "calculator", "arguments": {"expr": "2+2"}}</tool_call>', None),
+    ("a reasoning model's draft call is ignored",
+     '<think>maybe <tool_call>{"name": "calculator", "arguments": {"expression": "1+1"}}</tool_call></think>\n'
+     '<tool_call>{"name": "calculator", "arguments": {"expression": "2*3"}}</tool_call>', "6"),
+]
+
+
+@pytest.mark.parametrize("output, expected", [(o, e) for _, o, e in TOOL_OUTPUTS], ids=[i for i, _, _ in TOOL_OUTPUTS])
+def test_the_tool_call_extractor_evaluates_the_calculator_call_or_reads_a_text_answer(output, expected):
+    assert ex.extract("tool_call", output) == expected
+    if expected is not None:
+        assert ex.answers_match("tool_call", ex.extract("tool_call", output), expected)
+
+
+def test_the_tool_call_extractor_reads_only_the_benchmarks_tools():
+    from workers.core.data.generators import CALCULATOR_TOOL
+
+    search = {"type": "function", "function": {"name": "search", "parameters": {}}}
+    call = '<tool_call>{"name": "calculator", "arguments": {"expression": "7 * 6"}}</tool_call>'
+    assert ex.extract("tool_call", call, tools=[CALCULATOR_TOOL, search]) == "42"
+    assert ex.extract("tool_call", call, tools=[search]) is None  # not a call of an offered tool
+    assert ex.answers_match("tool_call", "42", "42.0") and not ex.answers_match("tool_call", None, "42")
+    assert "tool_call" in ex.EXTRACTORS

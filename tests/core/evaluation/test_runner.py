@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from tests.core.evaluation.helpers import CountingModel, model_spec, quiet, samples_of, write_rows
 from workers.core.evaluation.runner import run_evaluation, score_sample
 from workers.core.evaluation.spec import EvaluateSpec, benchmark_hash
 from workers.core.reporting import ConsoleReporter, JobCancelled
@@ -35,46 +36,9 @@ CODE_ROWS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tests.fixtures.tiny_models import build_tiny_llama
-
-    folder = build_tiny_llama(tmp_path_factory.mktemp("eval-runner-model"), seed=0, initializer_range=0.5)
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    return folder, model, tokenizer
-
-
-def _write(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
-
-
 def _mc(tmp_path, **scorer):
-    return {"name": "mc", "shape": "multiple_choice", "data_path": _write(tmp_path / "mc.jsonl", MC_ROWS),
+    return {"name": "mc", "shape": "multiple_choice", "data_path": write_rows(tmp_path / "mc.jsonl", MC_ROWS),
             "fewshot": [MC_ROWS[0]], "scorer": {"paradigm": "likelihood", **scorer}, "dimension": "knowledge"}
-
-
-def _spec(tiny, tmp_path, benchmarks, **extra):
-    params = {"model_dir": str(tiny[0]), "benchmarks": benchmarks, "cache_dir": str(tmp_path / "cache"),
-              "batch_size": 2, "max_new_tokens": 8, **extra}
-    return build_spec(EvaluateSpec, params)
-
-
-class CountingModel:
-    """The model with its forward calls counted (the runner calls only `model(...)`/`generate`)."""
-
-    def __init__(self, model):
-        self.model, self.calls = model, 0
-        self.handle = model.register_forward_hook(self._count)
-
-    def _count(self, *args):
-        self.calls += 1
-
-    def close(self):
-        self.handle.remove()
 
 
 class StopAfter(ConsoleReporter):
@@ -88,25 +52,14 @@ class StopAfter(ConsoleReporter):
         return bool(self.metrics) and self.metrics[-1][1] >= self.samples
 
 
-def _quiet():
-    return ConsoleReporter(stream=open("/dev/null", "w"))  # noqa: SIM115
-
-
-def _samples(spec, result, name):
-    from pathlib import Path
-
-    path = Path(spec.cache_dir) / result["benchmarks"][name]["samples_file"]
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
 def test_multiple_choice_decisions_equal_an_independent_argmax_per_option(tiny, tmp_path):
     from workers.core.evaluation.likelihood import MultipleChoice, score_one_prompt_per_option
 
     _, model, tokenizer = tiny
-    spec = _spec(tiny, tmp_path, [_mc(tmp_path, normalization="per-token")])
-    reporter = _quiet()
+    spec = model_spec(tiny, tmp_path, [_mc(tmp_path, normalization="per-token")])
+    reporter = quiet()
     result = run_evaluation(spec, reporter, model=model, tokenizer=tokenizer)
-    samples = _samples(spec, result, "mc")
+    samples = samples_of(spec, result, "mc")
     # Progress per batch, with the running accuracy as a metric at each sample count.
     assert reporter.fractions[-1] == 1.0 and [step for _, step, _ in reporter.metrics] == [2, 4, 6, 7]
     assert reporter.metrics[-1] == ("mc/accuracy", 7, result["benchmarks"]["mc"]["score"])
@@ -128,30 +81,30 @@ def test_a_generation_run_through_the_engine_extracts_answers_and_a_changed_extr
     from workers.core.evaluation.extract import extract
 
     _, model, tokenizer = tiny
-    qa = {"name": "qa", "shape": "qa", "data_path": _write(tmp_path / "qa.jsonl", QA_ROWS),
+    qa = {"name": "qa", "shape": "qa", "data_path": write_rows(tmp_path / "qa.jsonl", QA_ROWS),
           "scorer": {"paradigm": "generation", "extractor": "last_number"}, "dimension": "math"}
-    spec = _spec(tiny, tmp_path, [qa])
-    first = run_evaluation(spec, _quiet(), model=model, tokenizer=tokenizer)
-    samples = _samples(spec, first, "qa")
+    spec = model_spec(tiny, tmp_path, [qa])
+    first = run_evaluation(spec, quiet(), model=model, tokenizer=tokenizer)
+    samples = samples_of(spec, first, "qa")
     assert [s["reference"] for s in samples] == ["5", "4", "3"]
     assert all(isinstance(s["output"], str) and s["output"] for s in samples)
     assert [s["extracted"] for s in samples] == [extract("last_number", s["output"]) for s in samples]
     assert first["benchmarks"]["qa"]["computed"] == 3
     # The engine (the default generator) gives the same greedy outputs as batched `generate`.
-    plain = _spec(tiny, tmp_path / "plain", [qa], generator="generate")
-    assert [s["output"] for s in _samples(plain, run_evaluation(plain, _quiet(), model=model, tokenizer=tokenizer), "qa")] \
+    plain = model_spec(tiny, tmp_path / "plain", [qa], generator="generate")
+    assert [s["output"] for s in samples_of(plain, run_evaluation(plain, quiet(), model=model, tokenizer=tokenizer), "qa")] \
         == [s["output"] for s in samples]
 
     counter = CountingModel(model)
     try:
-        spec2 = _spec(tiny, tmp_path, [{**qa, "scorer": {"paradigm": "generation", "extractor": "regex",
+        spec2 = model_spec(tiny, tmp_path, [{**qa, "scorer": {"paradigm": "generation", "extractor": "regex",
                                                         "answer_pattern": r"(\w+)"}}])
-        second = run_evaluation(spec2, _quiet(), model=model, tokenizer=tokenizer)
+        second = run_evaluation(spec2, quiet(), model=model, tokenizer=tokenizer)
     finally:
         counter.close()
     assert counter.calls == 0 and second["benchmarks"]["qa"]["cached"] == 3
     assert second["benchmarks"]["qa"]["benchmark_hash"] != first["benchmarks"]["qa"]["benchmark_hash"]
-    assert [s["output"] for s in _samples(spec2, second, "qa")] == [s["output"] for s in samples]
+    assert [s["output"] for s in samples_of(spec2, second, "qa")] == [s["output"] for s in samples]
 
 
 def test_a_code_benchmark_runs_the_tiny_models_completions_in_the_sandbox(tiny, tmp_path):
@@ -160,11 +113,11 @@ def test_a_code_benchmark_runs_the_tiny_models_completions_in_the_sandbox(tiny, 
     if (reason := check_available()) is not None:
         pytest.skip(reason)
     _, model, tokenizer = tiny
-    code = {"name": "code", "shape": "code", "data_path": _write(tmp_path / "code.jsonl", CODE_ROWS),
+    code = {"name": "code", "shape": "code", "data_path": write_rows(tmp_path / "code.jsonl", CODE_ROWS),
             "scorer": {"paradigm": "code", "timeout_s": 3}, "dimension": "code"}
-    spec = _spec(tiny, tmp_path, [code])
-    result = run_evaluation(spec, _quiet(), model=model, tokenizer=tokenizer)
-    samples = _samples(spec, result, "code")
+    spec = model_spec(tiny, tmp_path, [code])
+    result = run_evaluation(spec, quiet(), model=model, tokenizer=tokenizer)
+    samples = samples_of(spec, result, "code")
     # A random tiny model writes no working function: each problem ran in the sandbox and failed with a reason.
     assert [s["correct"] for s in samples] == [False, False]
     assert all(s["result"].startswith("failed: ") or s["result"] == "timed out" for s in samples)
@@ -180,9 +133,9 @@ def test_a_multiple_choice_generation_run_reads_the_option_letter(tiny, tmp_path
 
     _, model, tokenizer = tiny
     bench = {**_mc(tmp_path), "scorer": {"paradigm": "generation", "extractor": "option"}}
-    spec = _spec(tiny, tmp_path, [bench])
-    result = run_evaluation(spec, _quiet(), model=model, tokenizer=tokenizer)
-    samples = _samples(spec, result, "mc")
+    spec = model_spec(tiny, tmp_path, [bench])
+    result = run_evaluation(spec, quiet(), model=model, tokenizer=tokenizer)
+    samples = samples_of(spec, result, "mc")
     assert [s["extracted"] for s in samples] == [option_letter(s["output"], "ABCD") for s in samples]
     assert [s["reference"] for s in samples] == [row["answer"] for row in MC_ROWS]
     assert result["benchmarks"]["mc"]["correct"] == sum(s["correct"] for s in samples)
@@ -192,17 +145,17 @@ def test_a_resumed_run_reuses_cached_predictions_and_equals_an_uninterrupted_run
     _, model, tokenizer = tiny
     counter = CountingModel(model)
     try:
-        uninterrupted = run_evaluation(_spec(tiny, tmp_path / "a", [_mc(tmp_path)]), _quiet(), model=model, tokenizer=tokenizer)
+        uninterrupted = run_evaluation(model_spec(tiny, tmp_path / "a", [_mc(tmp_path)]), quiet(), model=model, tokenizer=tokenizer)
     finally:
         counter.close()
     full_calls = counter.calls
 
-    spec = _spec(tiny, tmp_path / "b", [_mc(tmp_path)])
+    spec = model_spec(tiny, tmp_path / "b", [_mc(tmp_path)])
     with pytest.raises(JobCancelled):
         run_evaluation(spec, StopAfter(4), model=model, tokenizer=tokenizer)
     counter = CountingModel(model)
     try:
-        resumed = run_evaluation(spec, _quiet(), model=model, tokenizer=tokenizer)
+        resumed = run_evaluation(spec, quiet(), model=model, tokenizer=tokenizer)
     finally:
         counter.close()
     bench = resumed["benchmarks"]["mc"]
@@ -211,23 +164,23 @@ def test_a_resumed_run_reuses_cached_predictions_and_equals_an_uninterrupted_run
     assert counter.calls == full_calls // 2 and counter.calls > 0
     for field in ("score", "ci_low", "ci_high", "n", "benchmark_hash"):
         assert bench[field] == uninterrupted["benchmarks"]["mc"][field]
-    assert _samples(spec, resumed, "mc") == _samples(spec, uninterrupted, "mc")
+    assert samples_of(spec, resumed, "mc") == samples_of(spec, uninterrupted, "mc")
 
 
 def test_the_same_spec_twice_gives_identical_results(tiny, tmp_path):
     _, model, tokenizer = tiny
-    spec = _spec(tiny, tmp_path, [_mc(tmp_path)])
-    first = run_evaluation(spec, _quiet(), model=model, tokenizer=tokenizer)
-    second = run_evaluation(spec, _quiet(), model=model, tokenizer=tokenizer)
+    spec = model_spec(tiny, tmp_path, [_mc(tmp_path)])
+    first = run_evaluation(spec, quiet(), model=model, tokenizer=tokenizer)
+    second = run_evaluation(spec, quiet(), model=model, tokenizer=tokenizer)
     strip = lambda r: {k: {f: v for f, v in b.items() if f not in ("cached", "computed")} for k, b in r["benchmarks"].items()}  # noqa: E731
     assert strip(first) == strip(second) and second["benchmarks"]["mc"]["cached"] == len(MC_ROWS)
 
 
 def test_the_benchmark_hash_changes_with_template_fewshot_and_scorer_and_not_with_labels(tiny, tmp_path):
-    base = _spec(tiny, tmp_path, [_mc(tmp_path)]).benchmarks[0]
+    base = model_spec(tiny, tmp_path, [_mc(tmp_path)]).benchmarks[0]
 
     def hashed(**change):
-        return benchmark_hash(_spec(tiny, tmp_path, [{**_mc(tmp_path), **change}]).benchmarks[0], "d" * 64)
+        return benchmark_hash(model_spec(tiny, tmp_path, [{**_mc(tmp_path), **change}]).benchmarks[0], "d" * 64)
 
     original = benchmark_hash(base, "d" * 64)
     assert hashed() == original
@@ -271,7 +224,7 @@ def test_a_bad_data_line_is_refused_with_its_line_number(tiny, tmp_path):
     bench = _mc(tmp_path)
     (tmp_path / "mc.jsonl").write_text(json.dumps(MC_ROWS[0]) + "\n" + '{"question": "q"}\n', encoding="utf-8")
     with pytest.raises(SpecError) as error:
-        run_evaluation(_spec(tiny, tmp_path, [bench]), _quiet(), model=tiny[1], tokenizer=tiny[2])
+        run_evaluation(model_spec(tiny, tmp_path, [bench]), quiet(), model=tiny[1], tokenizer=tiny[2])
     assert error.value.field == "benchmarks[0].data_path line 2" and "choices" in error.value.reason
 
 
@@ -294,9 +247,9 @@ def test_a_perplexity_benchmark_scores_bits_per_byte_as_the_perplexity_module_do
     _, model, tokenizer = tiny
     texts = ["To be, or not to be, that is the question.", "Now is the winter of our discontent.",
              "All the world's a stage, and all the men and women merely players."]
-    bench = {"name": "ppl", "shape": "text", "data_path": _write(tmp_path / "text.jsonl", [{"text": t} for t in texts]),
+    bench = {"name": "ppl", "shape": "text", "data_path": write_rows(tmp_path / "text.jsonl", [{"text": t} for t in texts]),
              "scorer": {"paradigm": "perplexity", "window": 8, "stride": 4}, "dimension": "language"}
-    result = run_evaluation(_spec(tiny, tmp_path, [bench]), _quiet(), model=model, tokenizer=tokenizer)
+    result = run_evaluation(model_spec(tiny, tmp_path, [bench]), quiet(), model=model, tokenizer=tokenizer)
     expected = perplexity(model, tokenizer, texts, window=8, stride=4)
     assert result["benchmarks"]["ppl"]["metric"] == "bits_per_byte"
     assert result["benchmarks"]["ppl"]["score"] == pytest.approx(expected.bits_per_byte, rel=1e-5)
@@ -309,9 +262,9 @@ def test_circular_evaluation_counts_a_question_right_only_if_every_rotation_is_r
 
     _, model, tokenizer = tiny
     bench = {**_mc(tmp_path, circular=True), "fewshot": []}
-    spec = _spec(tiny, tmp_path, [bench])
-    result = run_evaluation(spec, _quiet(), model=model, tokenizer=tokenizer)
-    samples = _samples(spec, result, "mc")
+    spec = model_spec(tiny, tmp_path, [bench])
+    result = run_evaluation(spec, quiet(), model=model, tokenizer=tokenizer)
+    samples = samples_of(spec, result, "mc")
     for sample, row in zip(samples, MC_ROWS):
         variants = rotated_rows(row)
         assert [v["choices"][0] for v in variants] == row["choices"]  # rotation k starts at choice k
@@ -319,7 +272,7 @@ def test_circular_evaluation_counts_a_question_right_only_if_every_rotation_is_r
                                     + "\nAnswer:", (" A", " B", " C", " D")) for v in variants]
         expected = ["ABCD"[r.prediction] == v["answer"] for r, v in zip(score_one_prompt_per_option(model, tokenizer, questions), variants)]
         assert sample["rotations_correct"] == expected and sample["correct"] == all(expected)
-    plain = run_evaluation(_spec(tiny, tmp_path / "plain", [{**bench, "scorer": {"paradigm": "likelihood"}}]), _quiet(),
+    plain = run_evaluation(model_spec(tiny, tmp_path / "plain", [{**bench, "scorer": {"paradigm": "likelihood"}}]), quiet(),
                            model=model, tokenizer=tokenizer)
     assert result["benchmarks"]["mc"]["score"] <= plain["benchmarks"]["mc"]["score"]
     assert result["benchmarks"]["mc"]["benchmark_hash"] != plain["benchmarks"]["mc"]["benchmark_hash"]

@@ -14,8 +14,9 @@ import yaml
 from tests.core.training.conftest import spec_params
 from workers.core.reporting import ConsoleReporter, JobCancelled
 from workers.core.specs import SpecError, build_spec
-from workers.core.training.job import METHODS, TrainSpec, run_training
+from workers.core.training.job import run_training
 from workers.core.training.presets import BUILTIN_PRESETS
+from workers.core.training.spec import METHODS, TrainSpec
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -107,7 +108,7 @@ def test_cancelling_a_multi_process_run_stops_every_rank(tmp_path, tiny_base, al
 
 
 def test_the_modules_the_web_process_imports_load_no_torch():
-    code = ("import sys; import workers.core.training.job, workers.core.training.presets, "
+    code = ("import sys; import workers.core.training.spec, workers.core.training.presets, "
             "workers.core.training.preflight, workers.core.training.templates; "
             "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)

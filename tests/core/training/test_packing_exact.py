@@ -9,7 +9,7 @@ from tests.core.training.conftest import spec_params
 from workers.core.data.tokenize import IGNORE_INDEX
 from workers.core.specs import build_spec
 from workers.core.training.data import collate_packed, render_samples
-from workers.core.training.job import TrainSpec
+from workers.core.training.spec import TrainSpec
 
 
 @pytest.fixture(scope="module")

@@ -121,7 +121,7 @@ def test_dpo_raises_the_chosen_answers_over_the_rejected_on_its_training_pairs(t
 
     from workers.core.modelstore import load_causal_lm
     from workers.core.training.data import split_eval
-    from workers.core.training.job import TrainSpec
+    from workers.core.training.spec import TrainSpec
 
     reporter = ConsoleReporter()
     params = spec_params(tmp_path, method="dpo", base_model_dir=str(tiny_base), train_files=[str(dpo_pairs)],

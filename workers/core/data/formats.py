@@ -22,9 +22,18 @@ Source formats and what they become:
                      rejected: {...}} → {"prompt": [...], "chosen": [...], "rejected": [...]}.
     multiple_choice  {question, choices: [...] | A, B, C, ... columns | choice0, choice1, ...,
                      answer: letter or 0-based index (int or digits), subject?}; a CSV without a
-                     header is read as question, A, B, ..., answer (MMLU).
+                     header is read as question, A, B, ..., answer (MMLU); C-Eval's
+                     id,question,A..D,answer,explanation and CMMLU's ",Question,A..D,Answer"
+                     (any field spelled with other capitals is read as that field) too. ARC:
+                     {question: {stem, choices: [{text, label}]}, answerKey} (or its Hugging Face
+                     copy's {question, choices: {text: [...], label: [...]}, answerKey}): choices
+                     ordered by label ("A".."E" or "1".."4"), the answerKey's label as a letter.
     qa               {question, answer} (GSM8K)
-    code             {task_id, prompt, test (→ "tests"), entry_point, canonical_solution?} (HumanEval)
+    code             {task_id, prompt, test (→ "tests"), entry_point, canonical_solution?} (HumanEval);
+                     MBPP {task_id, text, code, test_list, test_setup_code?} → prompt: a docstring
+                     of the text and the first assert (bigcode's), tests: the setup and `def
+                     check(candidate):` running the asserts, entry_point: the function of `code`
+                     they call, canonical_solution: code.
 
 Every chat (alpaca, sharegpt, messages) has at least one user and one assistant turn, a system
 turn only first, a user turn first after it, an assistant turn last, and tool results only after
@@ -55,7 +64,7 @@ from pathlib import Path
 from typing import Iterator
 
 from workers.core.data import readers
-from workers.core.data.normalize import (LETTERS, SOURCE_FIELDS, Columns, Invalid, check_column_map,
+from workers.core.data.normalize import (LETTERS, SOURCE_FIELDS, Columns, Invalid, case_aliases, check_column_map,
                                          detect_format, known_field_names, normalize)
 from workers.core.data.readers import DataFileError, RecordError
 from workers.core.data.stats import dataset_stats
@@ -145,7 +154,8 @@ def _sniff(path: Path, filename: str, opened: readers.Opened, fmt: str | None, c
     elif opened.container == "csv" and opened.header_columns:
         fields = dict.fromkeys(opened.header_columns)
     names = list(fields)
-    detected = "text" if opened.container == "txt" else detect_format(Columns(column_map).inverse(names))
+    aliased = Columns(case_aliases(names, column_map))
+    detected = "text" if opened.container == "txt" else detect_format(aliased.inverse(names))
     return Sniff(opened.container, detected, names, [readers.json_safe(r) for r in sample])
 
 
@@ -159,7 +169,10 @@ def sniff(path: Path, filename: str) -> Sniff:
     return _sniff(path, filename, opened, None, None)
 
 
-def _resolve(path: Path, filename: str, fmt: str | None, column_map) -> tuple[readers.Opened, str, list[str]]:
+def _resolve(path: Path, filename: str, fmt: str | None, column_map
+             ) -> tuple[readers.Opened, str, list[str], dict[str, str] | None]:
+    """The opened file, its format, its fields and the column map to read it with: the user's,
+    plus the fields the file spells with other capitals (normalize.case_aliases)."""
     if fmt is not None and fmt not in SOURCE_FORMATS:
         raise DataFileError(filename, f"unknown format {fmt!r} (expected one of: {', '.join(SOURCE_FORMATS)})")
     if column_map is not None and not isinstance(column_map, dict):
@@ -183,7 +196,7 @@ def _resolve(path: Path, filename: str, fmt: str | None, column_map) -> tuple[re
             if column not in found.fields:
                 raise DataFileError(filename, f"column_map: column {column!r} (for {name}) is not in the file "
                                               f"(columns: {', '.join(found.fields)})")
-    return opened, fmt, found.fields
+    return opened, fmt, found.fields, case_aliases(found.fields, column_map, SOURCE_FIELDS[fmt])
 
 
 def _canonical(path: Path, filename: str, opened: readers.Opened, fmt: str, column_map):
@@ -214,7 +227,7 @@ def validate(path: Path, filename: str, fmt: str | None = None, column_map: dict
     DataFileError for a problem with the whole file (unknown format, unusable column map,
     empty, binary, not UTF-8, not a JSON array...)."""
     path = Path(path)
-    opened, fmt, fields = _resolve(path, filename, fmt, column_map)
+    opened, fmt, fields, column_map = _resolve(path, filename, fmt, column_map)
     report = Report(opened.container, fmt, CANONICAL_OF[fmt], 0, 0, [], {}, fields)
     for _, record, error, _ in _canonical(path, filename, opened, fmt, column_map):
         report.total += 1
@@ -231,7 +244,7 @@ def iter_canonical(path: Path, filename: str, fmt: str | None, column_map: dict[
                    ) -> Iterator[tuple[int, dict | None, RecordError | None]]:
     """(line, canonical record with "meta", None) or (line, None, RecordError) for every record."""
     path = Path(path)
-    opened, fmt, _ = _resolve(path, filename, fmt, column_map)
+    opened, fmt, _, column_map = _resolve(path, filename, fmt, column_map)
     for line, record, error, _ in _canonical(path, filename, opened, fmt, column_map):
         yield line, record, error
 
@@ -253,7 +266,7 @@ def write_normalized(path: Path, filename: str, fmt: str | None, out_path: Path,
     `exclude_invalid`, which leaves it out and lists its line. A file with no valid record at
     all is always refused."""
     path, out_path = Path(path), Path(out_path)
-    opened, fmt, _ = _resolve(path, filename, fmt, column_map)
+    opened, fmt, _, column_map = _resolve(path, filename, fmt, column_map)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     rows = size = 0

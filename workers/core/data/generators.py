@@ -4,20 +4,24 @@ n are the records of k. Answers are exact (integer arithmetic, divisions chosen 
 
     arithmetic_word_problems   canonical "qa", GSM8K style: reasoning with <<a*b=c>> calculator
                                annotations and a final "#### N" line.
+    arithmetic_word_problems_zh  the same in natural 中文 (own templates, names and measure words;
+                               the same annotations and "#### N"), for the Chinese dimension.
     tool_use_dialogues         canonical "chat" (style "messages") where the assistant calls a
                                "calculator" tool, or the RAW ShareGPT form of LLaMA-Factory's
                                glaive tool-call demo (style "sharegpt"), for the importer.
 """
 from __future__ import annotations
 
-import ast
 import json
-import operator
 import os
 import random
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable
+
+# The exact evaluator the calculator tool uses (one evaluator, no twin): numbers, + - * /, unary
+# minus and parentheses; anything else is a ValueError. MAX_EXPRESSION_CHARS is re-exported.
+from workers.core.agents.arithmetic import MAX_EXPRESSION_CHARS, evaluate  # noqa: F401
 
 CALCULATOR_PARAMETERS = {
     "type": "object",
@@ -34,29 +38,6 @@ CALCULATOR_TOOL = {  # the canonical ToolSpec (OpenAI / transformers form)
     "type": "function",
     "function": {"name": "calculator", "description": CALCULATOR_DESCRIPTION, "parameters": CALCULATOR_PARAMETERS},
 }
-
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-
-
-def evaluate(expression: str) -> Fraction:
-    """Exact value of an arithmetic expression (numbers, + - * /, unary minus, parentheses);
-    anything else is a ValueError. What the calculator tool computes."""
-    def walk(node):
-        if isinstance(node, ast.Expression):
-            return walk(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
-            return Fraction(node.value)
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](walk(node.left), walk(node.right))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            value = walk(node.operand)
-            return -value if isinstance(node.op, ast.USub) else value
-        raise ValueError(f"not an arithmetic expression: {expression!r}")
-
-    try:
-        return walk(ast.parse(expression, mode="eval"))
-    except (SyntaxError, ZeroDivisionError) as exc:
-        raise ValueError(f"cannot evaluate {expression!r}: {exc}") from None
 
 
 def _number(value: Fraction) -> str:
@@ -150,22 +131,114 @@ def _problem_percent(rng):
 _PROBLEMS = [_problem_buy_packs, _problem_boxes, _problem_change, _problem_trip, _problem_percent]
 
 
-def arithmetic_word_problems(n: int, seed: int = 0) -> list[dict]:
-    """n GSM8K-style word problems (canonical "qa"): {"question", "answer" ending in "#### N",
-    "meta": {"generator", "seed", "index", "expression"}}; eval(expression) == N."""
+def _word_problems(n: int, seed: int, generator: str, salt: str, problems: list) -> list[dict]:
     if n < 0:
         raise ValueError(f"n must be at least 0, got {n}")
     records = []
     for i in range(n):
-        rng = _rng(seed, i, "word-problem")
-        question, answer, expression, result = rng.choice(_PROBLEMS)(rng)
+        rng = _rng(seed, i, salt)
+        question, answer, expression, result = rng.choice(problems)(rng)
         assert evaluate(expression) == result, (expression, result)
         records.append({
             "question": question,
             "answer": f"{answer}\n#### {result}",
-            "meta": {"generator": "arithmetic_word_problems", "seed": seed, "index": i, "expression": expression},
+            "meta": {"generator": generator, "seed": seed, "index": i, "expression": expression},
         })
     return records
+
+
+def arithmetic_word_problems(n: int, seed: int = 0) -> list[dict]:
+    """n GSM8K-style word problems (canonical "qa"): {"question", "answer" ending in "#### N",
+    "meta": {"generator", "seed", "index", "expression"}}; eval(expression) == N."""
+    return _word_problems(n, seed, "arithmetic_word_problems", "word-problem", _PROBLEMS)
+
+
+# ---------------------------------------------------------------------------------------------
+# arithmetic word problems in Chinese (qa): the same design, its own natural phrasing
+
+_NAMES_ZH = [("小明", "他"), ("小红", "她"), ("李华", "他"), ("王芳", "她"), ("张伟", "他"), ("陈静", "她"),
+             ("刘洋", "他"), ("赵丽", "她")]
+# (noun, measure word): 苹果 are counted 个, 弹珠 颗, 贴纸 张 ...
+_ITEMS_ZH = [("苹果", "个"), ("弹珠", "颗"), ("贴纸", "张"), ("铅笔", "支"), ("卡片", "张"), ("贝壳", "个"),
+             ("邮票", "枚"), ("饼干", "块")]
+
+
+def _problem_zh_buy_packs(rng):
+    (name, he), (item, unit) = rng.choice(_NAMES_ZH), rng.choice(_ITEMS_ZH)
+    a, b, c = rng.randint(2, 60), rng.randint(2, 9), rng.randint(3, 24)
+    question = f"{name}有{a}{unit}{item}。{he}又买了{b}包{item}，每包有{c}{unit}。{name}现在一共有多少{unit}{item}？"
+    step1, bought = _calc(b, "*", c)
+    step2, total = _calc(a, "+", bought)
+    answer = f"{name}买了 {step1} {unit}{item}。\n所以{he}现在有 {step2} {unit}{item}。"
+    return question, answer, f"{a} + {b} * {c}", total
+
+
+def _problem_zh_boxes(rng):
+    name, he = rng.choice(_NAMES_ZH)
+    boxes, per_box = rng.randint(3, 12), rng.randint(4, 15)
+    given = rng.randint(1, boxes - 1)
+    total = boxes * per_box
+    question = f"{name}烤了{total}块饼干，平均装进{boxes}个盒子里。{he}送出了其中{given}盒。{he}自己还剩多少块饼干？"
+    step1, each = _calc(total, "/", boxes)
+    step2, kept_boxes = _calc(boxes, "-", given)
+    step3, kept = _calc(kept_boxes, "*", each)
+    answer = f"每盒有 {step1} 块饼干。\n{name}还剩 {step2} 盒。\n一共是 {step3} 块饼干。"
+    return question, answer, f"({boxes} - {given}) * ({total} / {boxes})", kept
+
+
+def _problem_zh_change(rng):
+    name, _ = rng.choice(_NAMES_ZH)
+    price, quantity = rng.randint(2, 19), rng.randint(2, 8)
+    cost = price * quantity
+    bill = next(b for b in (20, 50, 100, 200) if b > cost)
+    question = f"一本笔记本{price}元。{name}买了{quantity}本笔记本，付了一张{bill}元的钞票。应该找回多少元？"
+    step1, spent = _calc(price, "*", quantity)
+    step2, change = _calc(bill, "-", spent)
+    answer = f"笔记本一共 {step1} 元。\n应找回 {step2} 元。"
+    return question, answer, f"{bill} - {price} * {quantity}", change
+
+
+def _problem_zh_trip(rng):
+    v, h, w, g = rng.randint(30, 90), rng.randint(2, 6), rng.randint(20, 80), rng.randint(2, 5)
+    question = f"一列火车先以每小时{v}公里的速度行驶了{h}小时，又以每小时{w}公里的速度行驶了{g}小时。它一共行驶了多少公里？"
+    step1, first = _calc(v, "*", h)
+    step2, second = _calc(w, "*", g)
+    step3, total = _calc(first, "+", second)
+    answer = f"第一段行驶了 {step1} 公里。\n第二段行驶了 {step2} 公里。\n一共行驶了 {step3} 公里。"
+    return question, answer, f"{v} * {h} + {w} * {g}", total
+
+
+def _problem_zh_percent(rng):
+    students = 20 * rng.randint(1, 10)
+    percent = 5 * rng.randint(1, 19)
+    question = f"一个班有{students}名学生，其中{percent}%的学生步行上学，其余的学生坐公交车。坐公交车的学生有多少名？"
+    step1, part = _calc(students, "*", percent)
+    step2, walkers = _calc(part, "/", 100)
+    step3, bus = _calc(students, "-", walkers)
+    answer = (f"步行的学生是{students}名的{percent}%：{step1}，{step2} 名。\n"
+              f"所以坐公交车的有 {step3} 名学生。")
+    return question, answer, f"{students} - {students} * {percent} / 100", bus
+
+
+def _problem_zh_share(rng):
+    (name, he), (item, unit) = rng.choice(_NAMES_ZH), rng.choice(_ITEMS_ZH)
+    friends, each, left = rng.randint(2, 9), rng.randint(2, 12), rng.randint(0, 9)
+    total = friends * each + left
+    question = f"{name}有{total}{unit}{item}，分给{friends}个朋友，每人{each}{unit}。{he}还剩多少{unit}{item}？"
+    step1, given = _calc(friends, "*", each)
+    step2, rest = _calc(total, "-", given)
+    answer = f"分出去 {step1} {unit}{item}。\n还剩 {step2} {unit}{item}。"
+    return question, answer, f"{total} - {friends} * {each}", rest
+
+
+_PROBLEMS_ZH = [_problem_zh_buy_packs, _problem_zh_boxes, _problem_zh_change, _problem_zh_trip, _problem_zh_percent,
+                _problem_zh_share]
+
+
+def arithmetic_word_problems_zh(n: int, seed: int = 0) -> list[dict]:
+    """n Chinese word problems, the same record as `arithmetic_word_problems` (meta generator
+    "arithmetic_word_problems_zh"); record i depends only on (seed, i)."""
+    return _word_problems(n, seed, "arithmetic_word_problems_zh", "word-problem-zh", _PROBLEMS_ZH)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ it ("conversations[3].from") and `reason` is short and stable so that errors can
 from __future__ import annotations
 
 import json
+import re
 import string
+import textwrap
 
 LETTERS = string.ascii_uppercase
 
@@ -20,7 +22,8 @@ SOURCE_FIELDS: dict[str, tuple[str, ...]] = {
     "preference": ("prompt", "chosen", "rejected", "conversations", "system", "id"),
     "multiple_choice": ("question", "choices", "answer", "subject", "id", *LETTERS),
     "qa": ("question", "answer", "id"),
-    "code": ("task_id", "prompt", "test", "tests", "entry_point", "canonical_solution"),
+    "code": ("task_id", "prompt", "test", "tests", "entry_point", "canonical_solution",
+             "text", "code", "test_list", "test_setup_code"),  # the last four: MBPP
 }
 
 # ShareGPT "from" tags (LLaMA-Factory's defaults) and OpenAI roles, both accepted everywhere.
@@ -75,6 +78,22 @@ def known_field_names(column_map: dict[str, str] | None = None) -> set[str]:
     return names
 
 
+def case_aliases(names, column_map: dict[str, str] | None, fields=None) -> dict[str, str] | None:
+    """The column map with each source field (of `fields`, default: all) that the file spells with
+    other capitals (CMMLU's "Question", "Answer") mapped to that column, unless the user mapped
+    it or the file also has the field as spelled. Errors then name the file's own column."""
+    present = set(names)
+    merged = dict(column_map or {})
+    wanted = fields if fields is not None else {f for fs in SOURCE_FIELDS.values() for f in fs}
+    for name in wanted:
+        if len(name) < 2 or name in merged or name in present:
+            continue
+        spelled = [n for n in names if isinstance(n, str) and n.lower() == name.lower()]
+        if len(spelled) == 1:
+            merged[name] = spelled[0]
+    return merged or column_map
+
+
 def detect_format(keys) -> str | None:
     """The source format whose fields a record has (keys already mapped back to field names)."""
     k = set(keys)
@@ -88,6 +107,10 @@ def detect_format(keys) -> str | None:
         return "alpaca"
     if "prompt" in k and ("test" in k or "tests" in k) and "entry_point" in k:
         return "code"
+    if "code" in k and "test_list" in k:  # MBPP
+        return "code"
+    if "question" in k and "answerKey" in k:  # ARC
+        return "multiple_choice"
     if "question" in k and "answer" in k:
         if "choices" in k or {"A", "B"} <= k or {"choice0", "choice1"} <= k or {"choice1", "choice2"} <= k:
             return "multiple_choice"
@@ -454,20 +477,74 @@ def _answer_index(value, column: str, n: int) -> int:
     return index
 
 
-def _multiple_choice(raw: dict, cols: Columns) -> dict:
-    question = _str(raw, cols("question"))
-    if cols("choices") in raw:
-        field = cols("choices")
-        choices = [_as_str(c, f"{field}[{i}]", numbers=True) for i, c in enumerate(_list(raw[field], field))]
+def _inner_str(obj: dict, key: str, path: str) -> str:
+    """A string inside a nested object, its error naming the whole path ("question.stem")."""
+    if obj.get(key) is None:
+        raise Invalid(path, "missing field")
+    return _as_str(obj[key], path, numbers=True)
+
+
+def _labelled_choices(value, field: str) -> tuple[list[str], list[str]] | None:
+    """ARC's choices, [{"text", "label"}, ...] (its JSON Lines) or {"text": [...], "label": [...]}
+    (its Hugging Face copy), as (labels, texts) ordered by label: numerically when every label is
+    a number ("1".."4"), else alphabetically. None when `value` is a plain list of choices."""
+    if isinstance(value, dict):
+        texts = _list(value.get("text"), f"{field}.text")
+        labels = _list(value.get("label"), f"{field}.label")
+        if len(texts) != len(labels):
+            raise Invalid(field, "labels do not match choices", f"{len(labels)} labels for {len(texts)} choices")
+        pairs = [(_as_str(lab, f"{field}.label[{i}]", numbers=True).strip(),
+                  _as_str(text, f"{field}.text[{i}]", numbers=True))
+                 for i, (lab, text) in enumerate(zip(labels, texts))]
+    elif isinstance(value, list) and value and all(isinstance(c, dict) for c in value):
+        pairs = [(_inner_str(c, "label", f"{field}[{i}].label").strip(), _inner_str(c, "text", f"{field}[{i}].text"))
+                 for i, c in enumerate(value)]
     else:
-        columns = _choice_columns(raw, cols)
-        if not columns:
-            raise Invalid(cols("choices"), "missing field", "no choices list and no A, B, ... columns")
+        return None
+    labels = [lab for lab, _ in pairs]
+    if len(set(labels)) != len(labels):
+        raise Invalid(field, "duplicate label", ", ".join(labels))
+    numeric = all(lab.isdigit() for lab in labels)
+    pairs.sort(key=lambda pair: int(pair[0]) if numeric else pair[0])
+    return [lab for lab, _ in pairs], [text for _, text in pairs]
+
+
+def _multiple_choice(raw: dict, cols: Columns) -> dict:
+    # ARC names its answer "answerKey"; a column map's "answer" or a plain "answer" wins
+    answer_column = cols("answer") if cols("answer") in raw or "answerKey" not in raw else "answerKey"
+    labels = None
+    question = _get(raw, cols("question"))
+    if isinstance(question, dict):  # ARC: {"stem", "choices": [{"text", "label"}, ...]}
+        field = f"{cols('question')}.choices"
+        labelled = _labelled_choices(question.get("choices"), field)
+        question = _inner_str(question, "stem", f"{cols('question')}.stem")
+        if labelled is None:
+            raise Invalid(field, "not a list of labelled choices", 'expected [{"text": ..., "label": ...}, ...]')
+        labels, choices = labelled
+    else:
+        question = _as_str(question, cols("question"))
         field = cols("choices")
-        choices = [_as_str(raw[c], c, numbers=True) for c in columns]
+        if field in raw:
+            labelled = _labelled_choices(raw[field], field)
+            if labelled is not None:
+                labels, choices = labelled
+            else:
+                choices = [_as_str(c, f"{field}[{i}]", numbers=True) for i, c in enumerate(_list(raw[field], field))]
+        else:
+            columns = _choice_columns(raw, cols)
+            if not columns:
+                raise Invalid(field, "missing field", "no choices list and no A, B, ... columns")
+            choices = [_as_str(raw[c], c, numbers=True) for c in columns]
     if not 2 <= len(choices) <= 26:
         raise Invalid(field, "wrong number of choices", f"found {len(choices)}, expected 2 to 26")
-    answer = LETTERS[_answer_index(_get(raw, cols("answer")), cols("answer"), len(choices))]
+    if labels is not None:  # the answer is one of the labels
+        key = _as_str(_get(raw, answer_column), answer_column, numbers=True).strip()
+        if key not in labels:
+            raise Invalid(answer_column, "answer not among the labels",
+                          f"{key!r} but the labels are {', '.join(labels)}")
+        answer = LETTERS[labels.index(key)]
+    else:
+        answer = LETTERS[_answer_index(_get(raw, answer_column), answer_column, len(choices))]
     record = {"question": question, "choices": choices, "answer": answer}
     subject = _str(raw, cols("subject"), required=False, nonempty=False)
     if subject:
@@ -479,8 +556,53 @@ def _qa(raw: dict, cols: Columns) -> dict:
     return {"question": _str(raw, cols("question")), "answer": _str(raw, cols("answer"), numbers=True)}
 
 
+_TOP_LEVEL_DEF = re.compile(r"^def\s+([A-Za-z_]\w*)\s*\(", re.MULTILINE)
+
+
+def _python(source: str, field: str) -> str:
+    """`source`, compiled (never run) so that a syntax error is an import error, not a failed check."""
+    try:
+        compile(source, field, "exec")
+    except (SyntaxError, ValueError) as exc:
+        where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
+        raise Invalid(field, "not valid Python", f"{getattr(exc, 'msg', exc)}{where}") from None
+    return source
+
+
+def _mbpp(raw: dict, cols: Columns, task_id: str) -> dict:
+    """MBPP {task_id, text, code, test_list: [assert ...], test_setup_code?} (or its sanitized
+    copy's {prompt, test_imports}) as a HumanEval-style problem, prompted as bigcode's harness
+    does: the task and its first test in a docstring, the model writing the whole function. The
+    asserts call the function by name, so `check(candidate)` just runs them; the entry point is
+    the first top-level function of `code` that they call (else its first function)."""
+    text_column = cols("text") if cols("text") in raw or cols("prompt") not in raw else cols("prompt")
+    text = _str(raw, text_column).strip()
+    code = _python(_str(raw, cols("code")).replace("\r\n", "\n"), cols("code"))
+    field = cols("test_list")
+    asserts = [_python(_as_str(t, f"{field}[{i}]").replace("\r\n", "\n").strip(), f"{field}[{i}]")
+               for i, t in enumerate(_list(raw[field], field))]
+    if not asserts:
+        raise Invalid(field, "empty list", "MBPP needs at least one assert")
+    if "test_imports" in raw and cols("test_setup_code") not in raw:
+        imports = _list(raw["test_imports"], "test_imports")
+        setup = "\n".join(_as_str(t, f"test_imports[{i}]") for i, t in enumerate(imports))
+    else:
+        setup = _str(raw, cols("test_setup_code"), required=False, nonempty=False) or ""
+    setup = _python(setup.replace("\r\n", "\n").strip(), cols("test_setup_code"))
+    names = _TOP_LEVEL_DEF.findall(code)
+    if not names:
+        raise Invalid(cols("code"), "no function definition", "expected a top-level 'def name(...)'")
+    called = [n for n in names if any(re.search(rf"\b{n}\s*\(", a) for a in asserts)]
+    body = "".join(textwrap.indent(a, "    ") + "\n" for a in asserts)
+    return {"task_id": task_id, "prompt": f'"""\n{text}\n{asserts[0]}\n"""\n',
+            "tests": (f"{setup}\n\n\n" if setup else "") + f"def check(candidate):\n{body}",
+            "entry_point": (called or names)[0], "canonical_solution": code}
+
+
 def _code(raw: dict, cols: Columns) -> dict:
     task_id = _str(raw, cols("task_id"), numbers=True)
+    if cols("test_list") in raw:
+        return _mbpp(raw, cols, task_id)
     prompt = _str(raw, cols("prompt"))
     tests_column = cols.map.get("tests") or cols.map.get("test") or ("tests" if "tests" in raw else "test")
     tests = _str(raw, tests_column)

@@ -28,6 +28,7 @@ OpenCompass extracts from it.
 from __future__ import annotations
 
 import functools
+import json
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -409,14 +410,58 @@ def regex_answer(text: str, pattern: str | regex.Pattern, field: str = "answer_p
     return value.strip() if value is not None else None
 
 
+# --- tool calls (agent benchmarks) --------------------------------------------------------------
+
+CALCULATOR = "calculator"  # workers/core/data/generators.py CALCULATOR_TOOL
+_CALL_START = re.compile(r"^\s*[{\[]")
+
+
+def tool_call_answer(text: str, tools: list | None = None) -> str | None:
+    """The answer of an agent-style output: the value of its calculator call, or of its text.
+
+    The call is parsed as the serving engine parses it (workers/core/inference/tools.py: a
+    Hermes/Qwen `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, or a reply that is
+    only the JSON call), among `tools` (default: the calculator). The first calculator call's
+    `expression` is evaluated exactly with the calculator itself (generators.evaluate: numbers,
+    + - * / and parentheses only), canonical like every number here. A reply that tried to call
+    but whose call does not parse (malformed JSON, an unknown tool, an expression that is not
+    arithmetic) has no answer: the digits inside a broken call are not an answer. A reply in
+    plain text is read by `final_number` ("#### n", \\boxed{}, "The answer is", else the last
+    number)."""
+    from workers.core.data.generators import evaluate
+    from workers.core.inference.tools import OPEN_TAG, parse_tool_calls
+
+    if not isinstance(text, str):
+        raise TypeError("a model output must be a string")
+    text = text[-MAX_INPUT_CHARS:]
+    ends = list(_THINK_END.finditer(text))  # a reasoning model's drafts are not its call
+    if ends:
+        text = text[ends[-1].end():]
+    _, calls = parse_tool_calls(text, tools if tools else [{"type": "function", "function": {"name": CALCULATOR}}])
+    for call in calls:
+        if call["function"]["name"] != CALCULATOR:
+            continue
+        try:
+            expression = json.loads(call["function"]["arguments"]).get("expression")
+            value = evaluate(expression)
+        except (ValueError, TypeError, AttributeError):
+            return None
+        return _canonical(f"{value.numerator}/{value.denominator}" if value.denominator != 1 else str(value.numerator))
+    if calls or OPEN_TAG in text or _CALL_START.match(text):
+        return None  # a call that is not a (valid) calculator call
+    return final_number(text)
+
+
 # --- by name, for a scorer's settings -----------------------------------------------------------
 
-EXTRACTORS = ("last_number", "gsm8k", "boxed", "final_number", "option", "regex")
+EXTRACTORS = ("last_number", "gsm8k", "boxed", "final_number", "option", "regex", "tool_call")
+NUMBER_EXTRACTORS = ("last_number", "gsm8k", "final_number", "tool_call")
 
 
 def extract(kind: str, text: str, *, options: str = "ABCD", choices: Sequence[str] | None = None,
-            pattern: str | regex.Pattern | None = None) -> str | None:
-    """Run the extractor named `kind` (one of EXTRACTORS) on a model output."""
+            pattern: str | regex.Pattern | None = None, tools: list | None = None) -> str | None:
+    """Run the extractor named `kind` (one of EXTRACTORS) on a model output (`tools`: the
+    benchmark's tool schemas, for tool_call)."""
     if kind == "last_number":
         return last_number(text)
     if kind == "gsm8k":
@@ -431,6 +476,8 @@ def extract(kind: str, text: str, *, options: str = "ABCD", choices: Sequence[st
         if pattern is None:
             raise SpecError("answer_pattern", "is required by the regex extractor")
         return regex_answer(text, pattern)
+    if kind == "tool_call":
+        return tool_call_answer(text, tools)
     raise SpecError("extractor", f"must be one of {', '.join(EXTRACTORS)}, got {kind!r}"[:200])
 
 
@@ -440,7 +487,7 @@ def answers_match(kind: str, extracted: str | None, reference: str) -> bool:
     whitespace-normalised text otherwise."""
     if extracted is None:
         return False
-    if kind in ("last_number", "gsm8k", "final_number"):
+    if kind in NUMBER_EXTRACTORS:
         return numbers_equal(extracted, reference)
     if kind == "option":
         return extracted.strip().upper() == str(reference).strip().upper()

@@ -1,11 +1,13 @@
-"""Run an evaluation: every benchmark of an `EvaluateSpec` on one model, with a prediction cache.
+"""Run an evaluation: every benchmark of an `EvaluateSpec` on one target, with a prediction cache.
 
     result = run_evaluation(build_spec(EvaluateSpec, params), reporter)
     result["benchmarks"]["mmlu"] == {"score": .., "ci_low": .., "ci_high": .., "n": .., "benchmark_hash": .., ...}
 
+The target is local weights or a remote generator (targets.py: a deployment, an endpoint).
 Per benchmark: rows are read from its JSONL file (the first `max_samples`), each row's prompt is
-rendered (few-shot blocks + template), the model's raw prediction is computed for the rows not in
-the cache, in batches, and every row is then scored from its raw prediction:
+rendered (few-shot blocks + template; for a chat benchmark through the chat template), the
+target's raw prediction is computed for the rows not in the cache, in batches, and every row is
+then scored from its raw prediction:
     likelihood  raw = each option's log-likelihood (nats), token and character counts
                 (workers/core/evaluation/likelihood.py, prefix-shared); scored by the chosen
                 normalisation; right when the best option is the answer
@@ -14,25 +16,43 @@ the cache, in batches, and every row is then scored from its raw prediction:
     code        raw = the greedy completion, cut at the HumanEval stop sequences; scored by running
                 the problem's tests in the sandbox (pass@1 with one greedy sample)
     perplexity  raw = the text's NLL, token and byte counts; the score is bits per byte over all texts
+    judge       raw = the greedy answer to the conversation; a judge model rates it 1-10
+                (judge.py, `repeats` times); the score is the mean rating with a bootstrap 95%
+                interval. Judgments are cached apart, under (judge, target, benchmark hash): a
+                new judge or judge setting re-judges the cached answers without regenerating them.
 
 The prediction cache is a SQLite file in `cache_dir`, keyed by (model content hash, prediction
 hash, row index) where the prediction hash covers what changes the model's output (spec.py): a
 resumed run (after a cancel or a killed worker) reuses every cached row, and a changed extractor
 or normalisation re-scores cached outputs without running the model. Rows are committed after
-every batch, so at most one batch is lost. Per-sample rows (the prompt exactly as sent, raw
-output, extracted answer, reference, correct, option log-likelihoods) are written to one JSONL
-file per benchmark in `cache_dir` (its name is `samples_file` in the result).
+every batch, so at most one batch is lost. A remote target's model key is a hash of what it
+serves (targets.remote_hash). Per-sample rows (the prompt exactly as sent, raw output, extracted
+answer, reference, correct, option log-likelihoods; a judged answer's `judge_score` and
+`judgment`: each rating and reason) are written to one JSONL file per benchmark in `cache_dir`
+(its name is `samples_file` in the result).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import os
 import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from workers.core.data.packing import sha256_file
 from workers.core.evaluation.spec import EvaluateSpec, benchmark_hash, check_row, prediction_hash
+from workers.core.evaluation.targets import (  # noqa: F401 - EngineGenerator, generate: bench/eval_generation.py
+    EngineGenerator,
+    Prompt,
+    generate,
+    model_content_hash,
+    open_target,
+    remote_hash,
+)
+from workers.core.inference.errors import InvalidRequest
 from workers.core.reporting import JobCancelled, Reporter
 from workers.core.specs import SpecError
 
@@ -42,18 +62,10 @@ MAX_LINE_BYTES = 4 * 1024 * 1024
 # HumanEval's stop sequences: the completion of one function ends where top-level code starts.
 CODE_STOPS = ("\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+MAX_JUDGE_PARALLEL = 8  # answers judged at once (each asks the judge `repeats` times)
 
 
 # ---------------------------------------------------------------------------------- hashing, data
-
-
-def model_content_hash(model_dir: Path) -> str:
-    """sha256 over the model folder's files (relative names and contents): the cache key of a
-    model version, whatever folder it is loaded from."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
-        digest.update(path.relative_to(model_dir).as_posix().encode() + b"\0" + sha256_file(path).encode() + b"\0")
-    return digest.hexdigest()
 
 
 def load_rows(where: str, path: Path, shape: str, limit: int) -> list[dict]:
@@ -99,8 +111,11 @@ def _fewshot_answer(shape: str, row: dict) -> str:
 
 
 def render_prompt(definition: dict, row: dict) -> str:
-    """The prompt exactly as sent: each few-shot row's prompt and answer, then this row's prompt."""
+    """The prompt before any chat template: each few-shot row's prompt and answer, then this row's
+    prompt ("" for a chat row: its messages are the prompt)."""
     shape = definition["shape"]
+    if shape == "chat":
+        return ""
     blocks = [definition["template"].format(**_fields(shape, shot))
               + definition["answer_template"].format(answer=_fewshot_answer(shape, shot))
               for shot in definition["fewshot"]]
@@ -108,9 +123,27 @@ def render_prompt(definition: dict, row: dict) -> str:
     return definition["fewshot_separator"].join(blocks)
 
 
+def _last_user(messages: list[dict]) -> int:
+    return max(i for i, m in enumerate(messages) if m["role"] == "user")
+
+
+def chat_messages(definition: dict, row: dict, text: str) -> list[dict] | None:
+    """A chat benchmark's messages: a chat row's conversation up to its last user message, or
+    the rendered prompt as one user message; None for a plain prompt."""
+    if definition["shape"] == "chat":
+        return [{"role": m["role"], "content": m.get("content") or ""} for m in row["messages"][:_last_user(row["messages"]) + 1]]
+    return [{"role": "user", "content": text}] if definition["chat"] else None
+
+
 def reference_of(shape: str, row: dict) -> str:
     """What a prediction is compared with: the letter, the final number of a GSM8K answer
-    ("... #### 18" -> "18"), the answer text."""
+    ("... #### 18" -> "18"), the answer text; for a chat row its "reference", else the
+    assistant turn after its last user message (shown to the judge), else nothing."""
+    if shape == "chat":
+        if row.get("reference"):
+            return row["reference"]
+        after = row["messages"][_last_user(row["messages"]) + 1:]
+        return next((m.get("content") or "" for m in after if m["role"] == "assistant"), "")
     if shape == "qa" and "####" in row["answer"]:
         return row["answer"].rsplit("####", 1)[1].strip().replace(",", "")
     return row.get("answer", "")
@@ -143,73 +176,7 @@ class PredictionCache:
         self.db.close()
 
 
-# ------------------------------------------------------------------------------------- the model
-
-
-def load_model(model_dir: Path, seed: int):
-    import torch
-
-    from workers.core.modelstore.loading import load_causal_lm
-
-    torch.manual_seed(seed)
-    return load_causal_lm(model_dir, device="cuda" if torch.cuda.is_available() else "cpu")
-
-
-class EngineGenerator:
-    """Greedy completions through the continuous-batching engine around the loaded model,
-    started on first use (a run without generation never starts it)."""
-
-    def __init__(self, model, tokenizer) -> None:
-        self.model, self.tokenizer, self.engine = model, tokenizer, None
-
-    def __call__(self, prompts: list[str], max_new_tokens: int) -> list[str]:
-        from workers.core.inference.engine import Engine, EngineConfig, EngineRequest
-        from workers.core.inference.sampling import SamplingParams
-
-        if self.engine is None:
-            config = EngineConfig()
-            config.max_new_tokens_cap = max(config.max_new_tokens_cap, max_new_tokens)
-            self.engine = Engine.from_model(config, self.model, self.tokenizer)
-            self.engine.start()
-        handles = [self.engine.submit(EngineRequest(prompt=prompt, max_tokens_explicit=False,
-                                                    sampling=SamplingParams(max_tokens=max_new_tokens, temperature=0.0)))
-                   for prompt in prompts]
-        texts = []
-        for handle in handles:
-            final = handle.result(timeout=600)
-            if final.get("type") != "end":
-                raise RuntimeError(f"generation failed: {str(final.get('message') or final)[:300]}")
-            texts.append(final["text"])
-        return texts
-
-    def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
-
-
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy completions of a batch of prompts (left-padded, so every row ends at the prompt)."""
-    import torch
-
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    enc = _pad_left(tokenizer, prompts, pad, model.device)
-    limit = getattr(model.config, "max_position_embeddings", None)
-    budget = max_new_tokens if not limit else max(1, min(max_new_tokens, limit - enc["input_ids"].shape[1]))
-    with torch.inference_mode():
-        out = model.generate(**enc, do_sample=False, max_new_tokens=budget, pad_token_id=pad)
-    return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
-def _pad_left(tokenizer, prompts, pad, device):
-    """Left-padded ids and mask (without touching the shared tokenizer's padding side)."""
-    import torch
-
-    ids = [list(i) for i in tokenizer(prompts)["input_ids"]]
-    width = max(map(len, ids))
-    input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=device)
-    mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=device)
-    return {"input_ids": input_ids, "attention_mask": mask}
+# ------------------------------------------------------------------------------------- predicting
 
 
 def _choice_raw(scores) -> dict:
@@ -229,41 +196,89 @@ def _cut_code(completion: str) -> str:
     return completion[:cut]
 
 
-def predict(model, tokenizer, definition: dict, rows: list[dict], prompts: list[str], max_new_tokens: int,
-            generator=None) -> list[dict]:
-    """Raw predictions of a batch (what the cache holds). `generator(prompts, max_new_tokens)`
-    gives greedy completions (default: batched `generate`)."""
+def predict(target, definition: dict, rows: list[dict], prompts: list[Prompt], max_new_tokens: int) -> list[dict]:
+    """Raw predictions of a batch (what the cache holds): generated text from any target, option
+    log-likelihoods and NLLs from local weights."""
     paradigm = definition["scorer"]["paradigm"]
+    if paradigm in ("generation", "code", "judge"):
+        return [{"output": text} for text in target.generate(prompts, max_new_tokens, definition["tools"] or None)]
+    model, tokenizer = target.weights()
     if paradigm == "likelihood":
         from workers.core.evaluation.likelihood import MultipleChoice, score_choices
 
         letter = definition["scorer"]["continuation"] == "letter"
+        special = not definition["chat"]  # a chat template wrote the special tokens already
 
         def question(prompt: str, choices: list[str]) -> MultipleChoice:
             return MultipleChoice(prompt, tuple(" " + (LETTERS[i] if letter else c) for i, c in enumerate(choices)))
 
         if not definition["scorer"]["circular"]:
-            scores = score_choices(model, tokenizer, [question(p, row["choices"]) for p, row in zip(prompts, rows)])
+            scores = score_choices(model, tokenizer, [question(p.text, row["choices"]) for p, row in zip(prompts, rows)],
+                                   add_special_tokens=special)
             return [_choice_raw(s) for s in scores]
         # Circular: every rotation is its own prompt (the prompt lists the options); one scoring call.
         variants = [rotated_rows(row) for row in rows]
-        flat = [question(render_prompt(definition, v), v["choices"]) for vs in variants for v in vs]
-        scores, raws, at = score_choices(model, tokenizer, flat), [], 0
+        flat = [question(request_prompt(target, "", definition, v).text, v["choices"]) for vs in variants for v in vs]
+        scores, raws, at = score_choices(model, tokenizer, flat, add_special_tokens=special), [], 0
         for vs in variants:
             raws.append({"rotations": [_choice_raw(s) for s in scores[at:at + len(vs)]]})
             at += len(vs)
         return raws
-    if paradigm in ("generation", "code"):
-        texts = generator(prompts, max_new_tokens) if generator else generate(model, tokenizer, prompts, max_new_tokens)
-        return [{"output": text} for text in texts]
     from workers.core.evaluation.perplexity import perplexity
 
     settings = definition["scorer"]
     raws = []
     for prompt in prompts:
-        result = perplexity(model, tokenizer, [prompt], window=settings["window"] or None, stride=settings["stride"] or None)
+        result = perplexity(model, tokenizer, [prompt.text], window=settings["window"] or None, stride=settings["stride"] or None)
         raws.append({"nll": result.nll, "tokens": result.tokens, "bytes": result.bytes})
     return raws
+
+
+def request_prompt(target, where: str, definition: dict, row: dict) -> Prompt:
+    """One row's prompt as the target sends it."""
+    text = render_prompt(definition, row)
+    return target.prompt(where, definition, text, chat_messages(definition, row, text))
+
+
+def judge_answers(judge, definition: dict, rows: list[dict], outputs: list[str]) -> list[dict]:
+    """The judge's ratings of a batch of answers (judge.py score mode), in parallel."""
+    from workers.core.evaluation.judge import judge_score
+
+    def one(pair):
+        row, output = pair
+        messages = row["messages"][:_last_user(row["messages"]) + 1]
+        return judge_score(judge, messages[-1].get("content") or "", output, reference=reference_of("chat", row) or None,
+                           context=messages[:-1] or None, repeats=definition["scorer"]["repeats"])
+
+    with ThreadPoolExecutor(max_workers=max(1, min(MAX_JUDGE_PARALLEL, len(rows)))) as pool:
+        return list(pool.map(one, zip(rows, outputs)))
+
+
+class JudgeTarget:
+    """The spec's judge: a client, its cache key, and the judge callable per temperature."""
+
+    def __init__(self, spec: EvaluateSpec, api_key: str | None, redis_url: str | None) -> None:
+        from workers.core.evaluation.clients import JUDGE_KEY_ENV, open_client
+        from workers.core.evaluation.judge import PROMPT_VERSION
+
+        if spec.judge_deployment_id:
+            self.client = open_client("deployment", deployment_id=spec.judge_deployment_id, redis_url=redis_url,
+                                      timeout_s=spec.request_timeout_s)
+            identity = ("deployment", spec.judge_deployment_id, spec.judge_revision)
+        else:
+            self.client = open_client("endpoint", base_url=spec.judge_endpoint_base_url, model=spec.judge_endpoint_model,
+                                      api_key=api_key, key_env=JUDGE_KEY_ENV, timeout_s=spec.request_timeout_s,
+                                      field="judge_endpoint_base_url")
+            identity = ("endpoint", spec.judge_endpoint_base_url, spec.judge_endpoint_model, spec.judge_revision)
+        self.hash = remote_hash(("judge", PROMPT_VERSION, *identity))
+
+    def function(self, temperature: float):
+        from workers.core.evaluation.clients import judge_function
+
+        return judge_function(self.client, temperature=temperature)
+
+    def close(self) -> None:
+        self.client.close()
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -292,7 +307,7 @@ def score_sample(definition: dict, row: dict, prompt: str, raw: dict) -> dict:
         kind = scorer["extractor"]
         pattern = compile_pattern(scorer["answer_pattern"]) if kind == "regex" else None
         options = LETTERS[: len(row["choices"])] if shape == "multiple_choice" else "ABCD"
-        extracted = extract(kind, raw["output"], options=options, pattern=pattern)
+        extracted = extract(kind, raw["output"], options=options, pattern=pattern, tools=definition["tools"] or None)
         sample.update(output=raw["output"], extracted=extracted, correct=answers_match(kind, extracted, sample["reference"]))
     elif paradigm == "code":
         from workers.core.sandbox.humaneval import check_program
@@ -301,15 +316,23 @@ def score_sample(definition: dict, row: dict, prompt: str, raw: dict) -> dict:
         check = check_program(row["prompt"], completion, row["tests"], row["entry_point"], timeout=scorer["timeout_s"])
         sample.update(output=raw["output"], extracted=completion, correct=check.passed, result=check.result,
                       reference=row.get("canonical_solution", ""))
+    elif paradigm == "judge":
+        judgment = raw["judgment"]
+        sample.update(output=raw["output"], extracted=None, correct=None, judge_score=judgment["mean"], judgment=judgment)
     else:
         sample.update(output=None, extracted=None, correct=None, nll=raw["nll"], tokens=raw["tokens"], bytes=raw["bytes"])
     return sample
 
 
 def _summary(definition: dict, samples: list[dict]) -> dict:
-    from workers.core.evaluation.statistics import wilson_interval
+    from workers.core.evaluation.statistics import bootstrap_mean_interval, wilson_interval
 
     n = len(samples)
+    if definition["scorer"]["paradigm"] == "judge":
+        rated = [s["judge_score"] for s in samples if s["judge_score"] is not None]
+        interval = bootstrap_mean_interval(rated) if rated else None
+        return {"score": interval.estimate if interval else None, "metric": "judge_score", "n": n, "rated": len(rated),
+                "ci_low": interval.low if interval else None, "ci_high": interval.high if interval else None}
     if definition["scorer"]["paradigm"] == "perplexity":
         nll = sum(s["nll"] for s in samples)
         tokens, size = sum(s["tokens"] for s in samples), sum(s["bytes"] for s in samples)
@@ -325,12 +348,14 @@ def _summary(definition: dict, samples: list[dict]) -> dict:
 # ------------------------------------------------------------------------------------------ the run
 
 
-def run_evaluation(spec: EvaluateSpec, reporter: Reporter, *, model=None, tokenizer=None) -> dict:
-    """Evaluate `spec.model_dir` on every benchmark (module doc). Raises JobCancelled when the
-    reporter asks to stop (what was predicted so far stays cached). `model`/`tokenizer` may be
-    passed already loaded (they must be the model in `model_dir`)."""
-    model_dir, cache_dir = Path(spec.model_dir), Path(spec.cache_dir)
-    model_hash = model_content_hash(model_dir)
+def run_evaluation(spec: EvaluateSpec, reporter: Reporter, *, model=None, tokenizer=None, api_key: str | None = None,
+                   judge_api_key: str | None = None, redis_url: str | None = None) -> dict:
+    """Evaluate the spec's target on every benchmark (module doc). Raises JobCancelled when the
+    reporter asks to stop (what was predicted so far stays cached).
+
+    `model`/`tokenizer`: the model in `model_dir`, already loaded. `api_key` / `judge_api_key`:
+    the endpoint's and the judge endpoint's keys (default: the environment's, clients.py);
+    `redis_url`: the broker of deployments (default: REDIS_URL). None of them is ever stored."""
     prepared = []
     for i, definition in enumerate(spec.benchmarks):
         data_path = Path(definition["data_path"])
@@ -340,53 +365,87 @@ def run_evaluation(spec: EvaluateSpec, reporter: Reporter, *, model=None, tokeni
         rows = load_rows(f"benchmarks[{i}]", data_path, definition["shape"], spec.max_samples)
         prepared.append((definition, rows, data_hash))
     total = sum(len(rows) for _, rows, _ in prepared)
-    cache = PredictionCache(cache_dir / CACHE_FILE)
-    results, done_before, generator = {}, 0, None
+    target = open_target(spec, model=model, tokenizer=tokenizer, api_key=api_key, redis_url=redis_url)
+    judge = cache = None
+    results, done_before = {}, 0
     try:
-        for definition, rows, data_hash in prepared:
-            name = definition["name"]
-            version = benchmark_hash(definition, data_hash)
-            key = prediction_hash(definition, data_hash, spec.max_new_tokens)
-            prompts = [render_prompt(definition, row) for row in rows]
-            raws = cache.get(model_hash, key)
-            cached = sum(1 for i in range(len(rows)) if i in raws)
-            samples: dict[int, dict] = {}
-            missing = [i for i in range(len(rows)) if i not in raws]
-            reporter.log(f"{name}: {len(rows)} samples, {cached} cached (benchmark {version[:12]})")
-
-            def account(indices: list[int]) -> None:
-                for i in indices:
-                    samples[i] = score_sample(definition, rows[i], prompts[i], raws[i])
-                part = _summary(definition, list(samples.values()))
-                shown = f"{part['score']:.3f}" + (f" [{part['ci_low']:.3f}, {part['ci_high']:.3f}]" if part["ci_low"] is not None else "")
-                reporter.progress((done_before + len(samples)) / total, f"{name}: {len(samples)}/{len(rows)} {part['metric']} {shown}")
-                reporter.metric(f"{name}/{part['metric']}", len(samples), part["score"])
-
-            if cached:
-                account([i for i in range(len(rows)) if i in raws])
-            for start in range(0, len(missing), spec.batch_size):
-                if reporter.should_stop():
-                    raise JobCancelled("stopped on request")
-                batch = missing[start:start + spec.batch_size]
-                if model is None:
-                    model, tokenizer = load_model(model_dir, spec.seed)
-                if generator is None and spec.generator == "engine":
-                    generator = EngineGenerator(model, tokenizer)
-                new = predict(model, tokenizer, definition, [rows[i] for i in batch], [prompts[i] for i in batch],
-                              spec.max_new_tokens, generator)
-                cache.put(model_hash, key, dict(zip(batch, new)))
-                raws.update(zip(batch, new))
-                account(batch)
-            ordered = [samples[i] for i in range(len(rows))]
-            samples_path = cache_dir / f"samples-{name}-{version[:16]}-{model_hash[:16]}.jsonl"
-            with open(samples_path, "w", encoding="utf-8") as fh:
-                for index, sample in enumerate(ordered):
-                    fh.write(json.dumps({"index": index, **sample}, ensure_ascii=False) + "\n")
-            results[name] = {**_summary(definition, ordered), "benchmark_hash": version, "dimension": definition["dimension"],
-                             "cached": cached, "computed": len(rows) - cached, "samples_file": samples_path.name}
+        # Every prompt first: a benchmark the target cannot render (no chat template) fails the
+        # run before anything is computed or cached.
+        prompts = [[request_prompt(target, f"benchmarks[{i}]", d, row) for row in rows]
+                   for i, (d, rows, _) in enumerate(prepared)]
+        if any(d["scorer"]["paradigm"] == "judge" for d, _, _ in prepared):
+            judge = JudgeTarget(spec, judge_api_key, redis_url)
+        cache = PredictionCache(Path(spec.cache_dir) / CACHE_FILE)
+        for (definition, rows, data_hash), row_prompts in zip(prepared, prompts):
+            results[definition["name"]] = _run_benchmark(spec, reporter, target, judge, cache, definition, rows,
+                                                         row_prompts, data_hash, done_before, total)
             done_before += len(rows)
     finally:
-        cache.close()
-        if generator is not None:
-            generator.close()
-    return {"model_hash": model_hash, "benchmarks": results}
+        if cache is not None:
+            cache.close()
+        target.close()
+        if judge is not None:
+            judge.close()
+    return {"target": spec.target, "model_hash": target.model_hash, "benchmarks": results}
+
+
+def _run_benchmark(spec, reporter, target, judge, cache, definition, rows, prompts, data_hash, done_before, total) -> dict:
+    name, judged = definition["name"], definition["scorer"]["paradigm"] == "judge"
+    version = benchmark_hash(definition, data_hash)
+    key = prediction_hash(definition, data_hash, spec.max_new_tokens)
+    raws = cache.get(target.model_hash, key)
+    # Judgments: per (judge, target) and benchmark version, which covers the judge's settings.
+    judge_key = f"{judge.hash}:{target.model_hash}" if judged else ""
+    judgments = cache.get(judge_key, version) if judged else {}
+    ready = [i for i in range(len(rows)) if i in raws and (not judged or i in judgments)]
+    missing = sorted(set(range(len(rows))) - set(ready))
+    samples: dict[int, dict] = {}
+    reporter.log(f"{name}: {len(rows)} samples, {len(ready)} cached (benchmark {version[:12]})")
+
+    def account(indices: list[int]) -> None:
+        for i in indices:
+            raw = {**raws[i], "judgment": judgments[i]} if judged else raws[i]
+            samples[i] = score_sample(definition, rows[i], prompts[i].text, raw)
+        part = _summary(definition, list(samples.values()))
+        shown = "-" if part["score"] is None else f"{part['score']:.3f}"
+        if part["ci_low"] is not None:
+            shown += f" [{part['ci_low']:.3f}, {part['ci_high']:.3f}]"
+        reporter.progress((done_before + len(samples)) / total, f"{name}: {len(samples)}/{len(rows)} {part['metric']} {shown}")
+        if part["score"] is not None:
+            reporter.metric(f"{name}/{part['metric']}", len(samples), part["score"])
+
+    if ready:
+        account(ready)
+    for start in range(0, len(missing), spec.batch_size):
+        if reporter.should_stop():
+            raise JobCancelled("stopped on request")
+        batch = missing[start:start + spec.batch_size]
+        todo = [i for i in batch if i not in raws]
+        if todo:
+            try:
+                new = predict(target, definition, [rows[i] for i in todo], [prompts[i] for i in todo], spec.max_new_tokens)
+            except InvalidRequest as exc:  # e.g. a prompt longer than the model's context: say which rows
+                raise SpecError(f"benchmark {definition['name']}", f"rows {todo[0] + 1}-{todo[-1] + 1}: {exc}; "
+                                "shorten the template or few-shot rows, or lower max_new_tokens") from None
+            cache.put(target.model_hash, key, dict(zip(todo, new)))
+            raws.update(zip(todo, new))
+        if judged:
+            todo = [i for i in batch if i not in judgments]
+            new = judge_answers(judge.function(definition["scorer"]["temperature"]), definition,
+                                [rows[i] for i in todo], [raws[i]["output"] for i in todo])
+            cache.put(judge_key, version, dict(zip(todo, new)))
+            judgments.update(zip(todo, new))
+        account(batch)
+    ordered = [samples[i] for i in range(len(rows))]
+    # The cache folder is shared by every run: the name holds all that changes the samples (the
+    # benchmark version, the model, the prediction settings, the row count), and the file is
+    # written aside and renamed, so concurrent runs never read each other's half-written file.
+    material = f"{version}:{target.model_hash}:{key}:{len(rows)}"
+    samples_path = Path(spec.cache_dir) / f"samples-{name}-{hashlib.sha256(material.encode()).hexdigest()[:24]}.jsonl"
+    partial = samples_path.with_name(f".{samples_path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(partial, "w", encoding="utf-8") as fh:
+        for index, sample in enumerate(ordered):
+            fh.write(json.dumps({"index": index, **sample}, ensure_ascii=False) + "\n")
+    os.replace(partial, samples_path)
+    return {**_summary(definition, ordered), "benchmark_hash": version, "dimension": definition["dimension"],
+            "cached": len(ready), "computed": len(rows) - len(ready), "samples_file": samples_path.name}

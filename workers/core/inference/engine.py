@@ -45,6 +45,10 @@ DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"
 # CPU defaults: bounded (the manager's own default reserves ~10 GB and takes ~20 s on CPU).
 CPU_KV_CACHE_BYTES = 256 * 1024**2
 CPU_MAX_BATCH_TOKENS = 512
+# The manager keeps an fp32 attention mask of max_batch_tokens x cache tokens: 256 MiB of KV gave
+# the tiny test Llama 524,288 tokens and a 1 GiB mask (+1.26 GiB per replica); 32k tokens cost
+# 64 MiB, and a serve worker now hosts several replicas.
+CPU_MAX_KV_TOKENS = 32768
 WATCHDOG_SECONDS = 0.2
 RATE_WINDOW_SECONDS = 10.0
 
@@ -336,6 +340,8 @@ class Engine:
         config = self.config
         on_cpu = self.model.device.type == "cpu"
         num_blocks = config.num_blocks or self._blocks_for_bytes(config.kv_cache_bytes or (CPU_KV_CACHE_BYTES if on_cpu else 0))
+        if on_cpu and not config.num_blocks and not config.kv_cache_bytes:
+            num_blocks = min(num_blocks, CPU_MAX_KV_TOKENS // config.block_size)
         cb_settings = dict(
             page_size=config.block_size,
             num_blocks=num_blocks or None,

@@ -19,6 +19,7 @@ from pathlib import Path
 from workers.core.data.packing import pack
 from workers.core.data.tokenize import IGNORE_INDEX, render_record
 from workers.core.specs import SpecError
+from workers.core.training.spec import METHOD_FORMATS
 
 CANONICAL_KEYS = (  # (format, keys a record of it has), in sniffing order
     ("preference", ("prompt", "chosen", "rejected")),
@@ -65,8 +66,6 @@ def read_records(paths: list[str], field: str = "train_files", limit: int | None
 
 def resolve_format(method: str, declared: str, first: dict, field: str = "train_files") -> str:
     """The canonical format of the data, checked against what `method` trains on."""
-    from workers.core.training.job import METHOD_FORMATS
-
     fmt = declared or sniff_record(first)
     if fmt is None:
         raise SpecError(field, f"cannot tell the format of the first record (fields: {', '.join(sorted(first))}); "

@@ -1,6 +1,7 @@
-"""Multi-process training: the parent (`launch`, called by run_training) starts
-`torchrun --nproc_per_node N -m workers.core.training.distributed <run folder>`; every rank runs
-the same recipe (DDP: gloo on CPU, nccl on GPU; FSDP when distributed: fsdp).
+"""Multi-process training: the parent (`launch`, called by job.run_training) starts
+`torchrun --nproc_per_node N -m workers.core.training.job <run folder>`; every rank (job.run_rank)
+runs the same recipe (DDP: gloo on CPU, nccl on GPU; FSDP when distributed: fsdp). This module is
+the process machinery of both sides and imports nothing else of the package.
 
 Rank 0 writes its progress / log / metric events as JSON lines to events.jsonl, and its result to
 result.json; the parent tails the events and forwards them to the real Reporter. Cancel: the
@@ -35,6 +36,9 @@ from workers.core.reporting import JobCancelled, JobSuspended, suspend_requested
 
 
 RANKS_FILE = ".ranks.json"  # in the checkpoint folder: the run folder of the running torchrun
+RANK_MODULE = "workers.core.training.job"  # what torchrun runs in every rank (its run_rank)
+# The files of a run folder, shared by the parent and its ranks.
+SPEC, EVENTS, STOP, RESULT = "spec.json", "events.jsonl", "stop", "result.json"
 
 
 def die_with_parent() -> None:
@@ -53,6 +57,11 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def parent_is_torchrun() -> bool:
+    """In a rank: whether torchrun is still its parent (a rank whose torchrun died is orphaned)."""
+    return b"torch.distributed.run" in _cmdline(os.getppid())
 
 
 def run_processes(run_dir) -> list[int]:
@@ -144,8 +153,8 @@ def _free_port() -> int:
 
 def launch(spec, reporter) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="puyu-train-"))
-    (run_dir / "spec.json").write_text(json.dumps(dataclasses.asdict(spec)))
-    events, stop, result_file = run_dir / "events.jsonl", run_dir / "stop", run_dir / "result.json"
+    (run_dir / SPEC).write_text(json.dumps(dataclasses.asdict(spec)))
+    events, stop, result_file = run_dir / EVENTS, run_dir / STOP, run_dir / RESULT
     suspend = suspend_file(stop)
     events.touch()
     checkpoint_dir = Path(spec.checkpoint_dir)
@@ -153,7 +162,7 @@ def launch(spec, reporter) -> dict:
     reap_recorded_run(checkpoint_dir, reporter)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={spec.num_processes}",
            "--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-           "-m", "workers.core.training.distributed", str(run_dir)]
+           "-m", RANK_MODULE, str(run_dir)]
     env = dict(os.environ)
     if not spec.torch_threads and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // spec.num_processes))
@@ -220,37 +229,3 @@ def _forward(events: Path, offset: int, reporter) -> int:
             elif event["type"] == "metric":
                 reporter.metric(event["name"], event["step"], event["value"])
     return offset
-
-
-def main(run_dir: str) -> int:
-    from workers.core.specs import build_spec
-    from workers.core.training.job import TrainSpec
-    from workers.core.training.recipes import run_recipe
-
-    die_with_parent()  # torchrun is our parent; it dies with the worker (launch's preexec_fn)
-    if b"torch.distributed.run" not in _cmdline(os.getppid()):  # torchrun died before the line above
-        return 1
-    run_dir = Path(run_dir)
-    params = json.loads((run_dir / "spec.json").read_text())
-    params["num_processes"] = 1  # this process is one rank: never launch again
-    spec = build_spec(TrainSpec, params)
-    rank = int(os.environ.get("RANK", "0"))
-    stop = run_dir / "stop"
-    reporter = (EventReporter if rank == 0 else NullReporter)(run_dir / "events.jsonl", stop)
-    try:
-        result = run_recipe(spec, reporter, stop_file=str(stop))
-    except JobCancelled:
-        result = {"cancelled": True}
-    except JobSuspended as exc:
-        result = {"suspended": str(exc) or "suspended"}
-    except Exception as exc:
-        if rank == 0:
-            (run_dir / "result.json").write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
-        raise
-    if rank == 0:
-        (run_dir / "result.json").write_text(json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))

@@ -24,21 +24,25 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from workers.core import paths
+from workers.core.data.tokenize import render_record
 from workers.core.specs import SpecError, build_spec
+from workers.core.training import data
+from workers.core.training.presets import ARCHITECTURES
+from workers.core.training.spec import TrainSpec
+from workers.core.training.templates import resolve_chat_template
+
+LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
 
 def placeholders() -> dict:
     """Output folders for a spec checked before its run has any (never written: inside the data
     dir only because the spec refuses paths outside it)."""
-    from workers.core import paths
-
     return {"output_dir": str(paths.data_dir() / paths.MODELS / "preflight"),
             "checkpoint_dir": str(paths.data_dir() / paths.CHECKPOINTS / "preflight")}
-LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def preflight(params: dict, device: dict) -> dict:
-    from workers.core.training.job import TrainSpec
-
     result = {"ok": False, "errors": [], "warnings": [], "memory": None, "suggestions": [], "sample": None,
               "context_length": None, "parameters": 0, "trainable_parameters": 0}
     errors = result["errors"]
@@ -83,8 +87,6 @@ def preflight(params: dict, device: dict) -> dict:
 
 
 def _check_data(spec, result) -> None:
-    from workers.core.training import data
-
     errors = result["errors"]
     try:
         first = data.read_records(spec.train_files[:1], limit=1)[0]
@@ -96,9 +98,6 @@ def _check_data(spec, result) -> None:
     tokenizer = _tokenizer(spec, result)
     if tokenizer is None:
         return
-    from workers.core.data.tokenize import render_record
-    from workers.core.training.templates import resolve_chat_template
-
     try:
         rendered = render_record(first, fmt, tokenizer, chat_template=resolve_chat_template(spec.chat_template),
                                  max_length=spec.max_length)
@@ -142,8 +141,6 @@ def _tokenizer(spec, result):
 
 def _model_config(spec, errors) -> dict | None:
     if spec.method == "pretrain":
-        from workers.core.training.presets import ARCHITECTURES
-
         return {**ARCHITECTURES[spec.architecture], "vocab_size": spec.vocab_size}
     path = Path(spec.base_model_dir) / "config.json"
     try:

@@ -46,11 +46,14 @@
     const badge = document.getElementById("deployment-state");
     badge.textContent = snapshot.state;
     badge.className = "status " + snapshot.state;
-    document.getElementById("deployment-reason").textContent = snapshot.state_reason || "—";
+    document.getElementById("deployment-reason").textContent = snapshot.waiting_reason || snapshot.state_reason || "—";
     document.getElementById("deployment-restarts").textContent = snapshot.restarts;
     for (const replica of snapshot.replicas) {
-      const cell = document.querySelector(`#replica-table tr[data-replica="${replica.replica_id}"] .replica-state`);
-      if (cell) { cell.textContent = replica.state; cell.className = "status replica-state " + replica.state; }
+      const row = document.querySelector(`#replica-table tr[data-replica="${replica.replica_id}"]`);
+      if (!row) continue;
+      const cell = row.querySelector(".replica-state");
+      cell.textContent = replica.state; cell.className = "status replica-state " + replica.state;
+      row.querySelector(".replica-reason").textContent = replica.waiting_reason || "";
     }
   }
 

@@ -1,0 +1,68 @@
+"""The playground's token accounting: a key of the user's that the studio keeps (as the try-it
+box's), so a playground answer counts in the user's usage and daily quota like any /v1 request.
+Plain answers go through the gateway under it; an agent turn's model calls are counted here."""
+from __future__ import annotations
+
+import redis
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps.serving import access, gateway
+from apps.serving.models import ApiKey
+
+PLAYGROUND_KEY_NAME = "Studio playground"
+
+
+def playground_key(user) -> ApiKey:
+    """A key of the user's that the studio keeps (its secret is never shown), so the
+    playground's usage and daily quota work as for any key (admin sets its limits)."""
+    key = ApiKey.objects.filter(user=user, name=PLAYGROUND_KEY_NAME, revoked_at__isnull=True).first()
+    if key is None:
+        key, _ = ApiKey.issue(user, PLAYGROUND_KEY_NAME)
+    return key
+
+
+def admit(user, deployment_id: int):
+    """(Caller, Target) of a plain reply, as access.admit_session does for the try-it box, under
+    the playground key. ApiError (429 quota, 503 state) when refused."""
+    return access.admit_session(user, deployment_id, key_name=PLAYGROUND_KEY_NAME)
+
+
+def quota_refusal(user) -> str:
+    """Why the user's playground quota refuses another answer today ("" while it does not)."""
+    key = playground_key(user)
+    used = access.tokens_used_today(key.pk)
+    if key.token_quota_per_day and used >= key.token_quota_per_day:
+        return (f"you used your {key.token_quota_per_day:,} playground tokens for today (UTC); the quota renews at "
+                "midnight UTC (staff can raise it on the key in the admin)")
+    return ""
+
+
+def record_usage(user, deployment_id: int, usage: dict) -> None:
+    """Count tokens used outside the gateway (an agent turn) against the playground key: today's
+    row, and the gateway's running counter in Redis so concurrent streams see them at once."""
+    key = playground_key(user)
+    access.record_usage(key.pk, deployment_id, usage)
+    total = max(0, int(usage.get("prompt_tokens") or 0)) + max(0, int(usage.get("completion_tokens") or 0))
+    counter = gateway.quota_key(key.key_hash[:24], timezone.now().date().isoformat())
+
+    def bump():
+        try:  # the gateway's own settle script: it adds only to a counter that exists
+            with redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2) as client:
+                client.eval(gateway._SETTLE, 1, counter, total)
+        except redis.RedisError:
+            pass  # a missing counter is seeded from the database, which holds these tokens already
+
+    transaction.on_commit(bump)
+
+
+def trace_usage(trace: list) -> dict:
+    """The tokens of an agent turn: the sum of its model steps' usage."""
+    prompt = completion = 0
+    for step in trace or ():
+        tokens = step.get("tokens") if isinstance(step, dict) else None
+        if isinstance(tokens, dict):
+            prompt += int(tokens.get("prompt_tokens") or 0)
+            completion += int(tokens.get("completion_tokens") or 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
