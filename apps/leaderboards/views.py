@@ -410,8 +410,20 @@ def run_scores(run: EvaluationRun, lineage=None) -> list[dict]:
     rows = []
     for s in run.scores.select_related("benchmark_version__benchmark", "benchmark_version__dataset_version"):
         state = contamination.flag_from(lineage, s.benchmark_version.dataset_version.sha256)
-        rows.append({"score": s, "shown": score_text(s.score, s.ci_low, s.ci_high, s.metric), "badge": contamination_badge(state)})
+        rows.append({"score": s, "shown": score_text(s.score, s.ci_low, s.ci_high, s.metric), "badge": contamination_badge(state),
+                     "agent": agent_metrics_text(s.extra)})
     return rows
+
+
+AGENT_METRICS = (("tool_call_accuracy", "tool calls"), ("argument_accuracy", "arguments"))
+
+
+def agent_metrics_text(extra: dict) -> str:
+    """An agent benchmark's other accuracies (workers/core/evaluation/tool_round.py) for the
+    score's row: "tool calls 96.0 [90.2, 98.4] · arguments 71.0 [61.5, 78.9]"; "" otherwise."""
+    parts = [f"{label} {score_text(extra[key], extra.get(f'{key}_low'), extra.get(f'{key}_high'))}"
+             for key, label in AGENT_METRICS if isinstance((extra or {}).get(key), (int, float))]
+    return " · ".join(parts)
 
 
 def version_scores(user, versions, limit: int = 50) -> dict:

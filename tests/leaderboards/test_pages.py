@@ -448,3 +448,15 @@ def test_the_benchmark_forms_choices_are_the_ones_the_core_knows():
     assert set(forms.EVAL_SHAPES) == set(spec.SHAPES)
     grouped = [name for _, names in forms.BenchmarkForm.GROUPS for name in names]
     assert sorted(grouped) == sorted(forms.BenchmarkForm.base_fields)  # the page shows every field once
+
+
+def test_an_agent_benchmark_shows_its_tool_call_and_argument_accuracy_beside_the_final_answer_score(client, world):
+    score = world["weak"].scores.get()
+    score.extra |= {"tool_call_accuracy": 0.96, "tool_call_accuracy_low": 0.902, "tool_call_accuracy_high": 0.984,
+                    "argument_accuracy": 0.71, "argument_accuracy_low": 0.615, "argument_accuracy_high": 0.789}
+    score.save()
+    client.force_login(world["owner"])
+    page = client.get(f"/leaderboards/runs/{world['weak'].pk}/").content.decode()
+    assert "tool calls 96.0 [90.2, 98.4] · arguments 71.0 [61.5, 78.9]" in page
+    other = client.get(f"/leaderboards/runs/{world['strong'].pk}/").content.decode()
+    assert "agent-metrics" not in other  # not an agent benchmark

@@ -54,7 +54,9 @@ def _remote_spec(tmp_path, benchmarks, **target):
 
 def _calculator_agent(path, body):
     """Calls the calculator with the question's expression, except: the second question is
-    answered in text, the fourth with a wrong call."""
+    answered in text, the fourth with a wrong call; after the tool's result, states it."""
+    if body["messages"][-1]["role"] == "tool":
+        return 200, chat_reply(f"The result is {json.loads(body['messages'][-1]['content'])['result']}.")
     question = body["messages"][-1]["content"].rsplit("What is ", 1)[1].split("?")[0]
     if question.startswith("1250"):
         return 200, chat_reply("1250 - 380 = 870. The answer is 870.")
@@ -76,6 +78,12 @@ def test_an_agent_benchmark_on_an_allowlisted_endpoint_scores_its_calculator_cal
         assert [s["correct"] for s in samples] == [True, True, True, False]
         bench = result["benchmarks"]["calc"]
         assert (bench["score"], bench["n"], bench["metric"]) == (0.75, 4, "accuracy")
+        assert (bench["tool_call_accuracy"], bench["argument_accuracy"]) == (0.75, 0.5)
+        # Each call went back with its result as the OpenAI tool messages; the reply after it is the answer.
+        (follow,) = [r for r in server.requests if r["body"]["messages"][-1].get("content") == '{"result": 391}']
+        assert follow["body"]["messages"][-2]["tool_calls"][0]["function"] == {
+            "name": "calculator", "arguments": json.dumps({"expression": "23 * 17"})}
+        assert follow["body"]["messages"][-1]["role"] == "tool" and follow["body"]["tools"] == [CALCULATOR_TOOL]
         assert result["model_hash"] == remote_hash(("endpoint", server.base_url, "agent-1"))
         # The prompt stored is what was sent: the rendered prompt as one user message (the server
         # applies its own template), with the tools. (A batch is sent in parallel: any order.)
@@ -84,16 +92,16 @@ def test_an_agent_benchmark_on_an_allowlisted_endpoint_scores_its_calculator_cal
         assert samples[0]["prompt"] == json.dumps([{"role": "user", "content": content}], ensure_ascii=False)
         assert first["body"]["tools"] == [CALCULATOR_TOOL] and first["body"]["model"] == "agent-1"
         assert first["headers"]["Authorization"] == "Bearer sk-from-the-admin-row"
-        assert len(server.requests) == 4
+        assert len(server.requests) == 4 + 3  # the questions, then the three that called the calculator
 
         again = run_evaluation(spec, quiet())  # cached: no request, same result
-        assert len(server.requests) == 4 and again["benchmarks"]["calc"]["cached"] == 4
+        assert len(server.requests) == 7 and again["benchmarks"]["calc"]["cached"] == 4
         assert again["benchmarks"]["calc"]["score"] == bench["score"]
         # Another served revision is another model: nothing is reused. The key comes from the environment.
         newer = _remote_spec(tmp_path, [_agent(tmp_path)], target="endpoint", endpoint_base_url=server.base_url,
                              endpoint_model="agent-1", target_revision="2025-01-01")
         assert run_evaluation(newer, quiet())["benchmarks"]["calc"]["computed"] == 4
-        assert len(server.requests) == 8 and server.requests[-1]["headers"]["Authorization"] == "Bearer sk-from-env"
+        assert len(server.requests) == 14 and server.requests[-1]["headers"]["Authorization"] == "Bearer sk-from-env"
     assert "sk-from" not in json.dumps(spec.__dict__)  # no secret in the spec
 
 

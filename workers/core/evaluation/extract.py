@@ -32,6 +32,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
@@ -416,25 +417,30 @@ CALCULATOR = "calculator"  # workers/core/data/generators.py CALCULATOR_TOOL
 _CALL_START = re.compile(r"^\s*[{\[]")
 
 
-def tool_call_answer(text: str, tools: list | None = None) -> str | None:
-    """The answer of an agent-style output: the value of its calculator call, or of its text.
+@dataclass(frozen=True)
+class CalculatorCall:
+    """What an agent-style output asked for: `attempted` (it tried to call a tool), the first
+    calculator call's `expression` (None when no call parsed as one) and its exact `value` (None
+    when the expression is not arithmetic the calculator accepts)."""
+    attempted: bool
+    expression: str | None = None
+    value: str | None = None
 
-    The call is parsed as the serving engine parses it (workers/core/inference/tools.py: a
-    Hermes/Qwen `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, or a reply that is
-    only the JSON call), among `tools` (default: the calculator). The first calculator call's
-    `expression` is evaluated exactly with the calculator itself (generators.evaluate: numbers,
-    + - * / and parentheses only), canonical like every number here. A reply that tried to call
-    but whose call does not parse (malformed JSON, an unknown tool, an expression that is not
-    arithmetic) has no answer: the digits inside a broken call are not an answer. A reply in
-    plain text is read by `final_number` ("#### n", \\boxed{}, "The answer is", else the last
-    number)."""
+
+def calculator_call(text: str, tools: list | None = None) -> CalculatorCall:
+    """The first calculator call of a model output, parsed as the serving engine parses calls
+    (workers/core/inference/tools.py: a Hermes/Qwen `<tool_call>{"name": ..., "arguments":
+    {...}}</tool_call>`, or a reply that is only the JSON call) among `tools` (default: the
+    calculator); its expression is evaluated exactly with the calculator's own evaluator (numbers,
+    + - * / and parentheses), canonical like every number here. A reasoning model's drafts before
+    its last </think> are not its call."""
     from workers.core.data.generators import evaluate
     from workers.core.inference.tools import OPEN_TAG, parse_tool_calls
 
     if not isinstance(text, str):
         raise TypeError("a model output must be a string")
     text = text[-MAX_INPUT_CHARS:]
-    ends = list(_THINK_END.finditer(text))  # a reasoning model's drafts are not its call
+    ends = list(_THINK_END.finditer(text))
     if ends:
         text = text[ends[-1].end():]
     _, calls = parse_tool_calls(text, tools if tools else [{"type": "function", "function": {"name": CALCULATOR}}])
@@ -443,12 +449,30 @@ def tool_call_answer(text: str, tools: list | None = None) -> str | None:
             continue
         try:
             expression = json.loads(call["function"]["arguments"]).get("expression")
+        except (ValueError, AttributeError):
+            return CalculatorCall(True)
+        if not isinstance(expression, str):
+            return CalculatorCall(True)
+        try:
             value = evaluate(expression)
-        except (ValueError, TypeError, AttributeError):
-            return None
-        return _canonical(f"{value.numerator}/{value.denominator}" if value.denominator != 1 else str(value.numerator))
-    if calls or OPEN_TAG in text or _CALL_START.match(text):
-        return None  # a call that is not a (valid) calculator call
+        except (ValueError, TypeError):
+            return CalculatorCall(True, expression)
+        shown = f"{value.numerator}/{value.denominator}" if value.denominator != 1 else str(value.numerator)
+        return CalculatorCall(True, expression, _canonical(shown))
+    return CalculatorCall(bool(calls) or OPEN_TAG in text or bool(_CALL_START.match(text)))
+
+
+def tool_call_answer(text: str, tools: list | None = None) -> str | None:
+    """The answer of an agent-style output: the value of its calculator call, or of its text.
+
+    A reply that tried to call but whose call does not parse (malformed JSON, an unknown tool, an
+    expression that is not arithmetic) has no answer: the digits inside a broken call are not an
+    answer. A reply in plain text is read by `final_number` ("#### n", \\boxed{}, "The answer
+    is", else the last number). (An agent benchmark runs the call and reads the model's final
+    reply instead: evaluation/tool_round.py.)"""
+    call = calculator_call(text, tools)
+    if call.attempted:
+        return call.value
     return final_number(text)
 
 

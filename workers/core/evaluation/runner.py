@@ -44,6 +44,7 @@ from pathlib import Path
 
 from workers.core.data.packing import sha256_file
 from workers.core.evaluation.spec import EvaluateSpec, benchmark_hash, check_row, prediction_hash
+from workers.core.evaluation.tool_round import is_agent_benchmark, predict_with_tools, score_tool_round, tool_metrics
 from workers.core.evaluation.targets import (  # noqa: F401 - EngineGenerator, generate: bench/eval_generation.py
     EngineGenerator,
     Prompt,
@@ -200,6 +201,8 @@ def predict(target, definition: dict, rows: list[dict], prompts: list[Prompt], m
     """Raw predictions of a batch (what the cache holds): generated text from any target, option
     log-likelihoods and NLLs from local weights."""
     paradigm = definition["scorer"]["paradigm"]
+    if is_agent_benchmark(definition):
+        return predict_with_tools(target, definition, prompts, max_new_tokens)
     if paradigm in ("generation", "code", "judge"):
         return [{"output": text} for text in target.generate(prompts, max_new_tokens, definition["tools"] or None)]
     model, tokenizer = target.weights()
@@ -301,6 +304,8 @@ def score_sample(definition: dict, row: dict, prompt: str, raw: dict) -> dict:
                       option_logprobs=rotations[0]["logprobs"], option_scores=scored[0].scores)
         if "rotations" in raw:
             sample["rotations_correct"] = right
+    elif is_agent_benchmark(definition):
+        sample.update(score_tool_round(raw, sample["reference"], definition["tools"]))
     elif paradigm == "generation":
         from workers.core.evaluation.extract import answers_match, compile_pattern, extract
 
@@ -342,7 +347,8 @@ def _summary(definition: dict, samples: list[dict]) -> dict:
     right = sum(1 for s in samples if s["correct"])
     low, high = wilson_interval(right, n)
     metric = "pass@1" if definition["scorer"]["paradigm"] == "code" else "accuracy"
-    return {"score": right / n if n else 0.0, "metric": metric, "ci_low": low, "ci_high": high, "n": n, "correct": right}
+    summary = {"score": right / n if n else 0.0, "metric": metric, "ci_low": low, "ci_high": high, "n": n, "correct": right}
+    return summary | (tool_metrics(samples) if is_agent_benchmark(definition) else {})
 
 
 # ------------------------------------------------------------------------------------------ the run

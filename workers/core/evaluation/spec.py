@@ -67,8 +67,9 @@ A benchmark definition (one item of `benchmarks`):
 Scorer settings per paradigm (unknown ones are errors):
     likelihood  normalization (none | per-token | per-character), continuation (letter | text),
                 circular (true: every rotation of the options must be answered right, OpenCompass's CircularEval)
-    generation  extractor (workers/core/evaluation/extract.py EXTRACTORS; tool_call reads a
-                calculator call for agent benchmarks), answer_pattern (regex extractor)
+    generation  extractor (workers/core/evaluation/extract.py EXTRACTORS; with tools, tool_call
+                makes it an agent benchmark: the calculator call runs and the model's reply after
+                the observation is its answer, evaluation/tool_round.py), answer_pattern (regex extractor)
     code        timeout_s (per problem, default 3)
     perplexity  window, stride (tokens; defaults: the model's context and half of it)
     judge       repeats (judgments per answer, 1-10; their mean is the sample's score, their
@@ -507,5 +508,9 @@ def prediction_hash(definition: dict, data_hash: str, max_new_tokens: int) -> st
     model_settings = {k: scorer[k] for k in MODEL_SETTINGS[paradigm]}
     if paradigm in ("generation", "code"):
         model_settings["max_new_tokens"] = max_new_tokens
+    if definition.get("tools") and scorer.get("extractor") == "tool_call":
+        from workers.core.evaluation.tool_round import TOOL_ROUND_VERSION  # a tool round is run (tool_round.py)
+
+        model_settings["tool_round"] = TOOL_ROUND_VERSION
     material = {**_hash_material(definition, data_hash), "paradigm": paradigm, "settings": model_settings}
     return hashlib.sha256(_canonical(material)).hexdigest()

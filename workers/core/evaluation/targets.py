@@ -26,6 +26,9 @@ from workers.core.specs import SpecError
 
 
 CHATML_TURN = "<|im_start|>"
+EVAL_KV_BYTES = 1024**3  # the engine's KV cache for a local evaluation (EngineGenerator)
+EVAL_KV_TOKENS = 24576
+EVAL_CONCURRENT = 32
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,20 @@ class EngineGenerator:
         self.model, self.tokenizer, self.engine = model, tokenizer, None
 
     def __call__(self, prompts: list[str], max_new_tokens: int, *, templated: bool = False) -> list[str]:
-        from workers.core.inference.engine import Engine, EngineConfig, EngineRequest
+        from workers.core.inference.engine import Engine, EngineConfig, EngineRequest, blocks_for_bytes
         from workers.core.inference.sampling import SamplingParams
 
         if self.engine is None:
             config = EngineConfig()
             config.max_new_tokens_cap = max(config.max_new_tokens_cap, max_new_tokens)
+            # An evaluation queues a whole batch at once: the serving default (256 MiB, 5,824
+            # tokens for SmolLM2) ran 100% full and held the batch to a few requests at a time;
+            # 1 GiB, at most EVAL_KV_TOKENS (the manager's attention mask grows with it), lets
+            # EVAL_CONCURRENT requests of a few hundred tokens decode together.
+            config.max_concurrent = EVAL_CONCURRENT
+            if self.model.device.type == "cpu":  # on a GPU the manager sizes the cache from free memory
+                config.num_blocks = min(blocks_for_bytes(self.model, EVAL_KV_BYTES, config.block_size),
+                                        EVAL_KV_TOKENS // config.block_size)
             self.engine = Engine.from_model(config, self.model, self.tokenizer)
             self.engine.start()
         handles = []

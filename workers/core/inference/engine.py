@@ -53,6 +53,17 @@ WATCHDOG_SECONDS = 0.2
 RATE_WINDOW_SECONDS = 10.0
 
 
+def blocks_for_bytes(model, budget: int, block_size: int) -> int:
+    """KV pages of `block_size` tokens that `budget` bytes hold for `model` (0: no budget)."""
+    if not budget:
+        return 0
+    text = model.config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * model.dtype.itemsize
+    return max(1, budget // (per_token * block_size))
+
+
 @dataclass
 class EngineConfig:
     dtype: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | fp32 | bf16 | fp16
@@ -339,7 +350,8 @@ class Engine:
 
         config = self.config
         on_cpu = self.model.device.type == "cpu"
-        num_blocks = config.num_blocks or self._blocks_for_bytes(config.kv_cache_bytes or (CPU_KV_CACHE_BYTES if on_cpu else 0))
+        num_blocks = config.num_blocks or blocks_for_bytes(self.model, config.kv_cache_bytes or (CPU_KV_CACHE_BYTES if on_cpu else 0),
+                                                           config.block_size)
         if on_cpu and not config.num_blocks and not config.kv_cache_bytes:
             num_blocks = min(num_blocks, CPU_MAX_KV_TOKENS // config.block_size)
         cb_settings = dict(
@@ -387,15 +399,6 @@ class Engine:
         cache = getattr(manager.batch_processor, "cache", None)
         self.capacity_tokens = int(getattr(cache, "num_blocks", None) or num_blocks) * config.block_size
         self.manager = manager
-
-    def _blocks_for_bytes(self, budget: int) -> int:
-        if not budget:
-            return 0
-        text = self.model.config.get_text_config()
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-        per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize
-        return max(1, budget // (per_token * self.config.block_size))
 
     # ------------------------------------------------------------------ submitting
 

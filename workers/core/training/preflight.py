@@ -30,7 +30,7 @@ from workers.core.specs import SpecError, build_spec
 from workers.core.training import data
 from workers.core.training.presets import ARCHITECTURES
 from workers.core.training.spec import TrainSpec
-from workers.core.training.templates import resolve_chat_template
+from workers.core.training.templates import template_for_records
 
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -99,8 +99,10 @@ def _check_data(spec, result) -> None:
     if tokenizer is None:
         return
     try:
-        rendered = render_record(first, fmt, tokenizer, chat_template=resolve_chat_template(spec.chat_template),
-                                 max_length=spec.max_length)
+        template, note = template_for_records(spec.chat_template, getattr(tokenizer, "chat_template", None), [first])
+        if note:
+            result["warnings"].append(note)
+        rendered = render_record(first, fmt, tokenizer, chat_template=template, max_length=spec.max_length)
     except ValueError as exc:
         field = "chat_template" if "template" in str(exc) else "train_files"
         errors.append({"field": field, "message": f"the first record does not render: {exc}"})

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from workers.core.reporting import JobCancelled, JobSuspended, check_cancelled
 from workers.core.training import checkpoints, components, data
-from workers.core.training.templates import resolve_chat_template
+from workers.core.training.templates import template_for_records
 
 
 def run_recipe(spec, reporter, *, stop_file: str | None = None) -> dict:
@@ -75,11 +75,18 @@ class Recipe:
         else:
             records, eval_records = data.split_eval(records, spec.eval_fraction, spec.seed)
         check_cancelled(self.reporter)
-        self.chat_template = resolve_chat_template(spec.chat_template)
         from transformers import set_seed
 
         set_seed(spec.seed)  # LoRA A matrices / pretraining init: the same run gives the same weights
         self.load_model(records)
+        try:
+            self.chat_template, note = template_for_records(spec.chat_template, getattr(self.tokenizer, "chat_template", None), records)
+        except ValueError as exc:
+            from workers.core.specs import SpecError
+
+            raise SpecError("chat_template", str(exc)) from None
+        if note:
+            self.reporter.log(note)
         if self.chat_template:
             self.tokenizer.chat_template = self.chat_template  # saved with the model: it was trained with it
         self.saved_max_length = self.tokenizer.model_max_length
