@@ -69,6 +69,19 @@ def owner(users):
     return users["owner"]
 
 
+def own_data_dir(tmp_path, settings, monkeypatch):
+    """A test's own data dir with the store folders the settings name (the core confines every
+    spec path to PUYU_DATA_DIR); for the autouse fixtures of packages whose tests write there."""
+    data = tmp_path / "data"
+    settings.DATA_DIR = data
+    monkeypatch.setenv("PUYU_DATA_DIR", str(data))
+    for name, folder in (("MODEL_STORE_DIR", "models"), ("DATASET_STORE_DIR", "datasets"), ("UPLOAD_DIR", "uploads"),
+                         ("EVALUATION_DIR", "evaluations")):
+        setattr(settings, name, data / folder)
+        (data / folder).mkdir(parents=True)
+    return data
+
+
 def login_client(client, user):
     client.force_login(user)
     return client

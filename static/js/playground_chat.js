@@ -8,20 +8,10 @@
   const P = window.PuyuPlayground;
   const config = document.getElementById("chat-config").dataset;
   const thread = document.getElementById("thread");
-  const form = document.getElementById("composer");
-  const input = document.getElementById("composer-input");
-  const sendButton = document.getElementById("send-button");
-  const stopButton = document.getElementById("stop-button");
-  const status = document.getElementById("chat-status");
+  const { form, input, sendButton, stopButton, setStatus, statusText } = P.composer();
   const sendable = Boolean(sendButton && !sendButton.disabled);  // false while the deployment is not ready
   const streaming = new Set();  // ids of answers being written
   let stick = true;  // follow the newest text while the reader is at the bottom
-
-  function setStatus(text, error) {
-    if (!status) return;
-    status.textContent = text || "";
-    status.classList.toggle("error", Boolean(error));
-  }
 
   function syncBusy(sent) {
     const busy = sent || streaming.size > 0;
@@ -155,7 +145,7 @@
 
   function onState(state, code) {
     if (state === "reconnecting") setStatus("connection lost: reconnecting…", true);
-    else if (state === "open" && status && status.textContent.startsWith("connection lost")) setStatus("");
+    else if (state === "open" && statusText().startsWith("connection lost")) setStatus("");
     else if (state === "closed") setStatus(code === 4404 ? "this conversation is gone, or you may no longer see it" : "you can read this conversation, not write in it", true);
   }
 

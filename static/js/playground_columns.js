@@ -7,18 +7,8 @@
   const P = window.PuyuPlayground;
   const config = document.getElementById("columns-config").dataset;
   const columns = document.getElementById("columns");
-  const form = document.getElementById("composer");
-  const input = document.getElementById("composer-input");
-  const sendButton = document.getElementById("send-button");
-  const stopButton = document.getElementById("stop-button");
-  const status = document.getElementById("chat-status");
+  const { form, input, sendButton, stopButton, setStatus, statusText } = P.composer();
   const streaming = new Set();
-
-  function setStatus(text, error) {
-    if (!status) return;
-    status.textContent = text || "";
-    status.classList.toggle("error", Boolean(error));
-  }
 
   function article(id) { return document.getElementById("message-" + id); }
 
@@ -98,7 +88,7 @@
 
   function onState(state) {
     if (state === "reconnecting") setStatus("connection lost: reconnecting…", true);
-    else if (state === "open" && status && status.textContent.startsWith("connection lost")) setStatus("");
+    else if (state === "open" && statusText().startsWith("connection lost")) setStatus("");
   }
 
   const socket = P.connect(config.ws, onEvent, onState);

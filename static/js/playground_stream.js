@@ -142,5 +142,23 @@
     panel.querySelector(".trace-count").textContent = String(list.children.length);
   }
 
-  window.PuyuPlayground = { connect, el, setText, appendText, setHtml, addStep };
+  // The composer both chat pages share (templates/playground/chat.html, comparison.html): its
+  // elements (any may be missing on a read-only page) and a status line setter.
+  function composer() {
+    const status = document.getElementById("chat-status");
+    return {
+      form: document.getElementById("composer"),
+      input: document.getElementById("composer-input"),
+      sendButton: document.getElementById("send-button"),
+      stopButton: document.getElementById("stop-button"),
+      setStatus(text, error) {
+        if (!status) return;
+        status.textContent = text || "";
+        status.classList.toggle("error", Boolean(error));
+      },
+      statusText() { return status ? status.textContent : ""; },
+    };
+  }
+
+  window.PuyuPlayground = { connect, el, setText, appendText, setHtml, addStep, composer };
 })();

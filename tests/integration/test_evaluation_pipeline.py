@@ -11,12 +11,10 @@ import os
 
 import pytest
 from django.conf import settings
-from django.core.files.uploadedfile import SimpleUploadedFile
 
 from apps.jobs.models import Job, JobMetric, JobStatus
 from apps.leaderboards.models import BenchmarkScore, EvaluationRun, SampleResult
-from tests.fixtures.data import excerpt
-from tests.leaderboards.conftest import api, data_dir, make_version  # noqa: F401 (fixtures; data_dir is autouse)
+from tests.leaderboards.conftest import api, data_dir, imported, make_version  # noqa: F401 (fixtures; data_dir is autouse)
 from tests.reliability.conftest import finished
 from tests.stack import wait_for
 
@@ -36,21 +34,6 @@ def tiny_llama(tmp_path_factory):
 
     return build_tiny_llama(tmp_path_factory.mktemp("eval-pipeline") / "model", seed=0, initializer_range=0.5,
                             max_position_embeddings=1024)
-
-
-def imported(user, relative: str, fmt: str, name: str):
-    """A dataset version made as a user makes one: the excerpt uploaded, the import job run (here,
-    as the registry and datasets tests do)."""
-    from apps.datasets import services as datasets
-    from apps.datasets.models import DatasetVersion
-    from workers.tasks.datasets import dataset_import
-
-    path = excerpt(relative)
-    _, job = datasets.upload_file(user, SimpleUploadedFile(path.name, path.read_bytes()), dataset_name=name, fmt=fmt)
-    dataset_import.run(job.pk)
-    job.refresh_from_db()
-    assert job.status == JobStatus.SUCCEEDED, job.error
-    return DatasetVersion.objects.get(source_job=job)
 
 
 @pytest.fixture

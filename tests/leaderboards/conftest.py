@@ -10,6 +10,8 @@ import shutil
 import pytest
 from django.utils import timezone
 
+from tests.conftest import own_data_dir
+
 # A tiny multiple-choice set (hand-made): four options, the answer a letter.
 MC_ROWS = [
     {"question": "What is 2 + 2?", "choices": ["3", "4", "5", "22"], "answer": "B"},
@@ -28,14 +30,26 @@ ROWS = {"multiple_choice": MC_ROWS, "qa": QA_ROWS, "text": TEXT_ROWS,
 @pytest.fixture(autouse=True)
 def data_dir(tmp_path, settings, monkeypatch):
     """Each test's own data dir (the core confines every spec path to PUYU_DATA_DIR)."""
-    data = tmp_path / "data"
-    settings.DATA_DIR = data
-    monkeypatch.setenv("PUYU_DATA_DIR", str(data))
-    for name, folder in (("MODEL_STORE_DIR", "models"), ("DATASET_STORE_DIR", "datasets"), ("UPLOAD_DIR", "uploads"),
-                         ("EVALUATION_DIR", "evaluations")):
-        setattr(settings, name, data / folder)
-        (data / folder).mkdir(parents=True)
-    return data
+    return own_data_dir(tmp_path, settings, monkeypatch)
+
+
+def imported(user, relative: str, fmt: str, name: str):
+    """A dataset version made as a user makes one: the licensed excerpt (tests/fixtures/data)
+    uploaded and imported by the Datasets job (run here, as the registry and datasets tests do)."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from apps.datasets import services as datasets
+    from apps.datasets.models import DatasetVersion
+    from apps.jobs.models import JobStatus
+    from tests.fixtures.data import excerpt
+    from workers.tasks.datasets import dataset_import
+
+    path = excerpt(relative)
+    _, job = datasets.upload_file(user, SimpleUploadedFile(path.name, path.read_bytes()), dataset_name=name, fmt=fmt)
+    dataset_import.run(job.pk)
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    return DatasetVersion.objects.get(source_job=job)
 
 
 @pytest.fixture

@@ -19,11 +19,11 @@ import csv
 import json
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 
 from apps.jobs.models import Job, JobStatus
 from apps.leaderboards.models import SampleResult
 from tests.fixtures.data import excerpt
+from tests.leaderboards.conftest import imported
 from tests.stack import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(1500)]
@@ -53,21 +53,6 @@ def mmlu_prompt(row: dict) -> str:
     """The prompt written out by hand (not through the template engine under test)."""
     return (f"{row['question']}\nA. {row['choice0']}\nB. {row['choice1']}\nC. {row['choice2']}\nD. {row['choice3']}\n"
             "Answer:")
-
-
-def imported(user, relative: str, fmt: str, name: str):
-    """The excerpt uploaded and imported by the Datasets job (run here, as the registry and
-    datasets tests do)."""
-    from apps.datasets import services as datasets
-    from apps.datasets.models import DatasetVersion
-    from workers.tasks.datasets import dataset_import
-
-    path = excerpt(relative)
-    _, job = datasets.upload_file(user, SimpleUploadedFile(path.name, path.read_bytes()), dataset_name=name, fmt=fmt)
-    dataset_import.run(job.pk)
-    job.refresh_from_db()
-    assert job.status == JobStatus.SUCCEEDED, job.error
-    return DatasetVersion.objects.get(source_job=job)
 
 
 def independent_mmlu(model, tokenizer, rows) -> list[list[float]]:

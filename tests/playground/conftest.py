@@ -12,6 +12,7 @@ from django.conf import settings as django_settings
 from apps.registry.models import ModelVersion, RegisteredModel
 from apps.serving import services as serving
 from apps.serving.models import DeploymentState, Replica
+from tests.conftest import own_data_dir
 from tests.serving.fake_replica import FakeReplica
 from workers.tasks import serving_protocol as protocol
 
@@ -19,14 +20,7 @@ from workers.tasks import serving_protocol as protocol
 @pytest.fixture(autouse=True)
 def data_dir(tmp_path, settings, monkeypatch):
     """Each test's own data dir (the agent core confines document paths to PUYU_DATA_DIR)."""
-    data = tmp_path / "data"
-    settings.DATA_DIR = data
-    monkeypatch.setenv("PUYU_DATA_DIR", str(data))
-    for name, folder in (("MODEL_STORE_DIR", "models"), ("DATASET_STORE_DIR", "datasets"), ("UPLOAD_DIR", "uploads"),
-                         ("EVALUATION_DIR", "evaluations")):
-        setattr(settings, name, data / folder)
-        (data / folder).mkdir(parents=True)
-    return data
+    return own_data_dir(tmp_path, settings, monkeypatch)
 
 
 @pytest.fixture

@@ -57,15 +57,20 @@ _THINK_START = re.compile(r"<think\s*>", re.IGNORECASE)
 _CONTINUATION = re.compile(r"\n\s*(?:Question|Q|问题)\s*[:：]", re.IGNORECASE)
 
 
-def prepare(text: str) -> str:
-    """The part of an output an extractor reads (see the module docstring)."""
+def _after_thinking(text: str) -> tuple[str, bool]:
+    """(the output's tail after its last </think>, whether it had one): a reasoning model's
+    drafts are not its answer."""
     if not isinstance(text, str):
         raise TypeError("a model output must be a string")
     text = text[-MAX_INPUT_CHARS:]
     ends = list(_THINK_END.finditer(text))
-    if ends:
-        text = text[ends[-1].end():]
-    elif _THINK_START.search(text):
+    return (text[ends[-1].end():], True) if ends else (text, False)
+
+
+def prepare(text: str) -> str:
+    """The part of an output an extractor reads (see the module docstring)."""
+    text, thought = _after_thinking(text)
+    if not thought and _THINK_START.search(text):
         return ""  # still thinking when the output stopped: no final answer was given
     text = unicodedata.normalize("NFKC", text).replace("⁄", "/")  # NFKC makes ½ "1⁄2"
     # Whitespace runs become one space (two newlines at most between lines): the patterns
@@ -437,12 +442,7 @@ def calculator_call(text: str, tools: list | None = None) -> CalculatorCall:
     from workers.core.data.generators import evaluate
     from workers.core.inference.tools import OPEN_TAG, parse_tool_calls
 
-    if not isinstance(text, str):
-        raise TypeError("a model output must be a string")
-    text = text[-MAX_INPUT_CHARS:]
-    ends = list(_THINK_END.finditer(text))
-    if ends:
-        text = text[ends[-1].end():]
+    text, _ = _after_thinking(text)
     _, calls = parse_tool_calls(text, tools if tools else [{"type": "function", "function": {"name": CALCULATOR}}])
     for call in calls:
         if call["function"]["name"] != CALCULATOR:
