@@ -14,6 +14,7 @@ from workers.core.data.generators import (
     arithmetic_word_problems,
     arithmetic_word_problems_zh,
     evaluate,
+    is_held_out,
     tool_use_dialogues,
     write_jsonl,
 )
@@ -125,6 +126,20 @@ def test_tool_dialogues_call_the_calculator_and_the_tool_returns_the_exact_resul
         parameters = tool["function"]["parameters"]
         assert parameters["type"] == "object" and parameters["required"] == ["expression"]
         assert parameters["properties"]["expression"]["type"] == "string"
+
+
+def test_the_agent_benchmarks_held_out_calculations_never_appear_in_a_generated_training_set():
+    from workers.core.evaluation.builtins import BUILTIN_SETS
+
+    held_out = [r["meta"]["expression"] for r in tool_use_dialogues(100, seed=2026, split="test")]
+    assert len(set(held_out)) > 90 and all(is_held_out(e) for e in held_out)
+    assert [row["question"] for row in BUILTIN_SETS["tool_use"].make()] == [
+        r["messages"][-4]["content"] for r in tool_use_dialogues(100, seed=2026, split="test")]
+    for seed in (0, 1, 2026):  # the benchmark's own seed too: the split, not the seed, keeps them apart
+        training = [r["meta"]["expression"] for r in tool_use_dialogues(1000, seed=seed)]
+        assert not set(training) & set(held_out) and not any(is_held_out(e) for e in training)
+    with pytest.raises(ValueError, match="split"):
+        tool_use_dialogues(1, split="validation")
 
 
 def test_the_sharegpt_style_has_the_glaive_shape():

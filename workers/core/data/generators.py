@@ -12,6 +12,7 @@ n are the records of k. Answers are exact (integer arithmetic, divisions chosen 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -265,8 +266,21 @@ def _expression(rng) -> str:
     return f"{b * c} / {c} + {a}"  # exact division
 
 
-def _tool_dialogue(rng) -> dict:
+# One expression in HELD_OUT_SHARE belongs to the agent benchmark (split "test",
+# evaluation/builtins.py) and never to a training set, whatever the seeds: a fine-tuned model is
+# scored on calculations it has not seen.
+HELD_OUT_SHARE = 10
+SPLITS = ("train", "test")
+
+
+def is_held_out(expression: str) -> bool:
+    return int(hashlib.sha256(expression.encode()).hexdigest()[:8], 16) % HELD_OUT_SHARE == 0
+
+
+def _tool_dialogue(rng, split: str) -> dict:
     expression = _expression(rng)
+    while is_held_out(expression) != (split == "test"):
+        expression = _expression(rng)
     result = _number(evaluate(expression))
     turns = list(rng.choice(_GREETINGS)) if rng.random() < 0.3 else []
     return {
@@ -279,10 +293,11 @@ def _tool_dialogue(rng) -> dict:
     }
 
 
-def tool_use_dialogues(n: int, seed: int = 0, style: str = "messages") -> list[dict]:
+def tool_use_dialogues(n: int, seed: int = 0, style: str = "messages", split: str = "train") -> list[dict]:
     """n dialogues where the user asks an arithmetic question, the assistant calls the
     "calculator" tool, a tool message returns the exact result ({"result": N}) and the assistant
-    answers. About 30% open with a greeting exchange (multi-turn, as in glaive).
+    answers. About 30% open with a greeting exchange (multi-turn, as in glaive). `split` "train"
+    (what Datasets generates) never draws an expression of split "test" (the agent benchmark's).
 
     style "messages": canonical chat {"messages": [...], "tools": [CALCULATOR_TOOL], "meta"};
     style "sharegpt": LLaMA-Factory's glaive form {"conversations": [{"from": "human" |
@@ -292,9 +307,11 @@ def tool_use_dialogues(n: int, seed: int = 0, style: str = "messages") -> list[d
         raise ValueError(f"style must be 'messages' or 'sharegpt', got {style!r}")
     if n < 0:
         raise ValueError(f"n must be at least 0, got {n}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     records = []
     for i in range(n):
-        d = _tool_dialogue(_rng(seed, i, "tool-dialogue"))
+        d = _tool_dialogue(_rng(seed, i, "tool-dialogue"), split)
         arguments = {"expression": d["expression"]}
         if style == "messages":
             messages = []

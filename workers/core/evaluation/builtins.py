@@ -44,13 +44,13 @@ def _arithmetic(language: str) -> Callable[[], list[dict]]:
 
 
 def _tool_use() -> list[dict]:
-    """Questions whose answer the calculator gives: the reference is the exact result. Held out
-    from training sets made by the Datasets generator with another seed (its form's default is
-    0); a training set made with seed 2026 (SEED) would overlap it."""
+    """Questions whose answer the calculator gives: the reference is the exact result. Their
+    expressions are the generator's held-out split: no training set Datasets generates, with any
+    seed, has one of them."""
     from workers.core.data import generators
 
     rows = []
-    for record in generators.tool_use_dialogues(TOOL_USE_ROWS, SEED):
+    for record in generators.tool_use_dialogues(TOOL_USE_ROWS, SEED, split="test"):
         # [greeting pair?], the question, the assistant's tool call, the tool result, the answer
         question = record["messages"][-4]["content"]
         rows.append({"question": question, "answer": f"#### {record['meta']['result']}"})
