@@ -92,6 +92,16 @@ def wait(predicate, timeout: float, what: str):
     raise SystemExit(f"timed out waiting for {what}")
 
 
+def web_up(port: int) -> bool:
+    """Whether daphne answers /healthz on this port."""
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        connection.request("GET", "/healthz")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+
+
 MESSAGES = [{"role": "user", "content": "Tell me a story about a king."}]
 
 
@@ -165,16 +175,7 @@ def main() -> int:
         web, port = start_web(work)
         procs.append(web)
         wait(lambda: redis.hget(protocol.replica_key(deployment.pk, params["replica_id"]), "state") == "ready", 120, "the replica")
-
-        def web_up():
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                connection.request("GET", "/healthz")
-                return connection.getresponse().status == 200
-            except OSError:
-                return False
-
-        wait(web_up, 60, "daphne")
+        wait(lambda: web_up(port), 60, "daphne")
         for _ in range(3):  # warm up both paths (first-request imports, connections)
             direct_request(redis, deployment.pk)
             api_request(port, key, redis)
