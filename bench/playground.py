@@ -27,12 +27,16 @@ part 1 splits the overhead at the gateway's request (its `created`, from the rep
 the replica's first delta XADD; part 2 at the job's started_at and finished_at.
 
 Nothing asserts (the machine is shared); one JSON line ends the output.
-Measured here (2 shared cores, 2026-12-03, load ~2-4 from other work, 3 runs): browser TTFT p50 138 ms
-vs the engine's 8.4 ms, overhead 127 ms (ratio 16.5; other runs 111 and 178 ms), of which send ->
-engine request 98 ms (send -> first "message" frame 62 ms) and replica delta -> browser 10 ms;
-agent turn wall 239 ms vs model 28 ms, overhead 213 ms (ratio 8.6; other runs 170 and 197 ms):
-send -> job started 67 ms (created -> started 12), job run 145 ms (loop - model 22), finished ->
-browser end 38 ms. Both targets are missed by 4x.
+Measured here (2 shared cores, 2026-12-03, load ~2-4 from other work): browser TTFT p50 138 ms vs
+the engine's 8.4 ms, overhead 127 ms (ratio 16.5; other runs 111 and 178 ms), of which send ->
+engine request 98 ms and replica delta -> browser 10 ms; agent turn wall 239 ms vs model 28 ms,
+overhead 213 ms (ratio 8.6; other runs 170 and 197 ms). After the reply's request went to the
+engine while its messages were announced (apps/playground/replies.py): overhead 104 ms (send ->
+engine request 83 ms, send -> first "message" frame 74 ms); agent overhead 164 ms (send -> job
+started 53 ms, job run 85 ms with the loop's own 16 ms, finished -> browser end 35 ms). Both
+targets are missed by 3-4x: the send path alone (17 queries in one transaction, then the
+announcement) took 26 ms in-process beside a training run; here chromium, daphne, the replica and the
+worker share its two cores.
 """
 from __future__ import annotations
 

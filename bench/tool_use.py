@@ -35,18 +35,22 @@ MAX_LENGTH, BATCH, LEARNING_RATE = 1024, 4, 1e-3
 
 
 def core_job(kind: str, spec: dict, work: Path) -> dict:
-    """Run `python -m workers.core KIND spec.json` in a fresh process; its result."""
-    path = work / f"{kind}-{int(time.time() * 1000)}.json"
+    """Run `python -m workers.core KIND spec.json` in a fresh process; its result. Its progress
+    lines go to WORK/KIND-<ms>.log as they come (tail -f it)."""
+    stem = work / f"{kind}-{int(time.time() * 1000)}"
+    path, log = stem.with_suffix(".json"), stem.with_suffix(".log")
     path.write_text(json.dumps(spec))
     env = {**os.environ, "PUYU_DATA_DIR": str(work)}
-    done = subprocess.run([sys.executable, "-m", "workers.core", kind, str(path)], cwd=REPO, env=env,
-                          capture_output=True, text=True)
+    with open(log, "w") as fh:
+        done = subprocess.run([sys.executable, "-m", "workers.core", kind, str(path)], cwd=REPO, env=env,
+                              stdout=fh, stderr=subprocess.STDOUT, text=True)
+    output = log.read_text()
     if done.returncode != 0:
-        sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
+        sys.stderr.write(output[-4000:])
         raise SystemExit(f"{kind} failed (exit {done.returncode})")
-    out = "\n" + done.stdout  # the result is the indented JSON object that ends the output
+    out = "\n" + output  # the result is the indented JSON object that ends the output
     try:
-        return json.loads(out[out.rindex("\n{\n") + 1:])
+        return json.JSONDecoder().raw_decode(out[out.rindex("\n{\n") + 1:])[0]  # warnings may follow it
     except ValueError:
         raise SystemExit(f"{kind}: no JSON result in its output") from None
 
