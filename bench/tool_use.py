@@ -7,12 +7,14 @@ Everything runs through the product's own core jobs, as the studio runs them: `t
 the model's template switched to chatml-tools because the records carry tool calls) and
 `evaluate` (the tool round of evaluation/tool_round.py) in child processes.
 
-    .venv/bin/python bench/tool_use.py                 # ~15-25 min on 2 cores
+    .venv/bin/python bench/tool_use.py                 # ~30 min on 2 cores (training 14 min)
     .venv/bin/python bench/tool_use.py --steps 20 --n-eval 10   # smoke run
 
 Prints the training minutes and steps, and tool-call / argument / final-answer accuracy with
 95% intervals for base and fine-tuned (targets: the LoRA run <= 20 minutes on 2 CPU cores,
 final-answer accuracy >= 60% fine-tuned, where the base model is far lower), as one JSON line.
+Measured here (2026-12-03): base 1% final answer, 0% tool calls; 15 steps (14.1 min) and 30 steps
+(24.5 min) both 100% / 100% / 100% on the 100 held-out problems.
 """
 from __future__ import annotations
 
@@ -73,7 +75,7 @@ def evaluate(work: Path, model_dir: Path, adapter_dir: Path | None, data_path: P
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-train", type=int, default=2000, help="generated training dialogues")
-    parser.add_argument("--steps", type=int, default=30, help="optimizer steps")
+    parser.add_argument("--steps", type=int, default=15, help="optimizer steps")
     parser.add_argument("--n-eval", type=int, default=100, help="held-out problems (at most 100)")
     parser.add_argument("--skip-base", action="store_true", help="reuse nothing, but skip the base model's score")
     args = parser.parse_args()
