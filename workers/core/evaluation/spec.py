@@ -118,6 +118,7 @@ SCORER_SETTINGS = {
     "perplexity": {"window": 0, "stride": 0},
     "judge": {"repeats": 1, "temperature": 0.0},
 }
+TOOL_ROUND_VERSION = 1  # agent benchmarks (tool_round.py): a change there must not reuse older predictions
 MODEL_SETTINGS = {"likelihood": ("continuation", "circular"), "generation": (), "code": (), "perplexity": ("window", "stride"),
                   "judge": ()}
 TEMPLATE_FIELDS = {
@@ -508,9 +509,7 @@ def prediction_hash(definition: dict, data_hash: str, max_new_tokens: int) -> st
     model_settings = {k: scorer[k] for k in MODEL_SETTINGS[paradigm]}
     if paradigm in ("generation", "code"):
         model_settings["max_new_tokens"] = max_new_tokens
-    if definition.get("tools") and scorer.get("extractor") == "tool_call":
-        from workers.core.evaluation.tool_round import TOOL_ROUND_VERSION  # a tool round is run (tool_round.py)
-
+    if definition.get("tools") and scorer.get("extractor") == "tool_call":  # a tool round runs (tool_round.py)
         model_settings["tool_round"] = TOOL_ROUND_VERSION
     material = {**_hash_material(definition, data_hash), "paradigm": paradigm, "settings": model_settings}
     return hashlib.sha256(_canonical(material)).hexdigest()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 
-TOOL_ROUND_VERSION = 1  # in the prediction hash: a change here must not reuse older predictions
+from workers.core.evaluation.spec import TOOL_ROUND_VERSION  # noqa: F401 - in the prediction hash: bump it with a change here
 
 
 def is_agent_benchmark(definition: dict) -> bool:
