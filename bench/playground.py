@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.serving_api import (  # noqa: E402
-    create_deployment, p50, setup_environment, start_replica, start_web, wait, web_up)
+    create_deployment, p50, setup_environment, start_replica, start_web, stop_processes, wait, web_up)
 
 PASSWORD = "bench-playground-password"
 PROMPT = "Tell me a story about a king."
@@ -343,13 +343,7 @@ def main() -> int:
             browser.close()
         if playwright is not None:
             playwright.stop()
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
         redis_server.stop()
         if finished:
             shutil.rmtree(work, ignore_errors=True)

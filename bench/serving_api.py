@@ -83,6 +83,17 @@ def start_web(log_dir: Path) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
+def stop_processes(procs: list[subprocess.Popen]) -> None:
+    """Terminate every child, then kill those still running after 10 s."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def wait(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -205,13 +216,7 @@ def main() -> int:
         print(f"  API − direct             {summary['api_minus_direct_p50_ms']:8.2f} ms   (ratio {summary['api_over_direct_ratio']})")
         print(json.dumps(summary))
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
         redis_server.stop()
     return 0
 

@@ -31,9 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 WORK = Path("/tmp/puyu-bench/tool_use")
 TRAIN_SEED = 0  # the Datasets generate form's default; the benchmark uses builtins.SEED
-# A dialogue with the tools block is ~320 tokens (54 of them trained on): packed three to a
-# 1,024-token sequence, a step of 4 sequences sees ~12 dialogues.
+# A dialogue with the tools block is ~DIALOGUE_TOKENS tokens (54 of them trained on): packed three
+# to a 1,024-token sequence, a step of 4 sequences sees ~12 dialogues.
 MAX_LENGTH, BATCH, LEARNING_RATE = 1024, 4, 1e-3
+DIALOGUE_TOKENS = 320
 
 
 def core_job(kind: str, spec: dict, work: Path) -> dict:
@@ -77,7 +78,7 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=2000, help="generated training dialogues")
     parser.add_argument("--steps", type=int, default=15, help="optimizer steps")
     parser.add_argument("--n-eval", type=int, default=100, help="held-out problems (at most 100)")
-    parser.add_argument("--skip-base", action="store_true", help="reuse nothing, but skip the base model's score")
+    parser.add_argument("--skip-base", action="store_true", help="skip scoring the base model (its figures do not change)")
     args = parser.parse_args()
 
     from bench.serving import smollm2_dir
@@ -115,7 +116,7 @@ def main() -> None:
     trained = core_job("train", spec, WORK)
     minutes = (time.perf_counter() - started) / 60
     report["train"] = {"steps": args.steps, "minutes": round(minutes, 2), "batch_size": BATCH, "max_length": MAX_LENGTH,
-                       "learning_rate": LEARNING_RATE, "dialogues_seen": args.steps * BATCH * (MAX_LENGTH // 330),
+                       "learning_rate": LEARNING_RATE, "dialogues_seen": args.steps * BATCH * (MAX_LENGTH // DIALOGUE_TOKENS),
                        "final_metrics": {k: v for k, v in (trained.get("final_metrics") or {}).items()
                                          if isinstance(v, (int, float))}}
     print("train:", json.dumps(report["train"]), flush=True)

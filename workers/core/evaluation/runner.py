@@ -43,8 +43,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from workers.core.data.packing import sha256_file
-from workers.core.evaluation.spec import EvaluateSpec, benchmark_hash, check_row, prediction_hash
-from workers.core.evaluation.tool_round import is_agent_benchmark, predict_with_tools, score_tool_round, tool_metrics
+from workers.core.evaluation.spec import EvaluateSpec, benchmark_hash, check_row, is_agent_benchmark, prediction_hash
+from workers.core.evaluation.tool_round import predict_with_tools, score_tool_round, tool_metrics
 from workers.core.evaluation.targets import (  # noqa: F401 - EngineGenerator, generate: bench/eval_generation.py
     EngineGenerator,
     Prompt,

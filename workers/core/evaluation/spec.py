@@ -502,6 +502,13 @@ def benchmark_hash(definition: dict, data_hash: str) -> str:
     return hashlib.sha256(_canonical({**_hash_material(definition, data_hash), "scorer": definition["scorer"]})).hexdigest()
 
 
+def is_agent_benchmark(definition: dict) -> bool:
+    """A generation benchmark with tools and the tool_call extractor: run with one tool round
+    (evaluation/tool_round.py)."""
+    scorer = definition["scorer"]
+    return bool(definition.get("tools")) and scorer["paradigm"] == "generation" and scorer.get("extractor") == "tool_call"
+
+
 def prediction_hash(definition: dict, data_hash: str, max_new_tokens: int) -> str:
     """The part of the version hash that changes the model's output (module doc)."""
     scorer = definition["scorer"]
@@ -509,7 +516,7 @@ def prediction_hash(definition: dict, data_hash: str, max_new_tokens: int) -> st
     model_settings = {k: scorer[k] for k in MODEL_SETTINGS[paradigm]}
     if paradigm in ("generation", "code"):
         model_settings["max_new_tokens"] = max_new_tokens
-    if definition.get("tools") and scorer.get("extractor") == "tool_call":  # a tool round runs (tool_round.py)
+    if is_agent_benchmark(definition):  # a tool round runs (tool_round.py)
         model_settings["tool_round"] = TOOL_ROUND_VERSION
     material = {**_hash_material(definition, data_hash), "paradigm": paradigm, "settings": model_settings}
     return hashlib.sha256(_canonical(material)).hexdigest()

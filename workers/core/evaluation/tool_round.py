@@ -18,17 +18,13 @@ Three metrics per sample, each with its Wilson interval in the summary:
                          reference: the benchmark's score
 
 The raw prediction (what the cache holds) is {"output": first reply, "observation": ...,
-"final": reply after it}, the last two only when a call ran."""
+"final": reply after it}, the last two only when a call ran. Which benchmarks are agent benchmarks,
+and the version in their prediction hash (bump it with a change here), are in spec.py:
+`is_agent_benchmark`, `TOOL_ROUND_VERSION`."""
 from __future__ import annotations
 
 import json
 
-from workers.core.evaluation.spec import TOOL_ROUND_VERSION  # noqa: F401 - in the prediction hash: bump it with a change here
-
-
-def is_agent_benchmark(definition: dict) -> bool:
-    scorer = definition["scorer"]
-    return bool(definition.get("tools")) and scorer["paradigm"] == "generation" and scorer.get("extractor") == "tool_call"
 
 
 def predict_with_tools(target, definition: dict, prompts: list, max_new_tokens: int) -> list[dict]:
