@@ -11,10 +11,25 @@
    system; each latency is the job's started_at (written by the worker's claim) minus the wall
    clock just before the POST. Target: p95 <= 100 ms on 2 cores. The floor for comparison is
    the Redis PING round-trip measured in the same run.
+3. Scale with workers. `--scale-jobs` (default 1,000; 0 skips it) probe jobs with seconds=0 are
+   submitted at one instant, to 1 and then 4 solo Celery workers on queue cpu (each warmed up
+   by a job first): one transaction of apps.jobs.services.submit_job calls, so the rows commit
+   together and every message is published right after the commit, and all of them queue
+   (submitted one by one, the submitter was the bottleneck: on 2 cores it shares the CPUs with
+   the workers). Per job, submit->RUNNING is its started_at (the claim) minus that instant;
+   jobs/s is the burst's size over that instant to the last finish. The figures are the 4-worker
+   run over the 1-worker run of the same invocation: jobs/s x (higher is better) and p95 x
+   (lower is better). A seconds=0 job is all job-system work (claim, log line, progress,
+   finish, Celery's own), so on 2 cores 4 workers share them with the database and Redis.
 
-Everything runs in a throw-away data dir with its own SQLite file and embedded Redis; the
+`--database postgres` runs all of it on a private PostgreSQL server (tests/stack.py's
+PostgresServer: initdb + pg_ctl in a temporary folder, stopped at the end) instead of the SQLite
+file, e.g. `.venv/bin/python bench/dispatch.py --database postgres --pairs 0 --noop-jobs 0`
+for the scale figures alone on PostgreSQL.
+
+Everything runs in a throw-away data dir with its own database and embedded Redis; the
 machine is noisy, so read the ratios, not the absolute times. Nothing here asserts a timing.
-The data dir (with web.log and worker.log) is removed afterwards unless the run fails or
+The data dir (with web.log and the workers' logs) is removed afterwards unless the run fails or
 PUYU_BENCH_KEEP=1 is set.
 """
 from __future__ import annotations
@@ -107,25 +122,84 @@ def wait_http(url: str, timeout: float) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
 
 
+def wait_online(names: list[str], timeout: float = 120) -> None:
+    """Until each worker (node `name@<host>`) has announced itself."""
+    from apps.jobs.models import WorkerNode
+
+    deadline = time.monotonic() + timeout
+    while {node.split("@", 1)[0] for node in WorkerNode.objects.values_list("name", flat=True)} < set(names):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"workers {names} did not report within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def wait_all(job_ids: list[int], timeout: float) -> None:
+    from apps.jobs.models import FINISHED_STATUSES, Job, JobStatus
+
+    deadline = time.monotonic() + timeout
+    while Job.objects.filter(pk__in=job_ids).exclude(status__in=FINISHED_STATUSES).exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(job_ids)} jobs did not finish within {timeout:.0f} s")
+        time.sleep(0.25)
+    failed = Job.objects.filter(pk__in=job_ids).exclude(status=JobStatus.SUCCEEDED).values_list("pk", "status", "error")
+    if failed:
+        raise RuntimeError(f"jobs ended unsuccessfully: {list(failed)[:5]}")
+
+
+def burst(user, jobs: int, timeout: float) -> dict:
+    """Submit `jobs` no-op probes at one instant to the running workers (one transaction: the
+    rows commit together, their messages are published by its on-commit hooks); wait for all."""
+    from django.db import transaction
+    from django.utils import timezone
+
+    from apps.jobs import services
+    from apps.jobs.models import Job
+
+    start = time.perf_counter()
+    with transaction.atomic():
+        ids = [services.submit_job(user, "probe", {"seconds": 0, "steps": 1}, queue="cpu").pk for _ in range(jobs)]
+        submitted_at = timezone.now()
+    published = time.perf_counter() - start  # rows written, committed, every message sent
+    wait_all(ids, timeout)
+    rows = list(Job.objects.filter(pk__in=ids).values_list("started_at", "finished_at", "lease_owner"))
+    latencies = [(started - submitted_at).total_seconds() * 1000 for started, _, _ in rows]
+    span = (max(finished for _, finished, _ in rows) - submitted_at).total_seconds()
+    owners = {owner.rsplit(":", 1)[0] for *_, owner in rows}
+    return {"jobs_per_s": jobs / span, "p50": statistics.median(latencies), "p95": p95(latencies),
+            "published_s": published, "workers_used": len(owners)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the timed probe job")
     parser.add_argument("--pairs", type=int, default=5, help="in-process / full-system alternations")
     parser.add_argument("--noop-jobs", type=int, default=50, help="no-op jobs for the latency figure")
-    parser.add_argument("--quick", action="store_true", help="seconds=2, pairs=2, noop-jobs=10")
+    parser.add_argument("--scale-jobs", type=int, default=1000, help="no-op jobs per burst for the scale figure (0: skip)")
+    parser.add_argument("--scale-workers", type=int, default=4, help="workers of the second burst (the first has 1)")
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite",
+                        help="sqlite: a file in the data dir; postgres: a private PostgreSQL server (initdb, pg_ctl)")
+    parser.add_argument("--quick", action="store_true", help="seconds=2, pairs=2, noop-jobs=10, scale-jobs=200")
     args = parser.parse_args()
     if args.quick:
-        args.seconds, args.pairs, args.noop_jobs = 2.0, 2, 10
+        args.seconds, args.pairs, args.noop_jobs, args.scale_jobs = 2.0, 2, 10, 200
 
     tmp = Path(tempfile.mkdtemp(prefix="puyu-bench-"))
     os.environ.pop("DATABASE_URL", None)
     redis_port = free_port()
     os.environ.update(PUYU_DATA_DIR=str(tmp), REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
                       DJANGO_SETTINGS_MODULE="puyu_site.settings", OMP_NUM_THREADS="1",
-                      PYTHONUNBUFFERED="1", LOG_LEVEL="WARNING", CUDA_VISIBLE_DEVICES="")
-    redis_server, procs, ok = None, [], False
+                      PYTHONUNBUFFERED="1", LOG_LEVEL="WARNING", CUDA_VISIBLE_DEVICES="",
+                      # One user queues the whole burst; the per-user limit (20) would refuse it.
+                      PUYU_MAX_ACTIVE_JOBS_PER_USER=str(max(1000, 2 * args.scale_jobs)))
+    redis_server, procs, ok, postgres = None, [], False, None
     try:
         redis_server = EmbeddedRedis(port=redis_port).start()
+        if args.database == "postgres":
+            from tests.stack import PostgresServer  # needs no Django settings
+
+            postgres = PostgresServer().start()
+            postgres.create_database("puyu")
+            os.environ["DATABASE_URL"] = postgres.url("puyu")
         import django
 
         django.setup()
@@ -150,13 +224,15 @@ def main() -> int:
         wait_http(base + "/healthz", 60)
         api = Api(base, api_token)
         api.wait(api.submit(0, 1), timeout=120)  # the worker is up and has run one job
-        print(f"# {os.cpu_count()} CPU cores; one web process (daphne), one solo Celery worker on queue cpu")
+        print(f"# {os.cpu_count()} CPU cores; one web process (daphne), one solo Celery worker on queue cpu; "
+              f"database: {args.database}")
 
         # -- 1. overhead: alternate in-process (A) and full system (B) --------------------------
         params = {"seconds": args.seconds, "steps": 100}
         inproc, full = [], []
-        print(f"\n## {args.seconds:g} s probe job (100 steps), {args.pairs} alternations")
-        print(f"{'pair':>4}  {'in-process s':>12}  {'full system s':>13}  {'ratio':>6}  {'(in worker s)':>13}")
+        if args.pairs:
+            print(f"\n## {args.seconds:g} s probe job (100 steps), {args.pairs} alternations")
+            print(f"{'pair':>4}  {'in-process s':>12}  {'full system s':>13}  {'ratio':>6}  {'(in worker s)':>13}")
         with open(os.devnull, "w") as devnull:
             for pair in range(1, args.pairs + 1):
                 start = time.perf_counter()
@@ -167,8 +243,9 @@ def main() -> int:
                 full.append(time.perf_counter() - start)
                 print(f"{pair:>4}  {inproc[-1]:>12.3f}  {full[-1]:>13.3f}  {full[-1] / inproc[-1]:>6.3f}  "
                       f"{job['result']['seconds']:>13.3f}")
-        ratio = statistics.median(full) / statistics.median(inproc)
-        print(f"median  {statistics.median(inproc):>10.3f}  {statistics.median(full):>13.3f}  {ratio:>6.3f}")
+        ratio = statistics.median(full) / statistics.median(inproc) if args.pairs else float("nan")
+        if args.pairs:
+            print(f"median  {statistics.median(inproc):>10.3f}  {statistics.median(full):>13.3f}  {ratio:>6.3f}")
 
         # -- 2. submit-to-RUNNING latency on an idle system ------------------------------------
         client = redis.Redis.from_url(os.environ["REDIS_URL"])
@@ -190,23 +267,52 @@ def main() -> int:
                     raise RuntimeError(f"no-op job {job_id} is {job.status} {job.error}")
                 time.sleep(0.01)
             latencies.append((job.started_at.timestamp() - sent) * 1000)
-        lat_p50, lat_p95 = statistics.median(latencies), p95(latencies)
-        print(f"\n## submit-to-RUNNING latency, {args.noop_jobs} no-op jobs one at a time")
-        print(f"p50 {lat_p50:.1f} ms   p95 {lat_p95:.1f} ms   max {max(latencies):.1f} ms   "
-              f"(floor: Redis PING round-trip, median of 50: {ping_ms:.3f} ms)")
+        lat_p95 = p95(latencies)
+        if latencies:
+            print(f"\n## submit-to-RUNNING latency, {args.noop_jobs} no-op jobs one at a time")
+            print(f"p50 {statistics.median(latencies):.1f} ms   p95 {lat_p95:.1f} ms   max {max(latencies):.1f} ms   "
+                  f"(floor: Redis PING round-trip, median of 50: {ping_ms:.3f} ms)")
+
+        # -- 3. a burst of queued no-op jobs with 1 worker, then with N ---------------------------
+        scale = {}
+        if args.scale_jobs:
+            print(f"\n## {args.scale_jobs} no-op jobs queued at once, 1 and {args.scale_workers} solo workers on queue cpu")
+            print(f"{'workers':>7}  {'jobs/s':>7}  {'p50 ms':>8}  {'p95 ms':>8}  {'all sent in s':>13}  {'workers used':>12}")
+            workers = ["gpu0"]  # the worker of sections 1 and 2
+            for count in (1, args.scale_workers):
+                while len(workers) < count:
+                    workers.append(f"scale{len(workers)}")
+                    spawn(procs, workers[-1], celery_worker_command(workers[-1], "cpu", pool="solo"), env, tmp)
+                wait_online(workers)
+                warm = [api.submit(0, 1) for _ in range(2 * count)]  # each new worker's first job pays its imports
+                wait_all(warm, timeout=120)
+                scale[count] = burst(user, args.scale_jobs, timeout=max(600, args.scale_jobs))
+                row = scale[count]
+                print(f"{count:>7}  {row['jobs_per_s']:>7.1f}  {row['p50']:>8.0f}  {row['p95']:>8.0f}  "
+                      f"{row['published_s']:>13.2f}  {row['workers_used']:>12}")
 
         print("\n## summary")
-        print(f"full system / in-process wall time (median of {args.pairs}): {ratio:.3f}   "
-              f"target <= {RATIO_TARGET:.2f}   {verdict(ratio <= RATIO_TARGET)}")
-        print(f"submit-to-RUNNING p95 over {args.noop_jobs} no-op jobs: {lat_p95:.1f} ms   "
-              f"target <= {P95_TARGET_MS:.0f} ms   {verdict(lat_p95 <= P95_TARGET_MS)}   "
-              f"(Redis PING {ping_ms:.3f} ms)")
+        if args.pairs:
+            print(f"full system / in-process wall time (median of {args.pairs}): {ratio:.3f}   "
+                  f"target <= {RATIO_TARGET:.2f}   {verdict(ratio <= RATIO_TARGET)}")
+        if latencies:
+            print(f"submit-to-RUNNING p95 over {args.noop_jobs} no-op jobs: {lat_p95:.1f} ms   "
+                  f"target <= {P95_TARGET_MS:.0f} ms   {verdict(lat_p95 <= P95_TARGET_MS)}   "
+                  f"(Redis PING {ping_ms:.3f} ms)")
+        if scale:
+            one, many = scale[1], scale[args.scale_workers]
+            print(f"{args.scale_jobs} queued no-op jobs, {args.scale_workers} workers vs 1: "
+                  f"jobs/s x{many['jobs_per_s'] / one['jobs_per_s']:.2f} ({many['jobs_per_s']:.1f} vs {one['jobs_per_s']:.1f}), "
+                  f"submit-to-RUNNING p95 x{many['p95'] / one['p95']:.2f} ({many['p95']:.0f} ms vs {one['p95']:.0f} ms)   "
+                  f"database: {args.database}")
         ok = True
         return 0
     finally:
         stop(procs)
         if redis_server:
             redis_server.stop()
+        if postgres:
+            postgres.stop()
         if ok and os.environ.get("PUYU_BENCH_KEEP") != "1":
             shutil.rmtree(tmp, ignore_errors=True)
         else:

@@ -37,6 +37,21 @@ started 53 ms, job run 85 ms with the loop's own 16 ms, finished -> browser end 
 targets are missed by 3-4x: the send path alone (17 queries in one transaction, then the
 announcement) took 26 ms in-process beside a training run; here chromium, daphne, the replica and the
 worker share its two cores.
+2026-12-04 (same machine, other sessions' work running): after the reply's request left from
+inside the send's transaction (before its rows are written), the send read the conversation
+once, one group send carried the announcements, the replica's first delta went out at once and
+the agent worker pushed the turn's end itself: plain overhead 59.6 ms (browser TTFT 71.4 ms vs
+the engine's 13.1 ms, ratio 5.45; send -> engine request 33.3 ms, replica delta -> browser
+16.4 ms), agent overhead 132.1 ms (wall 150.7 ms vs model 17.0 ms, ratio 8.86; send -> job
+started 37.5 ms, job run 85.6 ms with the loop's own 3.0 ms, finished -> browser end 25.0 ms).
+In-process (a websocket communicator, fake replica) the send path is now ~10 ms to the XADD,
+nearly all of it Django building 7 queries; the rest is thread hops, channel-layer round trips
+and the 2 cores shared with chromium and the replica. A run with channels-redis's pub/sub layer
+(RedisPubSubChannelLayer: one PUBLISH per group send instead of ~4 round trips; 0.3 vs 2.0 ms
+per group send -> receive measured alone) against one with the default layer, back to back while
+an unlocked test run loaded the machine: replica delta -> browser 12.2 vs 19.8 ms, agent
+finished -> browser end 21.0 vs 52.5 ms, plain overhead 64.3 vs 78.1 ms, agent 187.3 vs 230.6 ms.
+Both targets are still missed by 2-3x.
 """
 from __future__ import annotations
 
@@ -54,7 +69,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.serving_api import (  # noqa: E402
-    create_deployment, p50, setup_environment, start_replica, start_web, stop_processes, wait, web_up)
+    create_deployment, mark_ready, p50, setup_environment, start_replica, start_web, stop_processes, wait, web_up)
 
 PASSWORD = "bench-playground-password"
 PROMPT = "Tell me a story about a king."
@@ -316,6 +331,7 @@ def main() -> int:
         procs.append(start_agent_worker(work))
         url = f"http://127.0.0.1:{port}"
         wait(lambda: redis.hget(protocol.replica_key(deployment.pk, params["replica_id"]), "state") == "ready", 180, "the replica")
+        mark_ready(deployment)
         wait(lambda: web_up(port), 60, "daphne")
         wait(lambda: bool(celery_app.control.ping(timeout=0.5)), 120, "the agent worker")
 

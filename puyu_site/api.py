@@ -10,13 +10,14 @@ from apps.leaderboards.api import router as leaderboards_router
 from apps.playground.api import router as playground_router
 from apps.registry.api import router as registry_router
 from apps.serving.api import router as serving_router
+from apps.serving.openapi_doc import document_openai_paths
 from apps.studio import idempotency
 from apps.training.api import router as training_router
 
 
 class StudioAPI(NinjaAPI):
     def get_openapi_schema(self, **kwargs):
-        return idempotency.document_header(super().get_openapi_schema(**kwargs))
+        return document_openai_paths(idempotency.document_header(super().get_openapi_schema(**kwargs)))
 
 
 api = StudioAPI(title="Puyu Studio API", version="1.0", auth=API_AUTH, urls_namespace="api")
@@ -32,3 +33,4 @@ api.add_router("/", training_router)
 api.add_router("/", serving_router)
 api.add_router("/", leaderboards_router)
 api.add_router("/", playground_router)
+api.add_router("/", "apps.studio.storage_api.router")

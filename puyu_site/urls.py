@@ -1,8 +1,10 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from django.views.i18n import JavaScriptCatalog
 
 from apps.accounts import views as account_views
+from apps.accounts.language import switch_language
 from apps.datasets import views as dataset_views
 from apps.jobs import views as job_views
 from apps.registry import views as registry_views
@@ -12,9 +14,15 @@ from puyu_site.api import api
 urlpatterns = [
     path("", studio_views.dashboard, name="dashboard"),
     path("healthz", studio_views.healthz, name="healthz"),
+    path("start/", studio_views.quickstart, name="quickstart"),
+    # Browsers ask for /favicon.ico whatever the page links; answer instead of a 404 on every page.
+    path("favicon.ico", studio_views.favicon),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/tokens/", account_views.tokens, name="tokens"),
+    path("accounts/language/", switch_language, name="switch-language"),
+    # gettext() for static/js in the current language (locale/*/LC_MESSAGES/djangojs.po).
+    path("jsi18n/", JavaScriptCatalog.as_view(), name="javascript-catalog"),
     path("accounts/tokens/<int:token_id>/revoke/", account_views.revoke_token, name="token-revoke"),
     path("jobs/", job_views.job_list, name="job-list"),
     path("jobs/new/<slug:kind>/", job_views.job_new, name="job-new"),
@@ -44,6 +52,7 @@ urlpatterns = [
     path("models/versions/<int:version_id>/quantize/", registry_views.version_quantize, name="version-quantize"),
     path("models/versions/<int:version_id>/delete/", registry_views.version_delete, name="version-delete"),
     path("models/versions/<int:version_id>/notes/", registry_views.version_notes, name="version-notes"),
+    path("storage/", include("apps.studio.storage_urls")),
     path("training/", include("apps.training.urls")),
     path("leaderboards/", include("apps.leaderboards.urls")),
     path("playground/", include("apps.playground.urls")),

@@ -1,6 +1,8 @@
 """Shared fixtures: a real Redis, three users (owner, teammate, outsider), API clients."""
 from __future__ import annotations
 
+import os
+
 import pytest
 from django.contrib.auth.models import Group, User
 
@@ -104,3 +106,61 @@ def stack(transactional_db, tmp_path):
     running = Stack(tmp_path)
     yield running
     running.stop()
+
+
+# ---- the test database: SQLite (default) or a private PostgreSQL (PUYU_TEST_DATABASE=postgres) -----
+TEST_DATABASES = ("sqlite", "postgres")
+
+
+def database_under_test() -> str:
+    """Which database the run uses: PUYU_TEST_DATABASE, strictly one of TEST_DATABASES."""
+    chosen = os.environ.get("PUYU_TEST_DATABASE", "").strip().lower() or "sqlite"
+    if chosen not in TEST_DATABASES:
+        raise pytest.UsageError(f"PUYU_TEST_DATABASE={chosen!r}: use one of {', '.join(TEST_DATABASES)}")
+    return chosen
+
+
+def start_test_postgres():
+    """Start the private PostgreSQL server (tests/stack.py), or say what to install."""
+    from tests.stack import PostgresMissing, PostgresServer
+
+    try:
+        import psycopg  # noqa: F401  (Django's PostgreSQL backend needs it)
+    except ImportError:
+        raise RuntimeError("PUYU_TEST_DATABASE=postgres needs the PostgreSQL driver: "
+                           ".venv/bin/pip install -r requirements.txt (psycopg[binary])") from None
+    try:
+        return PostgresServer().start()
+    except PostgresMissing as exc:
+        raise PostgresMissing(f"PUYU_TEST_DATABASE=postgres: {exc}; or unset PUYU_TEST_DATABASE to run the tests "
+                              "on SQLite") from None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A private PostgreSQL server for the session, stopped (fast) at the end."""
+    server = start_test_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, request):
+    """pytest-django's hook for changing DATABASES before the test databases are created: with
+    PUYU_TEST_DATABASE=postgres, point the default database at the private server (its test
+    database, test_puyu, is created and dropped there by pytest-django as usual)."""
+    if database_under_test() != "postgres":
+        return
+    from django.conf import settings
+    from django.db import connections
+
+    from puyu_site.database import database_from_url
+
+    server = request.getfixturevalue("postgres_server")
+    # connections.settings is settings.DATABASES itself (Django fills in its defaults there):
+    # replace the entry, fill the defaults again, and drop a connection opened on the old engine.
+    for opened in connections.all(initialized_only=True):
+        opened.close()
+        del connections[opened.alias]
+    settings.DATABASES["default"] = database_from_url(server.url("puyu"), settings.DATA_DIR / "puyu.sqlite3")
+    connections.configure_settings(settings.DATABASES)

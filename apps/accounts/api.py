@@ -5,7 +5,8 @@ from datetime import datetime
 
 from django.shortcuts import get_object_or_404
 from ninja import Router, Schema, Status
-from ninja.security import HttpBearer, SessionAuth
+from ninja.security import HttpBearer
+from ninja.security import SessionAuth as NinjaSessionAuth
 
 from apps.accounts.models import APIToken
 
@@ -20,7 +21,19 @@ class TokenAuth(HttpBearer):
         return user
 
 
-# Session auth checks CSRF on unsafe methods; bearer-token requests carry no cookie to forge.
+class SessionAuth(NinjaSessionAuth):
+    """The browser session. ninja checks CSRF before it looks at the user, so an anonymous POST got
+    403 "CSRF check failed" and a client could not tell "sign in" from "forged": without a signed-in
+    session there is nothing to forge, so answer 401 like any missing credential."""
+
+    def _get_key(self, request):
+        if not request.user.is_authenticated:
+            return None
+        return super()._get_key(request)
+
+
+# Session auth checks CSRF on unsafe methods for signed-in users; bearer-token requests carry no
+# cookie to forge.
 API_AUTH = [TokenAuth(), SessionAuth()]
 
 router = Router(tags=["accounts"])

@@ -36,6 +36,7 @@ class APIToken(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        verbose_name = "API token"
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
@@ -66,3 +67,11 @@ class APIToken(models.Model):
         if self.revoked_at is None:
             self.revoked_at = timezone.now()
             self.save(update_fields=["revoked_at"])
+
+
+class Preference(models.Model):
+    """Per-user settings that follow the person across browsers: the interface language (also kept
+    in Django's language cookie; without either, the browser's Accept-Language decides)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="preference")
+    language = models.CharField(max_length=10, blank=True, help_text="a code from settings.LANGUAGES; blank: the browser's")

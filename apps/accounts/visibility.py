@@ -2,13 +2,17 @@
 
 Every owned object is visible to its owner and to members of the owner's teams (Django groups);
 everyone else gets 404, so outsiders cannot even learn an object exists. Acting on an object
-(cancel, retry, delete) is for its owner and staff; teammates may look but not touch.
+(cancel, retry, delete) is for its owner and staff; teammates may look but not touch. The
+built-ins (owned by the system user, apps/accounts/system.py) are visible to every signed-in user
+and, like anything else, changeable only by their owner (who cannot sign in) and staff.
 """
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 from django.db.models import Q, QuerySet
 from django.http import Http404
+
+from apps.accounts.system import builtin_owner
 
 
 def teammate_ids(user):
@@ -22,7 +26,7 @@ def visible_to(queryset: QuerySet, user, owner_field: str = "owner") -> QuerySet
         return queryset.none()
     if user.is_superuser:
         return queryset
-    return queryset.filter(**{f"{owner_field}__in": teammate_ids(user)})
+    return queryset.filter(Q(**{f"{owner_field}__in": teammate_ids(user)}) | builtin_owner(owner_field))
 
 
 def get_visible_or_404(queryset: QuerySet, user, owner_field: str = "owner", **lookup):

@@ -11,3 +11,7 @@ class DatasetsConfig(AppConfig):
 
         for kind in DATASET_KINDS:
             RETRY_HANDLERS[kind] = retry_dataset_job
+        from apps.datasets.services import created_versions
+        from apps.jobs import outputs
+
+        outputs.register(DATASET_KINDS, created_versions)

@@ -4,8 +4,15 @@ from __future__ import annotations
 from puyu_site.charts import figure_html
 
 
-def _html(fig, div_id: str) -> str:
-    fig.update_layout(height=280, margin={"t": 30, "b": 40, "l": 50, "r": 10}, showlegend=False)
+# The language detector's ISO 639-1 codes (langid, workers/core/data/stats.py) as a reader names the
+# common ones; any other code is shown as it is.
+LANGUAGE_NAMES = {"en": "English", "zh": "Chinese 中文", "ja": "Japanese", "ko": "Korean", "fr": "French", "de": "German",
+                  "es": "Spanish", "pt": "Portuguese", "it": "Italian", "ru": "Russian", "ar": "Arabic",
+                  "und": "undetermined (empty)"}
+
+
+def _html(fig, div_id: str, legend: bool = False) -> str:
+    fig.update_layout(height=280, margin={"t": 30, "b": 40, "l": 50, "r": 10}, showlegend=legend)
     return figure_html(fig, div_id, {"displaylogo": False, "responsive": True})  # no inline script (CSP)
 
 
@@ -31,9 +38,12 @@ def stats_charts(stats: dict, max_length: int | None = None) -> dict[str, str]:
         charts["turns"] = _html(fig, "chart-turns")
     if stats.get("languages"):
         langs = sorted(stats["languages"].items(), key=lambda kv: -kv[1])
-        fig = go.Figure(go.Pie(labels=[k for k, _ in langs], values=[v for _, v in langs], hole=0.4))
+        # Each slice names its language and share, and the legend lists them all (small slices
+        # have no room for a label).
+        fig = go.Figure(go.Pie(labels=[LANGUAGE_NAMES.get(k, k) for k, _ in langs], values=[v for _, v in langs], hole=0.4,
+                               textinfo="label+percent", sort=False))
         fig.update_layout(title="Language mix")
-        charts["languages"] = _html(fig, "chart-languages")
+        charts["languages"] = _html(fig, "chart-languages", legend=True)
     if "exact_duplicates" in stats:
         rows = stats.get("rows", 0)
         dups = stats["exact_duplicates"]

@@ -32,6 +32,9 @@ class DatasetUpload(models.Model):
     format = models.CharField(max_length=20, blank=True, help_text="explicit override; blank = detect")
     column_map = models.JSONField(default=dict, blank=True)
     report = models.JSONField(null=True, blank=True)
+    # The upload created its dataset: when the import refuses the file and the dataset holds
+    # nothing else, the dataset goes with it (services.forget_refused_upload).
+    created_dataset = models.BooleanField(default=False)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 

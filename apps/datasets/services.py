@@ -2,6 +2,7 @@
 versions are registered by those jobs, immutable, and deleted only when nothing uses them."""
 from __future__ import annotations
 
+import codecs
 import itertools
 import json
 import uuid
@@ -21,7 +22,7 @@ from apps.datasets.models import (
 )
 from apps.jobs import services as jobs
 from apps.jobs.models import Job
-from apps.studio import uploads
+from apps.studio import storage, uploads
 
 UPLOAD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt", ".jsonl.gz", ".json.gz")
 DATASET_KINDS = ("dataset_import", "dataset_clean", "dataset_generate")
@@ -48,6 +49,7 @@ def target_dataset(user, dataset: Dataset | None, name: str = "", description: s
 
 
 def _job(user, kind: str, params: dict, request: dict, *, uses=(), title: str = "", retry_of=None) -> Job:
+    storage.require_free_space(*storage.dataset_needs(kind, request), error=DatasetError)
     with transaction.atomic():
         uid = uuid.uuid4()
         params = {**params, "output_path": str(settings.DATASET_STORE_DIR / f"{uid}.jsonl")}
@@ -64,13 +66,71 @@ def upload_file(user, uploaded, *, dataset: Dataset | None = None, dataset_name:
     version at once; otherwise the job reports the errors and the user decides."""
     if column_map is not None and not (isinstance(column_map, dict) and all(isinstance(v, str) for v in column_map.values())):
         raise DatasetError("column_map", "must map field names to column names (strings)")
+    refuse_non_utf8(uploaded)
     with transaction.atomic():
         target = target_dataset(user, dataset, dataset_name, description)
         stored = uploads.store_upload(uploaded, UPLOAD_SUFFIXES, "file")
-        upload = DatasetUpload.objects.create(dataset=target, filename=uploaded.name[:255], stored_name=stored, size_bytes=uploaded.size,
-                                              format=fmt, column_map=column_map or {}, created_by=user)
-        job = start_import(user, upload, exclude_invalid=False, tokenizer_dir=tokenizer_dir, max_length=max_length)
+        try:
+            upload = DatasetUpload.objects.create(dataset=target, filename=uploaded.name[:255], stored_name=stored,
+                                                  size_bytes=uploaded.size, format=fmt, column_map=column_map or {},
+                                                  created_dataset=dataset is None, created_by=user)
+            job = start_import(user, upload, exclude_invalid=False, tokenizer_dir=tokenizer_dir, max_length=max_length)
+        except BaseException:  # refused (no room, too many jobs): the rows roll back, the file goes too
+            (settings.UPLOAD_DIR / stored).unlink(missing_ok=True)
+            raise
     return upload, job
+
+
+TEXT_SUFFIXES = (".jsonl", ".json", ".csv", ".txt")
+
+
+def refuse_non_utf8(uploaded) -> None:
+    """A text upload that is not UTF-8 (a Latin-1 or GBK export) is refused in the request, before
+    anything is stored: no dataset, no upload row, no raw file. One streaming pass over the chunks
+    (bounded by MAX_UPLOAD_BYTES). The import job checks again, with the same wording, because the
+    web side may not import the worker core (tests/test_import_boundaries.py); compressed and
+    binary formats are the job's to check."""
+    if not uploaded.name.lower().endswith(TEXT_SUFFIXES):
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    consumed, lines = 0, 1
+    for chunk in [*uploaded.chunks(), b""]:  # b"": the final flush (a character cut off at the end)
+        held = decoder.getstate()[0]  # the start of a character split across chunks
+        try:
+            decoder.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as exc:
+            data = held + chunk
+            line = lines - held.count(b"\n") + data[:exc.start].count(b"\n")
+            raise DatasetError("file", f"{uploaded.name[:80]}, line {line}: not valid UTF-8: byte 0x{data[exc.start]:02X} at "
+                                       f"byte offset {consumed - len(held) + exc.start} cannot be decoded; save the file "
+                                       "as UTF-8 and upload it again") from None
+        consumed += len(chunk)
+        lines += chunk.count(b"\n")
+
+
+def forget_refused_upload(job: Job) -> None:
+    """The import job refused the uploaded file itself (not single records): its raw file can
+    never become a version, so it is removed. The upload row stays, with the job's reason, on a
+    dataset that has more in it; a dataset the upload created and that holds nothing else (no
+    version, no other upload, no other job) goes too, so a refused first upload leaves no empty
+    dataset behind. The job's result then says so: the upload's page reads it (refused_upload)."""
+    request = DatasetRequest.objects.select_related("upload", "dataset").filter(job=job).first()
+    if request is None or not request.upload_id or job.kind != "dataset_import":
+        return
+    upload, dataset = request.upload, request.dataset
+    upload.path.unlink(missing_ok=True)
+    with transaction.atomic():
+        alone = (upload.created_dataset and not dataset.versions.exists()
+                 and not dataset.uploads.exclude(pk=upload.pk).exists()
+                 and not DatasetRequest.objects.filter(dataset=dataset).exclude(job=job).exists())
+        if alone:
+            Job.objects.filter(pk=job.pk).update(result={"refused_upload": upload.pk, "removed_dataset": dataset.name})
+            dataset.delete()  # its upload row and this job's request go with it; the job stays
+
+
+def refused_upload_jobs(upload_id: int):
+    """The failed import (a queryset of one) whose refused upload `upload_id` was removed with its dataset."""
+    return Job.objects.filter(kind="dataset_import", status="FAILED", result__refused_upload=upload_id)
 
 
 def import_from_hub(user, hub_id: str, hub_file: str, *, dataset: Dataset | None = None, dataset_name: str = "",
@@ -87,7 +147,7 @@ def import_from_hub(user, hub_id: str, hub_file: str, *, dataset: Dataset | None
         target = target_dataset(user, dataset, dataset_name, f"from the hub dataset {hub_id}")
         upload = DatasetUpload.objects.create(dataset=target, filename=hub_file.rsplit("/", 1)[-1][:255],
                                               stored_name=f"{uuid.uuid4().hex}{suffix}", size_bytes=0, format=fmt,
-                                              column_map=column_map or {}, created_by=user)
+                                              column_map=column_map or {}, created_dataset=dataset is None, created_by=user)
         job = start_import(user, upload, exclude_invalid=False, hub=(hub_id, hub_file))
     return upload, job
 
@@ -199,3 +259,11 @@ def delete_version(user, version: DatasetVersion) -> None:
             raise DatasetError("version", f"{version} is in use: " + "; ".join(blockers))
         version.delete()
         transaction.on_commit(lambda: Path(path).unlink(missing_ok=True))
+
+
+def created_versions(job: Job) -> list[tuple[str, str]]:
+    """The dataset version a finished import, clean or generate job registered (its page links it)."""
+    from django.urls import reverse
+
+    return [(f"dataset version {v}", reverse("dataset-version-detail", args=[v.pk]))
+            for v in DatasetVersion.objects.filter(source_job=job).select_related("dataset")]

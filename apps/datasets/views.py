@@ -50,7 +50,8 @@ def dataset_upload(request):
 
 
 def dataset_generate(request):
-    form = GenerateForm(request.POST or None)
+    # The Quick start links here with its defaults (?generator=tool_use&n=1000&dataset_name=...).
+    form = GenerateForm(request.POST or None, initial={k: v for k, v in request.GET.items() if k in ("generator", "n", "dataset_name")})
     if request.method == "POST" and form.is_valid():
         try:
             job = services.start_generate(request.user, **form.cleaned_data)
@@ -63,13 +64,27 @@ def dataset_generate(request):
 
 def dataset_detail(request, dataset_id: int):
     dataset = get_visible_or_404(Dataset.objects.select_related("owner"), request.user, pk=dataset_id)
+    uploads = list(dataset.uploads.all()[:20])
+    # A file the import refused has no report: the table shows its job's error in full (file,
+    # line, reason) where it would say "validating…".
+    latest = {upload_id: (status, error) for upload_id, status, error in Job.objects.filter(
+        dataset_request__upload__in=uploads).order_by("id").values_list("dataset_request__upload", "status", "error")}
+    for upload in uploads:
+        status, error = latest.get(upload.pk, ("", ""))
+        upload.refused = error if status == "FAILED" and not upload.report else ""
     return render(request, "datasets/dataset_detail.html", {
         "dataset": dataset, "versions": dataset.versions.select_related("parent"),
-        "uploads": dataset.uploads.all()[:20], "can_manage": can_manage(request.user, dataset)})
+        "uploads": uploads, "can_manage": can_manage(request.user, dataset)})
 
 
 def upload_detail(request, upload_id: int):
-    upload = get_visible_or_404(DatasetUpload.objects.select_related("dataset"), request.user, "dataset__owner", pk=upload_id)
+    upload = visible_to(DatasetUpload.objects.select_related("dataset"), request.user, "dataset__owner").filter(pk=upload_id).first()
+    if upload is None:
+        # A refused first upload is removed with the dataset it created; this page (which the
+        # uploader watches, polling it) then says why, from the failed job.
+        job = get_visible_or_404(services.refused_upload_jobs(upload_id), request.user)
+        return render(request, "datasets/upload_refused.html", {"job": job, "filename": job.params.get("filename", ""),
+                                                                 "dataset_name": job.result["removed_dataset"]})
     jobs = list(Job.objects.filter(dataset_request__upload=upload).order_by("-id"))
     return render(request, "datasets/upload_detail.html", {
         "upload": upload, "jobs": jobs, "report": upload.report,

@@ -94,7 +94,8 @@ def finish(job_id: int, worker: str, status: str, *, result: dict | None = None,
         raise ValueError(f"finish: {status!r} is not a final status")
     fields = {"status": status, "finished_at": timezone.now(), "error": public_text(error)[:4000], "eta_seconds": None, "lease_expires_at": None}
     if status == JobStatus.SUCCEEDED:
-        fields.update(progress=1.0, result=result)
+        # The last progress message ("step 5/8") described the work in flight; the result speaks now.
+        fields.update(progress=1.0, result=result, progress_message="")
     with transaction.atomic():
         done = _held(job_id, worker, attempt).update(**fields)
         if done:

@@ -30,11 +30,18 @@ class TooManyJobs(InvalidParams):
     """The owner already has MAX_ACTIVE_JOBS_PER_USER queued or running jobs (the API answers 429)."""
 
 
+GENERIC_QUEUES = ("gpu", "cpu")
+
+
 def submit_generic_job(owner, kind: str, params: dict | None = None, *, queue: str | None = None, title: str = "") -> Job:
     """What the generic job API and forms call: only the kinds that touch no file
     (catalog.GENERIC_KINDS). Every other kind is created by its app's service, which derives
     its paths from ids, through `submit_job`."""
     check_generic_kind(kind)
+    if queue is not None and queue not in GENERIC_QUEUES:
+        # serve and agent workers hold long-lived replicas and chat turns: a probe there would
+        # take a replica's slot or delay a reply.
+        raise InvalidParams("queue", f"{queue!r}: generic jobs run on {' or '.join(GENERIC_QUEUES)}")
     return submit_job(owner, kind, params, queue=queue, title=title)
 
 

@@ -5,6 +5,7 @@ from collections import defaultdict
 
 from apps.jobs.lifecycle import status_payload
 from apps.jobs.models import Job
+from apps.jobs.outputs import job_outputs
 from workers.tasks.catalog import public_value
 
 SNAPSHOT_LOG_LINES = 200
@@ -31,4 +32,5 @@ def job_snapshot(job: Job) -> dict:
         "result": public_value(job.result),
         "log": recent_log(job),
         "metrics": metric_series(job),
+        "outputs": job_outputs(job),
     }

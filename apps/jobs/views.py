@@ -1,4 +1,5 @@
 from django.contrib import messages
+from django.utils.translation import gettext
 from django.contrib.auth import get_user_model
 from django.http import Http404
 from django.shortcuts import redirect, render
@@ -46,7 +47,7 @@ def job_new(request, kind: str = "diagnostics"):
         except services.InvalidParams as exc:
             form.add_error(exc.field if exc.field in form.fields else None, exc.reason)
         else:
-            messages.success(request, f"{job} queued on {job.queue}.")
+            messages.success(request, gettext('%(job)s queued on %(queue)s.') % {"job": job, "queue": job.queue})
             return redirect("job-detail", job_id=job.pk)
     return render(request, "jobs/job_new.html", {"form": form, "kind": kind, "kinds": FORMS})
 
@@ -75,9 +76,9 @@ def _act(request, job_id: int, action):
 def job_cancel(request, job_id: int):
     job, status = _act(request, job_id, services.cancel_job)
     if status == JobStatus.RUNNING:
-        messages.info(request, "Cancel requested: the worker stops at its next step.")
+        messages.info(request, gettext("Cancel requested: the worker stops at its next step."))
     elif status == JobStatus.CANCELLED:
-        messages.info(request, "Job cancelled.")
+        messages.info(request, gettext("Job cancelled."))
     # Pages that embed the job (e.g. a training run) send their own path back as `next`.
     back = request.POST.get("next", "")
     if back and url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}, require_https=request.is_secure()):

@@ -11,3 +11,7 @@ class LeaderboardsConfig(AppConfig):
         from apps.leaderboards.services import retry_evaluation
 
         RETRY_HANDLERS["evaluate"] = retry_evaluation
+        from apps.jobs import outputs
+        from apps.leaderboards.services import created_run
+
+        outputs.register(("evaluate",), created_run)

@@ -28,6 +28,7 @@ from datetime import date, datetime
 from django.db.models import Q
 from django.http import Http404
 
+from apps.accounts.system import builtin_owner
 from apps.accounts.visibility import teammate_ids, visible_to
 from apps.jobs.models import JobStatus
 from apps.leaderboards import contamination
@@ -84,10 +85,12 @@ def _averages(entries: list[dict]) -> tuple[dict, float | None, float | None]:
 
 def _visible_targets(user, runs):
     """Runs whose model version the user may see too (a teammate's run may target a version
-    shared with a team the user is not in)."""
+    shared with a team the user is not in; the built-in models, such as the starter, everyone
+    sees)."""
     if user.is_superuser:
         return runs
-    return runs.filter(Q(model_version__isnull=True) | Q(model_version__model__owner__in=teammate_ids(user)))
+    return runs.filter(Q(model_version__isnull=True) | Q(model_version__model__owner__in=teammate_ids(user))
+                       | builtin_owner("model_version__model__owner"))
 
 
 def _run_rows(user, version: SuiteVersion, columns: list[dict]) -> list[dict]:

@@ -8,6 +8,7 @@ import json
 import re
 
 from django import forms
+from django.utils.translation import gettext_lazy
 from django.contrib.auth import get_user_model
 
 from apps.accounts.visibility import teammate_ids, visible_to
@@ -124,26 +125,26 @@ def suite_version_choices(user) -> list[tuple[str, str]]:
 
 class EvaluateForm(forms.Form):
     target = forms.ChoiceField(
-        label="Model to evaluate",
-        help_text="A registry version (its files are scored in the worker), an alias (resolved to its version now and "
+        label=gettext_lazy("Model to evaluate"),
+        help_text=gettext_lazy("A registry version (its files are scored in the worker), an alias (resolved to its version now and "
                   "recorded), a deployment as it is served (its quantization and backend included), or an external "
-                  "OpenAI-compatible endpoint an admin allowed.")
+                  "OpenAI-compatible endpoint an admin allowed."))
     suite = forms.ChoiceField(
-        label="Suite",
-        help_text="The benchmarks to run, with their weights in the overall average. The run lands on this suite's leaderboard.")
+        label=gettext_lazy("Suite"),
+        help_text=gettext_lazy("The benchmarks to run, with their weights in the overall average. The run lands on this suite's leaderboard."))
     max_samples = forms.IntegerField(
-        label="Max samples per benchmark", min_value=0, max_value=MAX_SAMPLES, initial=0, required=False,
+        label=gettext_lazy("Max samples per benchmark"), min_value=0, max_value=MAX_SAMPLES, initial=0, required=False,
         help_text=f"Rows scored per benchmark, from the top of each set (the same rows every time). 0 or blank = every "
                   f"row. Range 0–{MAX_SAMPLES:,}. Fewer rows: a quicker run and a wider interval.")
     max_new_tokens = forms.IntegerField(
-        label="Max new tokens", min_value=1, max_value=MAX_NEW_TOKENS, initial=256,
+        label=gettext_lazy("Max new tokens"), min_value=1, max_value=MAX_NEW_TOKENS, initial=256,
         help_text=f"Tokens a generation or code benchmark may write per answer (greedy). Default 256, range "
                   f"1–{MAX_NEW_TOKENS}. Likelihood and perplexity benchmarks generate nothing and ignore it.")
 
     judge = forms.ChoiceField(
-        label="Judge", required=False,
-        help_text="Only for suites with judge benchmarks (chat prompts rated by an LLM): the deployment or endpoint "
-                  "that rates each answer 1–10. Blank = no judge; a judge benchmark then refuses to run.")
+        label=gettext_lazy("Judge"), required=False,
+        help_text=gettext_lazy("Only for suites with judge benchmarks (chat prompts rated by an LLM): the deployment or endpoint "
+                  "that rates each answer 1–10. Blank = no judge; a judge benchmark then refuses to run."))
 
     def __init__(self, user, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -208,84 +209,84 @@ def parse_row_indices(text: str) -> list[int]:
 
 
 class BenchmarkForm(forms.Form):
-    name = forms.RegexField(
+    name = forms.RegexField(label=gettext_lazy("Name"), 
         regex=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", max_length=64,
-        help_text="A short label, unique among your benchmarks: 1–64 letters, digits, '-', '_' or '.'. It cannot change later.")
-    title = forms.CharField(max_length=200, required=False, help_text="Optional display title, e.g. \"MMLU (5-shot)\".")
-    description = forms.CharField(required=False, max_length=4000, widget=forms.Textarea(attrs={"rows": 2}),
-                                  help_text="Optional: where the data comes from, its licence, what it measures.")
+        help_text=gettext_lazy("A short label, unique among your benchmarks: 1–64 letters, digits, '-', '_' or '.'. It cannot change later."))
+    title = forms.CharField(label=gettext_lazy("Title"), max_length=200, required=False, help_text=gettext_lazy("Optional display title, e.g. \"MMLU (5-shot)\"."))
+    description = forms.CharField(label=gettext_lazy("Description"), required=False, max_length=4000, widget=forms.Textarea(attrs={"rows": 2}),
+                                  help_text=gettext_lazy("Optional: where the data comes from, its licence, what it measures."))
     dataset_version = forms.ChoiceField(
-        label="Dataset version",
-        help_text="The rows to score: a version of a dataset you may see, in an evaluation shape (multiple_choice, qa, "
-                  "code or text — its canonical format is the benchmark's shape). Upload or import one under Datasets.")
-    template = forms.CharField(
+        label=gettext_lazy("Dataset version"),
+        help_text=gettext_lazy("The rows to score: a version of a dataset you may see, in an evaluation shape (multiple_choice, qa, "
+                  "code or text — its canonical format is the benchmark's shape). Upload or import one under Datasets."))
+    template = forms.CharField(label=gettext_lazy("Template"), 
         required=False, strip=False, max_length=MAX_TEMPLATE, widget=forms.Textarea(attrs={"rows": 4}),
-        help_text="The prompt of one row, with its fields in braces: multiple_choice {question} {options} {subject}; qa "
+        help_text=gettext_lazy("The prompt of one row, with its fields in braces: multiple_choice {question} {options} {subject}; qa "
                   "{question}; code {prompt} {task_id} {entry_point}; text {text}. Write a literal brace as {{ or }}. "
-                  "Blank = the shape's default, e.g. \"{question}\\n{options}\\nAnswer:\". At most 8,000 characters.")
-    answer_template = forms.CharField(
+                  "Blank = the shape's default, e.g. \"{question}\\n{options}\\nAnswer:\". At most 8,000 characters."))
+    answer_template = forms.CharField(label=gettext_lazy("Answer template"), 
         required=False, strip=False, max_length=200, initial=" {answer}",
-        help_text="How a few-shot row's answer follows its prompt. Default \" {answer}\" (a space, then the answer).")
+        help_text=gettext_lazy("How a few-shot row's answer follows its prompt. Default \" {answer}\" (a space, then the answer)."))
     fewshot_version = forms.ChoiceField(
-        label="Few-shot rows from", required=False,
-        help_text="Optional: a dev version (same shape) whose fixed rows are shown before every prompt — never re-sampled, "
-                  "so the prompt and its hash stay the same. Blank = zero-shot.")
+        label=gettext_lazy("Few-shot rows from"), required=False,
+        help_text=gettext_lazy("Optional: a dev version (same shape) whose fixed rows are shown before every prompt — never re-sampled, "
+                  "so the prompt and its hash stay the same. Blank = zero-shot."))
     fewshot_rows = forms.CharField(
-        label="Few-shot row numbers", required=False, max_length=400,
+        label=gettext_lazy("Few-shot row numbers"), required=False, max_length=400,
         help_text=f"Which rows of that version, in order, e.g. \"0, 1, 2, 3, 4\" for 5-shot (0 is the first row). "
                   f"At most {MAX_FEWSHOT_ROWS}.")
     fewshot_separator = forms.CharField(
-        label="Few-shot separator", required=False, strip=False, max_length=200, initial="\n\n", widget=forms.Textarea(attrs={"rows": 2}),
-        help_text="Written between the few-shot blocks and before the prompt. Default: a blank line.")
+        label=gettext_lazy("Few-shot separator"), required=False, strip=False, max_length=200, initial="\n\n", widget=forms.Textarea(attrs={"rows": 2}),
+        help_text=gettext_lazy("Written between the few-shot blocks and before the prompt. Default: a blank line."))
     paradigm = forms.ChoiceField(
-        label="Scorer", choices=PARADIGMS,
-        help_text="How an answer is scored. The settings below apply to the scorer named in their label; the others are ignored.")
+        label=gettext_lazy("Scorer"), choices=PARADIGMS,
+        help_text=gettext_lazy("How an answer is scored. The settings below apply to the scorer named in their label; the others are ignored."))
     normalization = forms.ChoiceField(
-        label="Likelihood: normalisation", choices=NORMALIZATIONS, initial="none", required=False,
-        help_text="How option log-likelihoods compare. per-character favours neither long nor short options.")
+        label=gettext_lazy("Likelihood: normalisation"), choices=NORMALIZATIONS, initial="none", required=False,
+        help_text=gettext_lazy("How option log-likelihoods compare. per-character favours neither long nor short options."))
     continuation = forms.ChoiceField(
-        label="Likelihood: what is scored", choices=CONTINUATIONS, initial="letter", required=False,
-        help_text="The option letter after the prompt (MMLU style), or each option's own text (ARC/HellaSwag style).")
+        label=gettext_lazy("Likelihood: what is scored"), choices=CONTINUATIONS, initial="letter", required=False,
+        help_text=gettext_lazy("The option letter after the prompt (MMLU style), or each option's own text (ARC/HellaSwag style)."))
     circular = forms.BooleanField(
-        label="Likelihood: circular evaluation", required=False,
-        help_text="Ask every rotation of the options; a question counts right only if every rotation is (OpenCompass CircularEval).")
+        label=gettext_lazy("Likelihood: circular evaluation"), required=False,
+        help_text=gettext_lazy("Ask every rotation of the options; a question counts right only if every rotation is (OpenCompass CircularEval)."))
     extractor = forms.ChoiceField(
-        label="Generation: answer extractor", choices=EXTRACTORS, initial="last_number", required=False,
-        help_text="How the answer is read from the output. An explicit \"#### n\", \\boxed{} or \"The answer is\" wins "
-                  "over a stray number; <think> blocks are skipped.")
+        label=gettext_lazy("Generation: answer extractor"), choices=EXTRACTORS, initial="last_number", required=False,
+        help_text=gettext_lazy("How the answer is read from the output. An explicit \"#### n\", \\boxed{} or \"The answer is\" wins "
+                  "over a stray number; <think> blocks are skipped."))
     answer_pattern = forms.CharField(
-        label="Generation: answer pattern", required=False, max_length=300,
-        help_text="For the regex extractor: a regular expression whose first group (or whole match) is the answer. "
-                  "At most 300 characters, 1 s per output.")
+        label=gettext_lazy("Generation: answer pattern"), required=False, max_length=300,
+        help_text=gettext_lazy("For the regex extractor: a regular expression whose first group (or whole match) is the answer. "
+                  "At most 300 characters, 1 s per output."))
     timeout_s = forms.FloatField(
-        label="Code: timeout per problem (s)", required=False, min_value=0.1, max_value=60, initial=3.0,
-        help_text="Wall-clock seconds each program may run in the sandbox before it is killed. Default 3, range 0.1–60.")
+        label=gettext_lazy("Code: timeout per problem (s)"), required=False, min_value=0.1, max_value=60, initial=3.0,
+        help_text=gettext_lazy("Wall-clock seconds each program may run in the sandbox before it is killed. Default 3, range 0.1–60."))
     window = forms.IntegerField(
-        label="Perplexity: window (tokens)", required=False, min_value=0, max_value=1_000_000, initial=0,
-        help_text="Tokens the model sees at once. 0 = the model's context length.")
+        label=gettext_lazy("Perplexity: window (tokens)"), required=False, min_value=0, max_value=1_000_000, initial=0,
+        help_text=gettext_lazy("Tokens the model sees at once. 0 = the model's context length."))
     stride = forms.IntegerField(
-        label="Perplexity: stride (tokens)", required=False, min_value=0, max_value=1_000_000, initial=0,
-        help_text="How far the window moves each step. 0 = half the window.")
+        label=gettext_lazy("Perplexity: stride (tokens)"), required=False, min_value=0, max_value=1_000_000, initial=0,
+        help_text=gettext_lazy("How far the window moves each step. 0 = half the window."))
     repeats = forms.IntegerField(
-        label="Judge: judgments per answer", required=False, min_value=1, max_value=10, initial=1,
-        help_text="How many times the judge rates each answer; the mean is the score and the spread is shown. Default 1, range 1–10.")
+        label=gettext_lazy("Judge: judgments per answer"), required=False, min_value=1, max_value=10, initial=1,
+        help_text=gettext_lazy("How many times the judge rates each answer; the mean is the score and the spread is shown. Default 1, range 1–10."))
     temperature = forms.FloatField(
-        label="Judge: temperature", required=False, min_value=0, max_value=2, initial=0.0,
-        help_text="The judge's sampling temperature. Default 0 (greedy); above 0 makes repeated judgments differ. Range 0–2.")
-    dimension = forms.ChoiceField(
+        label=gettext_lazy("Judge: temperature"), required=False, min_value=0, max_value=2, initial=0.0,
+        help_text=gettext_lazy("The judge's sampling temperature. Default 0 (greedy); above 0 makes repeated judgments differ. Range 0–2."))
+    dimension = forms.ChoiceField(label=gettext_lazy("Dimension"), 
         choices=DIMENSIONS, initial="knowledge",
-        help_text="The capability it counts toward in the leaderboard's per-dimension averages and radar.")
+        help_text=gettext_lazy("The capability it counts toward in the leaderboard's per-dimension averages and radar."))
     chat = forms.BooleanField(
-        label="Use the model's chat template", required=False,
-        help_text="Send the prompt as a user turn through the model's chat template (instruct models). Off: the raw prompt (base models).")
+        label=gettext_lazy("Use the model's chat template"), required=False,
+        help_text=gettext_lazy("Send the prompt as a user turn through the model's chat template (instruct models). Off: the raw prompt (base models)."))
     chat_template = forms.ChoiceField(
-        label="Chat template", required=False, choices=CHAT_TEMPLATES,
-        help_text="With the chat template on, for a local model: its own template, or a named one (ChatML; ChatML with "
-                  "Hermes/Qwen-style tool calls) for a model without one. Remote targets apply their own.")
+        label=gettext_lazy("Chat template"), required=False, choices=CHAT_TEMPLATES,
+        help_text=gettext_lazy("With the chat template on, for a local model: its own template, or a named one (ChatML; ChatML with "
+                  "Hermes/Qwen-style tool calls) for a model without one. Remote targets apply their own."))
     tools = forms.CharField(
-        label="Tools (JSON)", required=False, max_length=MAX_TOOLS_CHARS, widget=forms.Textarea(attrs={"rows": 3}),
-        help_text="Optional, for agent benchmarks with the tool-call extractor: a JSON list of OpenAI-style tool "
-                  "definitions offered to the model. Blank = none.")
+        label=gettext_lazy("Tools (JSON)"), required=False, max_length=MAX_TOOLS_CHARS, widget=forms.Textarea(attrs={"rows": 3}),
+        help_text=gettext_lazy("Optional, for agent benchmarks with the tool-call extractor: a JSON list of OpenAI-style tool "
+                  "definitions offered to the model. Blank = none."))
 
     def __init__(self, user, *args, creating: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
@@ -333,17 +334,17 @@ class BenchmarkForm(forms.Form):
         except ValueError as exc:
             raise forms.ValidationError(f"is not JSON ({exc})") from None
         if not isinstance(tools, list):
-            raise forms.ValidationError("must be a JSON list of tool definitions")
+            raise forms.ValidationError(gettext_lazy("must be a JSON list of tool definitions"))
         return tools
 
     def clean(self):
         data = super().clean()
         if data.get("fewshot_rows") and not data.get("fewshot_version"):
-            self.add_error("fewshot_version", "choose the version the few-shot rows come from")
+            self.add_error("fewshot_version", gettext_lazy("choose the version the few-shot rows come from"))
         if data.get("fewshot_version") and not data.get("fewshot_rows"):
-            self.add_error("fewshot_rows", "list the rows to show (e.g. 0, 1, 2), or leave the version blank")
+            self.add_error("fewshot_rows", gettext_lazy("list the rows to show (e.g. 0, 1, 2), or leave the version blank"))
         if data.get("paradigm") == "generation" and data.get("extractor") == "regex" and not data.get("answer_pattern"):
-            self.add_error("answer_pattern", "the regex extractor needs a pattern")
+            self.add_error("answer_pattern", gettext_lazy("the regex extractor needs a pattern"))
         return data
 
     def service_kwargs(self) -> dict:
@@ -402,10 +403,10 @@ class SuiteForm(forms.Form):
     """Name and description, then one weight field per benchmark version offered (`w_<id>`): a
     blank or zero weight leaves it out."""
 
-    name = forms.RegexField(regex=r"^\w[\w .\-]{0,63}$", max_length=64,
-                            help_text="1–64 letters, digits, spaces, '.', '-' or '_', unique among your suites. It cannot change later.")
-    description = forms.CharField(required=False, max_length=4000, widget=forms.Textarea(attrs={"rows": 2}),
-                                  help_text="Optional: what the suite is for (e.g. \"the checks before a release\").")
+    name = forms.RegexField(label=gettext_lazy("Name"), regex=r"^\w[\w .\-]{0,63}$", max_length=64,
+                            help_text=gettext_lazy("1–64 letters, digits, spaces, '.', '-' or '_', unique among your suites. It cannot change later."))
+    description = forms.CharField(label=gettext_lazy("Description"), required=False, max_length=4000, widget=forms.Textarea(attrs={"rows": 2}),
+                                  help_text=gettext_lazy("Optional: what the suite is for (e.g. \"the checks before a release\")."))
 
     def __init__(self, user, benchmark_versions, *args, creating: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
@@ -423,7 +424,7 @@ class SuiteForm(forms.Form):
     def clean(self):
         data = super().clean()
         if not self.errors and not self.items():
-            raise forms.ValidationError("items: give at least one benchmark a weight above 0")
+            raise forms.ValidationError(gettext_lazy("items: give at least one benchmark a weight above 0"))
         return data
 
     def items(self) -> list[tuple[BenchmarkVersion, float]]:
@@ -438,9 +439,9 @@ MAX_SUMMARY_BYTES = 2 * 1024 * 1024
 
 class ImportForm(forms.Form):
     summary = forms.FileField(
-        label="OpenCompass summary CSV",
-        help_text="The summary_*.csv an OpenCompass run writes under outputs/<run>/summary/: columns dataset, version, "
-                  "metric, mode, then one column per model (a score in percent, or \"-\"). At most 2 MB.")
+        label=gettext_lazy("OpenCompass summary CSV"),
+        help_text=gettext_lazy("The summary_*.csv an OpenCompass run writes under outputs/<run>/summary/: columns dataset, version, "
+                  "metric, mode, then one column per model (a score in percent, or \"-\"). At most 2 MB."))
 
     def clean_summary(self):
         upload = self.cleaned_data["summary"]
@@ -458,10 +459,10 @@ SIZE_LIMITS = [("", "any"), ("100000000", "≤ 100M parameters"), ("1000000000",
 
 
 class BoardFilterForm(forms.Form):
-    kind = forms.ChoiceField(choices=[("", "any")] + KINDS, required=False, label="Kind")
-    owner = forms.ChoiceField(required=False, label="Owner")
-    size_max = forms.ChoiceField(choices=SIZE_LIMITS, required=False, label="Max size")
-    since = forms.DateField(required=False, label="Evaluated since", widget=forms.DateInput(attrs={"type": "date"}))
+    kind = forms.ChoiceField(help_text=gettext_lazy('only runs of this kind of model (base, adapter, merged, ...)'), choices=[("", "any")] + KINDS, required=False, label=gettext_lazy("Kind"))
+    owner = forms.ChoiceField(help_text=gettext_lazy('only models of this owner'), required=False, label=gettext_lazy("Owner"))
+    size_max = forms.ChoiceField(help_text=gettext_lazy('only models up to this many parameters'), choices=SIZE_LIMITS, required=False, label=gettext_lazy("Max size"))
+    since = forms.DateField(help_text=gettext_lazy('only runs evaluated on or after this day'), required=False, label=gettext_lazy("Evaluated since"), widget=forms.DateInput(attrs={"type": "date"}))
 
     def __init__(self, user, *args, **kwargs):
         super().__init__(*args, **kwargs)

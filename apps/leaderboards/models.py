@@ -203,6 +203,7 @@ class ImportedSummary(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        verbose_name_plural = "imported summaries"
 
 
 class ImportedScore(models.Model):

@@ -30,7 +30,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max, Q
 from django.http import Http404
 
-from apps.accounts.visibility import PermissionDenied, get_visible_or_404, require_manager, teammate_ids, visible_to
+from apps.accounts.system import SYSTEM_USERNAME, builtin_owner, system_user  # noqa: F401  (re-exported for the tests and views)
+from apps.accounts.visibility import PermissionDenied, get_visible_or_404, require_manager, visible_to
 from apps.datasets.models import Dataset, DatasetVersion, DatasetVersionUse
 from apps.jobs import services as jobs
 from apps.jobs.models import Job, JobStatus
@@ -50,8 +51,8 @@ from workers.tasks import catalog
 __all__ = ["RefusedInput", "PermissionDenied", "visible_benchmarks", "visible_suites", "visible_runs", "create_benchmark",
            "edit_benchmark", "create_suite", "edit_suite", "submit_evaluation", "builtin_suite", "ensure_builtins"]
 
-SYSTEM_USERNAME = "puyu-system"
 STARTER_SUITE = "starter"
+AGENT_SUITE = "agent"
 MAX_SUITE_ITEMS = 64
 MAX_FEWSHOT = 32
 MAX_DESCRIPTION = 20_000
@@ -83,30 +84,10 @@ KEEP = _Keep()
 
 # ---- the system user and who sees what --------------------------------------------------------
 
-def system_user():
-    """The owner of the built-ins: no password anyone can use and no login. A person who
-    happens to be called that is never taken over."""
-    User = get_user_model()
-    user, created = User.objects.get_or_create(username=SYSTEM_USERNAME, defaults={"is_active": False})
-    if created:
-        user.set_unusable_password()
-        user.save(update_fields=["password"])
-    elif user.is_active or user.has_usable_password():
-        raise RuntimeError(f"a user named {SYSTEM_USERNAME!r} exists and can sign in; rename it so the built-ins "
-                           "can have a system owner")
-    return user
-
-
-def _builtin_owner(prefix: str) -> Q:
-    return Q(**{f"{prefix}owner__username": SYSTEM_USERNAME, f"{prefix}owner__is_active": False})
-
-
 def _visible_with_builtins(queryset, user, prefix: str = ""):
-    if not user.is_authenticated:
-        return queryset.none()
-    if user.is_superuser:
-        return queryset
-    return queryset.filter(Q(**{f"{prefix}owner__in": teammate_ids(user)}) | _builtin_owner(prefix))
+    # Every listing already includes the built-ins (visible_to); kept as the one place this
+    # module says so.
+    return visible_to(queryset, user, f"{prefix}owner")
 
 
 def visible_benchmarks(user):
@@ -382,7 +363,7 @@ def latest_suite_version(suite: Suite) -> SuiteVersion | None:
 
 def builtin_suite() -> SuiteVersion | None:
     """The latest version of the system's "starter" suite (every built-in at weight 1)."""
-    return (SuiteVersion.objects.filter(_builtin_owner("suite__"), suite__name=STARTER_SUITE)
+    return (SuiteVersion.objects.filter(builtin_owner("suite__owner"), suite__name=STARTER_SUITE)
             .select_related("suite").order_by("-number").first())
 
 
@@ -655,4 +636,19 @@ def record_builtins(job: Job, result: dict) -> dict:
                                            defaults={"description": "Every built-in benchmark, each at weight 1."})
     if items and not _same_items(latest_suite_version(suite), items):
         _add_suite_version(suite, system, items)
+    # The agent benchmarks alone: what the Quick start evaluates base and fine-tuned on, in minutes.
+    agent_items = [(version, weight) for version, weight in items if version.benchmark.dimension == "agent"]
+    if agent_items:
+        agent, _ = Suite.objects.get_or_create(owner=system, name=AGENT_SUITE,
+                                               defaults={"description": "The built-in agent benchmarks (calculator tool use)."})
+        if not _same_items(latest_suite_version(agent), agent_items):
+            _add_suite_version(agent, system, agent_items)
     return {**result, "benchmarks": sorted(b.builtin_key for b in builtins)}
+
+
+def created_run(job: Job) -> list[tuple[str, str]]:
+    """An evaluation job's run page, with its scores (the job page links it)."""
+    from django.urls import reverse
+
+    return [(f"evaluation run #{run.pk} (scores)", reverse("evaluation-run", args=[run.pk]))
+            for run in EvaluationRun.objects.filter(job=job)]

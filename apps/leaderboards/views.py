@@ -10,6 +10,7 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from django.contrib import messages
+from django.utils.translation import gettext
 from django.core.paginator import Paginator
 from django.db.models import Count, Max, Q
 from django.http import Http404, HttpResponse, JsonResponse
@@ -245,7 +246,7 @@ def _ids(values) -> list[int]:
 def compare(request):
     ids = _ids([request.GET.get("a", ""), request.GET.get("b", "")] + request.GET.getlist("runs"))
     if len(ids) != 2:
-        messages.error(request, "runs: tick exactly two rows to compare")
+        messages.error(request, gettext("runs: tick exactly two rows to compare"))
         suite = request.GET.get("suite", "")  # the board the form was on (never a URL from the request)
         return redirect("leaderboard", suite_id=int(suite)) if suite.isdigit() and len(suite) < 12 else redirect("leaderboards")
     run_a, run_b = _run(request.user, ids[0]), _run(request.user, ids[1])
@@ -318,7 +319,7 @@ def evaluate(request):
         except PermissionDenied as exc:
             form.add_error(None, str(exc))
         else:
-            messages.success(request, f"Evaluation of {run.target_label} on {run.suite_version} queued.")
+            messages.success(request, gettext('Evaluation of %(target_label)s on %(suite_version)s queued.') % {"target_label": run.target_label, "suite_version": run.suite_version})
             return redirect("evaluation-run", run_id=run.pk)
     return render(request, "leaderboards/evaluate.html", {"form": form}, status=422 if form.errors else 200)
 
@@ -562,7 +563,7 @@ def benchmark_new(request):
         except services.RefusedInput as exc:
             attach(form, exc.field, exc.reason)
         else:
-            messages.success(request, f"Benchmark {version} saved (hash {version.short_hash}).")
+            messages.success(request, gettext('Benchmark %(version)s saved (hash %(short_hash)s).') % {"version": version, "short_hash": version.short_hash})
             return redirect("benchmark-detail", benchmark_id=version.benchmark_id)
     return render(request, "leaderboards/benchmark_form.html", {"form": form, "benchmark": None},
                   status=422 if form.errors else 200)
@@ -573,7 +574,7 @@ def benchmark_edit(request, benchmark_id: int):
     if not can_manage(request.user, benchmark):
         if request.method == "POST":
             return HttpResponse("only the benchmark's owner or staff can change it", status=403, content_type="text/plain")
-        messages.error(request, "Only the benchmark's owner can change it; make your own from it instead.")
+        messages.error(request, gettext("Only the benchmark's owner can change it; make your own from it instead."))
         return redirect("benchmark-detail", benchmark_id=benchmark.pk)
     latest = benchmark.versions.order_by("-number").first()
     form = BenchmarkForm(request.user, request.POST or None, initial=benchmark_initial(latest) if latest else {}, creating=False)
@@ -586,9 +587,9 @@ def benchmark_edit(request, benchmark_id: int):
             attach(form, exc.field, exc.reason)
         else:
             if latest is not None and version.pk == latest.pk:
-                messages.success(request, f"Nothing that changes the version hash changed: {version} stays current.")
+                messages.success(request, gettext('Nothing that changes the version hash changed: %(version)s stays current.') % {"version": version})
             else:
-                messages.success(request, f"Saved as {version} (hash {version.short_hash}); older scores keep their version.")
+                messages.success(request, gettext('Saved as %(version)s (hash %(short_hash)s); older scores keep their version.') % {"version": version, "short_hash": version.short_hash})
             return redirect("benchmark-detail", benchmark_id=benchmark.pk)
     return render(request, "leaderboards/benchmark_form.html", {"form": form, "benchmark": benchmark, "latest": latest},
                   status=422 if form.errors else 200)
@@ -630,7 +631,7 @@ def suite_new(request):
         except services.RefusedInput as exc:
             attach(form, exc.field, exc.reason)
         else:
-            messages.success(request, f"Suite {version} saved.")
+            messages.success(request, gettext('Suite %(version)s saved.') % {"version": version})
             return redirect("suite-detail", suite_id=version.suite_id)
     return render(request, "leaderboards/suite_form.html", {"form": form, "suite": None}, status=422 if form.errors else 200)
 
@@ -640,7 +641,7 @@ def suite_edit(request, suite_id: int):
     if not can_manage(request.user, suite):
         if request.method == "POST":
             return HttpResponse("only the suite's owner or staff can change it", status=403, content_type="text/plain")
-        messages.error(request, "Only the suite's owner can change it.")
+        messages.error(request, gettext("Only the suite's owner can change it."))
         return redirect("suite-detail", suite_id=suite.pk)
     latest = suite.versions.order_by("-number").first()
     current = list(latest.items.select_related("benchmark_version__benchmark")) if latest else []
@@ -655,7 +656,7 @@ def suite_edit(request, suite_id: int):
         except services.RefusedInput as exc:
             attach(form, exc.field, exc.reason)
         else:
-            messages.success(request, f"Suite saved as {version}.")
+            messages.success(request, gettext('Suite saved as %(version)s.') % {"version": version})
             return redirect("suite-detail", suite_id=suite.pk)
     return render(request, "leaderboards/suite_form.html", {"form": form, "suite": suite, "latest": latest},
                   status=422 if form.errors else 200)
@@ -677,7 +678,7 @@ def import_summary(request):
         except services.RefusedInput as exc:
             form.add_error("summary", f"{exc.field}: {exc.reason}")
         else:
-            messages.success(request, f"Imported {summary.scores.count()} scores from {summary.filename}.")
+            messages.success(request, gettext('Imported %(count)s scores from %(filename)s.') % {"count": summary.scores.count(), "filename": summary.filename})
             return redirect("import-detail", summary_id=summary.pk)
     imports = _visible_imports(request.user).annotate(score_count=Count("scores"))[:50]
     return render(request, "leaderboards/import.html", {"form": form, "imports": imports}, status=422 if form.errors else 200)
@@ -721,5 +722,5 @@ def arena_recompute(request):
     except services.RefusedInput as exc:
         messages.error(request, f"{exc.field}: {exc.reason}")
     else:
-        messages.success(request, f"Ratings job #{job.pk} queued: the table updates when it finishes.")
+        messages.success(request, gettext('Ratings job #%(pk)s queued: the table updates when it finishes.') % {"pk": job.pk})
     return redirect("arena")

@@ -40,6 +40,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
         self.user = self.scope.get("user")
         self.jobs: dict[int, int] = {}  # job id → the answer it writes
+        self.ended: set[int] = set()  # agent answers whose end this socket sent (it may come twice)
         if self.user is None or not self.user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
@@ -160,10 +161,20 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
             return Conversation(pk=self.conversation_id, owner=self.user)
 
-    async def playground_event(self, message):
-        event = message["event"]
+    async def playground_events(self, message):
+        for event in message["events"]:
+            await self._relay(event)
+
+    async def _relay(self, event: dict) -> None:
+        if event.get("event") == "end" and event.get("message_id") in self.ended:
+            return  # the job's status got here first (_end)
         await self.send_json(event)
-        if event.get("event") == "message":
+        if event.get("event") == "end":
+            # An agent turn's end, pushed by the worker that settled it: stop following its job.
+            job_id = next((job for job, answer in self.jobs.items() if answer == event.get("message_id")), None)
+            if job_id is not None:
+                await self._unfollow(job_id)
+        elif event.get("event") == "message":
             payload = event["message"]
             if payload.get("job_id") and payload.get("status") == MessageStatus.STREAMING:
                 await self._follow(payload["job_id"], payload["id"])
@@ -208,9 +219,14 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         event = await self._finished(message_id)
         if event is None:  # recorded, but this read came first: the job's status will repeat it
             return
-        self.jobs.pop(job_id, None)
-        await self.channel_layer.group_discard(job_group(job_id), self.channel_name)
+        if self.jobs.get(job_id) != message_id:  # its pushed end was sent meanwhile
+            return
+        await self._unfollow(job_id)
         await self.send_json(event)
+
+    async def _unfollow(self, job_id: int) -> None:
+        self.ended.add(self.jobs.pop(job_id))
+        await self.channel_layer.group_discard(job_group(job_id), self.channel_name)
 
     @database_sync_to_async
     def _finished(self, message_id: int) -> dict | None:
@@ -221,7 +237,4 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         message = services.reconcile(message)
         if not message.is_finished:
             return None
-        payload = services.message_payload(message, hide_models=services.hides_models(message.conversation))
-        return {"event": "end", "message_id": message.pk, "column": message.column, "status": message.status,
-                "content": message.content, "html": payload["html"], "usage": message.usage, "error": message.error,
-                "trace": message.trace, "model_version": payload["model_version"]}
+        return services.end_event(message, hide_models=services.hides_models(message.conversation))

@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 
 from django import forms
+from django.utils.translation import gettext_lazy
 from django.conf import settings
 
+from apps.accounts.system import SYSTEM_USERNAME
 from apps.accounts.visibility import visible_to
+from apps.registry.services import STARTER_ALIAS
 from apps.serving.models import Deployment, DeploymentState
 
 MAX_SYSTEM_PROMPT = 8_000
@@ -68,17 +71,17 @@ class SamplingMixin(forms.Form):
     """Sampling settings shared by a new chat, side-by-side and the conversation's settings."""
 
     temperature = forms.FloatField(
-        label="Temperature", min_value=0.0, max_value=2.0, initial=0.7,
+        label=gettext_lazy("Temperature"), min_value=0.0, max_value=2.0, initial=0.7,
         widget=forms.NumberInput(attrs={"step": "0.1"}),
-        help_text="Randomness of each token: 0 always picks the likeliest (repeatable answers), 1 samples as the model "
-                  "learned, above 1 gets erratic. Default 0.7, range 0–2.")
+        help_text=gettext_lazy("Randomness of each token: 0 always picks the likeliest (repeatable answers), 1 samples as the model "
+                  "learned, above 1 gets erratic. Default 0.7, range 0–2."))
     top_p = forms.FloatField(
-        label="Top-p", min_value=0.01, max_value=1.0, initial=1.0,
+        label=gettext_lazy("Top-p"), min_value=0.01, max_value=1.0, initial=1.0,
         widget=forms.NumberInput(attrs={"step": "0.01"}),
-        help_text="Sample only among the likeliest tokens whose probabilities add up to this share. 1 = all tokens; "
-                  "0.9 cuts the unlikely tail. Default 1, range 0.01–1.")
+        help_text=gettext_lazy("Sample only among the likeliest tokens whose probabilities add up to this share. 1 = all tokens; "
+                  "0.9 cuts the unlikely tail. Default 1, range 0.01–1."))
     max_tokens = forms.IntegerField(
-        label="Max tokens", min_value=1, max_value=MAX_TOKENS, initial=512,
+        label=gettext_lazy("Max tokens"), min_value=1, max_value=MAX_TOKENS, initial=512,
         help_text=f"The longest answer, in tokens (about ¾ of a word each); the answer stops there. Default 512, "
                   f"range 1–{MAX_TOKENS:,}. With tools: per model call.")
 
@@ -91,27 +94,27 @@ class ConversationForm(SamplingMixin):
     """A new chat (and, with `editing`, a conversation's settings: its deployment stays)."""
 
     deployment = forms.ChoiceField(
-        label="Deployment", error_messages={"invalid_choice": "choose a ready deployment you may use"},
-        help_text="The model that answers: one of the deployments you may use that is ready now. Start one on the "
-                  "Serving page.")
+        label=gettext_lazy("Deployment"), error_messages={"invalid_choice": "choose a ready deployment you may use"},
+        help_text=gettext_lazy("The model that answers: one of the deployments you may use that is ready now. Start one on the "
+                  "Serving page."))
     title = forms.CharField(
-        label="Title", max_length=MAX_TITLE, required=False,
-        help_text="Blank: named after your first message.")
+        label=gettext_lazy("Title"), max_length=MAX_TITLE, required=False,
+        help_text=gettext_lazy("Blank: named after your first message."))
     system_prompt = forms.CharField(
-        label="System prompt", max_length=MAX_SYSTEM_PROMPT, required=False,
-        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "You are a helpful assistant."}),
+        label=gettext_lazy("System prompt"), max_length=MAX_SYSTEM_PROMPT, required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": gettext_lazy("You are a helpful assistant.")}),
         help_text=f"Instructions the model sees before the conversation. Blank: none (the chat template's own "
                   f"default, if it has one). At most {MAX_SYSTEM_PROMPT:,} characters.")
     tools = forms.MultipleChoiceField(
-        label="Tools", choices=BUILTIN_TOOLS, required=False, widget=forms.CheckboxSelectMultiple,
-        help_text="With tools, each answer runs as an agent turn on a worker (queue agent): the model may call them, "
-                  "and every step shows in the trace. Without tools the answer streams straight from the deployment.")
+        label=gettext_lazy("Tools"), choices=BUILTIN_TOOLS, required=False, widget=forms.CheckboxSelectMultiple,
+        help_text=gettext_lazy("With tools, each answer runs as an agent turn on a worker (queue agent): the model may call them, "
+                  "and every step shows in the trace. Without tools the answer streams straight from the deployment."))
     http_tools = forms.MultipleChoiceField(
-        label="Your HTTP tools", required=False, widget=forms.CheckboxSelectMultiple,
-        help_text="Endpoints you described on the HTTP tools page; calls go only to hosts on the administrator's allowlist.")
+        label=gettext_lazy("Your HTTP tools"), required=False, widget=forms.CheckboxSelectMultiple,
+        help_text=gettext_lazy("Endpoints you described on the HTTP tools page; calls go only to hosts on the administrator's allowlist."))
     protocol = forms.ChoiceField(
-        label="Tool protocol", choices=PROTOCOLS, initial="auto", widget=forms.RadioSelect,
-        help_text="How the model is told about tools and asks for them. Only used with tools.")
+        label=gettext_lazy("Tool protocol"), choices=PROTOCOLS, initial="auto", widget=forms.RadioSelect,
+        help_text=gettext_lazy("How the model is told about tools and asks for them. Only used with tools."))
 
     field_order = ["deployment", "title", "system_prompt", "temperature", "top_p", "max_tokens", "tools", "http_tools",
                    "protocol"]
@@ -123,8 +126,14 @@ class ConversationForm(SamplingMixin):
         if editing is not None:
             del self.fields["deployment"]  # a conversation keeps the deployment it was started with
         else:
+            ready = list(ready_deployments(user)[:MAX_CHOICES])
             self.fields["deployment"].choices = [("", "— choose a deployment —")] + [
-                (str(d.pk), deployment_label(d)) for d in ready_deployments(user)[:MAX_CHOICES]]
+                (str(d.pk), deployment_label(d)) for d in ready]
+            # A new studio opens on the starter model's deployment (made on first run, see
+            # apps/registry/services.py queue_starter) unless the page asked for another.
+            starter = next((d for d in ready if d.name == STARTER_ALIAS and d.owner.username == SYSTEM_USERNAME), None)
+            if starter is not None and not self.initial.get("deployment"):
+                self.fields["deployment"].initial = str(starter.pk)
         choices = http_tool_choices(user)
         if choices:
             self.fields["http_tools"].choices = choices
@@ -135,7 +144,7 @@ class ConversationForm(SamplingMixin):
         value = self.cleaned_data["deployment"]
         deployment = ready_deployments(self.user).filter(pk=int(value)).first() if value.isdigit() else None
         if deployment is None:
-            raise forms.ValidationError("choose a ready deployment you may use")
+            raise forms.ValidationError(gettext_lazy("choose a ready deployment you may use"))
         return deployment
 
     def service_kwargs(self) -> dict:
@@ -161,7 +170,7 @@ def conversation_initial(conversation) -> dict:
 
 class DocumentForm(forms.Form):
     document = forms.FileField(
-        label="Attach a document",
+        label=gettext_lazy("Attach a document"),
         help_text=f"A .txt, .md or .pdf file of at most {settings.PLAYGROUND_MAX_DOCUMENT_BYTES // 2**20} MiB: the "
                   f"document search tool finds passages in it and cites them."
         if hasattr(settings, "PLAYGROUND_MAX_DOCUMENT_BYTES") else
@@ -170,15 +179,15 @@ class DocumentForm(forms.Form):
 
 class SideBySideForm(SamplingMixin):
     deployments = forms.MultipleChoiceField(
-        label="Deployments", widget=forms.CheckboxSelectMultiple,
+        label=gettext_lazy("Deployments"), widget=forms.CheckboxSelectMultiple,
         error_messages={"invalid_choice": "choose ready deployments you may use"},
-        help_text="Two to four ready deployments: each answers the same message in its own column, at the same time.")
+        help_text=gettext_lazy("Two to four ready deployments: each answers the same message in its own column, at the same time."))
     content = forms.CharField(
-        label="Message", max_length=MAX_MESSAGE, widget=forms.Textarea(attrs={"rows": 4}),
+        label=gettext_lazy("Message"), max_length=MAX_MESSAGE, widget=forms.Textarea(attrs={"rows": 4}),
         help_text=f"What every model is asked. At most {MAX_MESSAGE:,} characters.")
     system_prompt = forms.CharField(
-        label="System prompt", max_length=MAX_SYSTEM_PROMPT, required=False, widget=forms.Textarea(attrs={"rows": 2}),
-        help_text="The same instructions for every model. Blank: none.")
+        label=gettext_lazy("System prompt"), max_length=MAX_SYSTEM_PROMPT, required=False, widget=forms.Textarea(attrs={"rows": 2}),
+        help_text=gettext_lazy("The same instructions for every model. Blank: none."))
 
     field_order = ["deployments", "content", "system_prompt", "temperature", "top_p", "max_tokens"]
 
@@ -190,10 +199,10 @@ class SideBySideForm(SamplingMixin):
     def clean_deployments(self):
         ids = [int(v) for v in self.cleaned_data["deployments"] if v.isdigit()]
         if not 2 <= len(ids) <= 4:
-            raise forms.ValidationError("tick two to four deployments")
+            raise forms.ValidationError(gettext_lazy("tick two to four deployments"))
         chosen = list(ready_deployments(self.user).filter(pk__in=ids))
         if len(chosen) != len(ids):
-            raise forms.ValidationError("choose ready deployments you may use")
+            raise forms.ValidationError(gettext_lazy("choose ready deployments you may use"))
         return sorted(chosen, key=lambda d: ids.index(d.pk))
 
     def service_kwargs(self) -> dict:
@@ -204,27 +213,27 @@ class SideBySideForm(SamplingMixin):
 
 class BattleForm(forms.Form):
     content = forms.CharField(
-        label="Your prompt", max_length=MAX_MESSAGE, widget=forms.Textarea(attrs={"rows": 4}),
-        help_text="Two anonymous models answer it side by side; their names are shown after you vote.")
+        label=gettext_lazy("Your prompt"), max_length=MAX_MESSAGE, widget=forms.Textarea(attrs={"rows": 4}),
+        help_text=gettext_lazy("Two anonymous models answer it side by side; their names are shown after you vote."))
 
 
 class VoteForm(forms.Form):
-    outcome = forms.ChoiceField(choices=[("a", "A is better"), ("b", "B is better"), ("tie", "Tie"),
-                                         ("both_bad", "Both are bad")])
+    outcome = forms.ChoiceField(label=gettext_lazy("Outcome"), help_text=gettext_lazy('which answer was better; the names are shown after you vote'), choices=[("a", gettext_lazy("A is better")), ("b", gettext_lazy("B is better")), ("tie", gettext_lazy("Tie")),
+                                         ("both_bad", gettext_lazy("Both are bad"))])
 
 
 class FeedbackExportForm(forms.Form):
-    kind = forms.ChoiceField(
-        label="Dataset kind", widget=forms.RadioSelect, initial="preference",
-        choices=[("preference", "Preference pairs (chosen / rejected) — for DPO: every \"this one is better\", and a "
-                                "thumbs-up answer against a thumbs-down sibling"),
-                 ("sft", "SFT chats — every conversation path that ends in a thumbs-up answer, for supervised fine-tuning")])
+    kind = forms.ChoiceField(help_text=gettext_lazy('preference: chosen/rejected pairs for DPO; sft: the rated-up answers as chat data'), 
+        label=gettext_lazy("Dataset kind"), widget=forms.RadioSelect, initial="preference",
+        choices=[("preference", gettext_lazy("Preference pairs (chosen / rejected) — for DPO: every \"this one is better\", and a "
+                                "thumbs-up answer against a thumbs-down sibling")),
+                 ("sft", gettext_lazy("SFT chats — every conversation path that ends in a thumbs-up answer, for supervised fine-tuning"))])
     dataset_name = forms.SlugField(
-        label="Dataset name", max_length=MAX_DATASET_NAME, initial="playground-feedback",
-        help_text="A new dataset, or a new version of yours with this name (letters, digits, - and _).")
+        label=gettext_lazy("Dataset name"), max_length=MAX_DATASET_NAME, initial="playground-feedback",
+        help_text=gettext_lazy("A new dataset, or a new version of yours with this name (letters, digits, - and _)."))
     conversations = forms.MultipleChoiceField(
-        label="Conversations", required=False, widget=forms.CheckboxSelectMultiple,
-        help_text="The conversations whose feedback goes in. None ticked: all of yours with feedback.")
+        label=gettext_lazy("Conversations"), required=False, widget=forms.CheckboxSelectMultiple,
+        help_text=gettext_lazy("The conversations whose feedback goes in. None ticked: all of yours with feedback."))
 
     def __init__(self, conversation_choices, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -243,22 +252,22 @@ SCHEMA_EXAMPLE = json.dumps({"type": "object", "properties": {"city": {"type": "
 
 class HttpToolForm(forms.Form):
     name = forms.RegexField(
-        label="Name", max_length=64, regex=r"^[a-zA-Z][a-zA-Z0-9_]*$",
+        label=gettext_lazy("Name"), max_length=64, regex=r"^[a-zA-Z][a-zA-Z0-9_]*$",
         error_messages={"invalid": "letters, digits and _, starting with a letter"},
-        help_text="How the model calls it, e.g. get_weather (letters, digits and _; not a built-in tool's name).")
+        help_text=gettext_lazy("How the model calls it, e.g. get_weather (letters, digits and _; not a built-in tool's name)."))
     description = forms.CharField(
-        label="Description", max_length=1000, widget=forms.Textarea(attrs={"rows": 2}),
-        help_text="What it does and when to use it: the model reads this to decide.")
-    method = forms.ChoiceField(label="Method", choices=HTTP_METHODS, initial="GET",
-                               help_text="GET sends the arguments in the URL template; POST also sends them as a JSON body.")
+        label=gettext_lazy("Description"), max_length=1000, widget=forms.Textarea(attrs={"rows": 2}),
+        help_text=gettext_lazy("What it does and when to use it: the model reads this to decide."))
+    method = forms.ChoiceField(label=gettext_lazy("Method"), choices=HTTP_METHODS, initial="GET",
+                               help_text=gettext_lazy("GET sends the arguments in the URL template; POST also sends them as a JSON body."))
     url_template = forms.CharField(
-        label="URL template", max_length=2000,
-        widget=forms.TextInput(attrs={"placeholder": "https://api.example.org/weather?city={city}"}),
-        help_text="https:// or http:// URL on an allowlisted host; {name} is replaced by that argument (URL-encoded).")
+        label=gettext_lazy("URL template"), max_length=2000,
+        widget=forms.TextInput(attrs={"placeholder": gettext_lazy("https://api.example.org/weather?city={city}")}),
+        help_text=gettext_lazy("https:// or http:// URL on an allowlisted host; {name} is replaced by that argument (URL-encoded)."))
     parameters_schema = forms.CharField(
-        label="Arguments (JSON schema)", max_length=MAX_SCHEMA_CHARS,
+        label=gettext_lazy("Arguments (JSON schema)"), max_length=MAX_SCHEMA_CHARS,
         widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false"}), initial=SCHEMA_EXAMPLE,
-        help_text="An object schema: each property is an argument the model fills in.")
+        help_text=gettext_lazy("An object schema: each property is an argument the model fills in."))
 
     def clean_parameters_schema(self):
         try:
@@ -266,7 +275,7 @@ class HttpToolForm(forms.Form):
         except ValueError as exc:
             raise forms.ValidationError(f"is not JSON ({exc})") from None
         if not isinstance(schema, dict):
-            raise forms.ValidationError("must be a JSON object (a schema with \"type\": \"object\")")
+            raise forms.ValidationError(gettext_lazy("must be a JSON object (a schema with \"type\": \"object\")"))
         return schema
 
     def service_kwargs(self) -> dict:

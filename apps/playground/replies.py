@@ -5,12 +5,15 @@ not in the socket that asked for it: the page's socket, a teammate's and the API
 events from the conversation's channel group, a reload picks the stream up again, and a reply
 asked through the API (no socket at all) streams the same way. The request takes the gateway's
 path (apps/serving/openai_views.open_exchange: rate limit, quota reservation under the user's
-playground key, admission, XADD, the event stream, usage counted however it ends).
+playground key, admission, XADD, the event stream, usage counted however it ends); what it needs
+from the database (the admission, the chat body) was read by the transaction that stored the
+placeholder (services.send), so nothing but the XADD stands between that commit and the engine.
 
 Events (to the group, forwarded by consumers.py):
     {"event": "message", "message": {...}}              a new message (user message or placeholder)
     {"event": "delta", "message_id", "column", "text", "offset"}   offset: characters before it
-    {"event": "end", "message_id", "column", "status", "html", "content", "usage", "error"}
+    {"event": "end", "message_id", "column", "status", "html", "content", "usage", "error", "trace",
+     "model_version"}                                   (services.end_event; an agent turn's too)
 The partial text is saved every SAVE_INTERVAL seconds and at the end; "stop" cancels the engine
 request (or, before it exists, marks the placeholder stopped, which the stream notices)."""
 from __future__ import annotations
@@ -24,19 +27,18 @@ from concurrent.futures import Future
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
-from django.conf import settings
 from django.db import close_old_connections
 
 from apps.playground import services
 from apps.playground.models import Message, MessageStatus
-from apps.playground.rendering import render_markdown
 from apps.serving import gateway
-from apps.serving.openai_format import ApiError, parse_request
+from apps.serving.openai_format import ApiError
 from apps.serving.openai_views import open_exchange
 
 log = logging.getLogger(__name__)
 
 SAVE_INTERVAL = 1.0  # seconds between saves of the partial text
+SEND_TIMEOUT = 10.0  # seconds a send waits for its request's XADD (Redis's connect timeout is 2 s)
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _loop_pid: int | None = None
@@ -61,12 +63,14 @@ def group_name(conversation_id: int) -> str:
     return f"playground-conversation-{conversation_id}"
 
 
-async def publish(conversation_id: int, event: dict) -> None:
+async def publish(conversation_id: int, *events: dict) -> None:
+    """Push events to the conversation's group, in order, as one channel message (a group send
+    costs a few Redis round trips; the socket relays each event as its own frame)."""
     layer = get_channel_layer()
     if layer is None:
         return
     try:
-        await layer.group_send(group_name(conversation_id), {"type": "playground.event", "event": event})
+        await layer.group_send(group_name(conversation_id), {"type": "playground.events", "events": list(events)})
     except Exception as exc:  # best effort: the database holds the truth; a page re-syncs from it
         log.warning("playground event push failed: %s", exc)
 
@@ -82,35 +86,45 @@ def _db(function):
     return sync_to_async(call, thread_sensitive=False)
 
 
-def _announcements(message_ids: list[int]) -> list[dict]:
-    messages = Message.objects.select_related("conversation__battle", "deployment__owner", "model_version__model") \
-        .filter(pk__in=message_ids).order_by("created_at", "id")
-    return [{"event": "message", "message": services.message_payload(m, hide_models=services.hides_models(m.conversation))}
-            for m in messages]
+def send_request(reply: services.PlainReply):
+    """Send a prepared reply's request to the engine now, from the thread of the transaction that
+    prepares it (services._Sending), and return its Exchange; ApiError when refused."""
+    future = submit(open_exchange("chat", reply.spec, reply.caller, reply.target))
+    try:
+        return future.result(SEND_TIMEOUT)
+    except TimeoutError:
+        future.cancel()  # not sent by now (Redis unreachable): it must not leave later, unwatched
+        raise
 
 
-def announce_and_stream(conversation_id: int, announce: list[int], stream: list[int]) -> Future:
-    """Called when the transaction that stored the messages commits. The replies' requests go to
-    the engine while the new messages are announced (on a busy machine announcing took ~35 ms,
-    all of it added to the time to first token when it came first); a reply's own events wait
-    until the announcements are out, so a page always hears of a message before its text."""
-    async def run():
-        announced = asyncio.Event()
+def abandon(exchange) -> None:
+    """Cancel a request whose placeholder was never stored (its transaction rolled back); its
+    reservation is settled and any tokens it made are counted."""
+    submit(exchange.abort())
 
-        async def announce_all():
-            try:
-                for event in await _db(_announcements)(announce):
-                    await publish(conversation_id, event)
-            finally:
-                announced.set()
 
-        await asyncio.gather(announce_all(), *(stream_reply(message_id, announced) for message_id in stream))
-
-    future = submit(run())
-    for message_id in stream:
+def announce_and_stream(conversation_id: int, announce: list[Message], streams: list[services.PlainReply], *,
+                        hide_models: bool = False) -> None:
+    """Called in the thread whose transaction stored the messages, once it commits. The replies
+    stream (their requests were sent in that transaction, or leave now: no database read stands
+    before them); the new messages are announced meanwhile, from the objects the transaction
+    stored; a reply's own events wait until the announcements are out, so a page always hears of
+    a message before its text."""
+    announced = asyncio.Event()  # bound to the replies loop when first awaited there
+    for stream in streams:
+        message_id = stream.message.pk
+        future = submit(stream_reply(stream, announced))
         _running[message_id] = future
-    future.add_done_callback(lambda done: _settled(done, stream))
-    return future
+        future.add_done_callback(lambda done, message_id=message_id: _settled(done, [message_id]))
+    events = [{"event": "message", "message": services.message_payload(m, hide_models=hide_models)} for m in announce]
+
+    async def announce_all():
+        try:
+            await publish(conversation_id, *events)
+        finally:
+            announced.set()
+
+    submit(announce_all()).add_done_callback(lambda done: _settled(done, []))
 
 
 def _settled(future: Future, stream: list[int]) -> None:
@@ -129,28 +143,16 @@ def wait(message_ids, timeout: float = 30.0) -> None:
             future.result(max(0.0, deadline - time.monotonic()))
 
 
+def announce_end(conversation_id: int, event: dict) -> None:
+    """Push an answer's "end" event from any thread (the agent worker's, when it settles a turn)."""
+    submit(publish(conversation_id, event))
+
+
 def cancel_engine_request(deployment_id: int, request_id: str) -> None:
     submit(gateway.cancel(deployment_id, request_id)).result(timeout=5)
 
 
 # ---- one reply ---------------------------------------------------------------------------------
-
-def _claim(message_id: int):
-    """(message, caller, target, spec) for a placeholder nobody streams yet, or None. ApiError
-    (quota, state, a bad request) is returned as the failure to store."""
-    if not Message.objects.filter(pk=message_id, status=MessageStatus.STREAMING, request_id="", job=None).update(
-            request_id=services.PENDING):
-        return None
-    message = Message.objects.select_related("conversation__owner", "deployment__owner").get(pk=message_id)
-    try:
-        if message.deployment is None:
-            raise ApiError(404, "the deployment was deleted", code="model_not_found")
-        caller, target = services.admit(message.conversation.owner, message.deployment_id)
-        spec = parse_request(services.chat_body(message), "chat", settings.SERVING_DEFAULT_MAX_TOKENS)
-    except ApiError as exc:
-        return message, exc
-    return message, caller, target, spec
-
 
 def _started(message_id: int, request_id: str) -> bool:
     return bool(Message.objects.filter(pk=message_id, status=MessageStatus.STREAMING).update(request_id=request_id))
@@ -162,41 +164,50 @@ def _save(message_id: int, text: str) -> bool:
 
 
 def _end_event(message_id: int) -> dict | None:
-    message = Message.objects.filter(pk=message_id).first()
+    message = Message.objects.select_related("conversation", "deployment__owner", "model_version__model") \
+        .filter(pk=message_id).first()
     if message is None:  # the conversation was deleted meanwhile
         return None
-    return {"event": "end", "message_id": message.pk, "column": message.column, "status": message.status,
-            "content": message.content, "html": render_markdown(message.content), "usage": message.usage,
-            "error": message.error}
+    return services.end_event(message, hide_models=services.hides_models(message.conversation))
 
 
-async def stream_reply(message_id: int, announced: asyncio.Event | None = None) -> None:
-    """Stream one placeholder's answer; its events wait for `announced` (see announce_and_stream)."""
-    claimed = await _db(_claim)(message_id)
-    if claimed is None:
-        return
-    message = claimed[0]
-    conversation_id, column = message.conversation_id, message.column
+def _store_end(reply: services.PlainReply, text: str, outcome: dict) -> dict | None:
+    """Store how the answer ended and return its "end" event: from what was stored when this
+    stream settled it, else (stopped or deleted meanwhile) as the database has it."""
+    message = reply.message
+    usage = outcome["usage"]
+    if not services.finish_turn(message.pk, status=outcome["status"], content=text, error=outcome["error"], usage=usage):
+        return _end_event(message.pk)
+    message.status, message.content, message.request_id = outcome["status"], text, ""
+    message.error = services.public_error(outcome["error"])
+    if usage is not None:
+        message.usage = usage
+    return services.end_event(message, hide_models=reply.hide_models)
+
+
+async def stream_reply(reply: services.PlainReply, announced: asyncio.Event | None = None) -> None:
+    """Stream one placeholder's answer (prepared, claimed and usually sent by the transaction
+    that stored it); its events wait for `announced` (see announce_and_stream)."""
+    message_id, conversation_id, column = reply.message.pk, reply.message.conversation_id, reply.message.column
 
     async def emit(event: dict) -> None:
         if announced is not None:
             await announced.wait()
         await publish(conversation_id, event)
 
-    if isinstance(claimed[1], ApiError):
-        await _db(services.finish_turn)(message_id, status=MessageStatus.FAILED, error=claimed[1].message)
-        await _publish_end(message_id, emit)
-        return
-    _, caller, target, spec = claimed
     parts: list[str] = []
-    exchange = None
-    outcome = {"status": MessageStatus.FAILED, "error": "", "usage": None}
+    exchange, recorded = reply.exchange, None
+    outcome = {"status": MessageStatus.FAILED, "error": reply.failure, "usage": None}
     try:
-        exchange = await open_exchange("chat", spec, caller, target)
-        if not await _db(_started)(message_id, exchange.request_id):  # stopped before the request existed
+        if reply.failure:
+            return
+        if exchange is None:  # sent now: its id is stored (so "stop" can cancel it) while a replica takes it
+            exchange = await open_exchange("chat", reply.spec, reply.caller, reply.target)
+            recorded = asyncio.ensure_future(_db(_started)(message_id, exchange.request_id))
+        event = await exchange.until_start()
+        if recorded is not None and not await recorded:  # stopped before the request existed
             await exchange.abort()
             return
-        event = await exchange.until_start()
         saved_at = time.monotonic()
         while event.get("type") != "end":
             event = await exchange.next()
@@ -226,16 +237,12 @@ async def stream_reply(message_id: int, announced: asyncio.Event | None = None) 
             await asyncio.shield(exchange.abort(wait=False))
         outcome["error"] = f"the answer failed: {exc.__class__.__name__}"
     finally:
-        await asyncio.shield(_finish(message_id, "".join(parts), outcome, emit))
+        if recorded is not None and not recorded.done():  # its write must land before the final one
+            await asyncio.shield(asyncio.wait([recorded]))
+        await asyncio.shield(_finish(reply, "".join(parts), outcome, emit))
 
 
-async def _finish(message_id: int, text: str, outcome: dict, emit) -> None:
-    await _db(services.finish_turn)(message_id, status=outcome["status"], content=text, error=outcome["error"],
-                                    usage=outcome["usage"])
-    await _publish_end(message_id, emit)
-
-
-async def _publish_end(message_id: int, emit) -> None:
-    event = await _db(_end_event)(message_id)
+async def _finish(reply: services.PlainReply, text: str, outcome: dict, emit) -> None:
+    event = await _db(_store_end)(reply, text, outcome)
     if event is not None:
         await emit(event)

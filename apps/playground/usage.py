@@ -23,6 +23,54 @@ def playground_key(user) -> ApiKey:
     return key
 
 
+_clients: dict[str, redis.Redis] = {}
+
+
+def _redis() -> redis.Redis:
+    """One client (a connection pool) per process and URL: a send or an agent turn reads the quota
+    counter with no new connection."""
+    url = settings.REDIS_URL
+    if url not in _clients:
+        _clients[url] = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    return _clients[url]
+
+
+def _counter(key: ApiKey) -> str:
+    return gateway.quota_key(key.key_hash[:24], timezone.now().date().isoformat())
+
+
+class Quota:
+    """The user's playground key and the tokens it used today, read once for every answer of one
+    send: the quota check and the admission of each plain answer (access.admit_key) use them.
+    The tokens are the gateway's running counter of the key when it exists (what the database
+    recorded plus the reservations of requests in flight: one Redis read instead of an aggregate
+    over the day's rows on every send), else the database's count (`recorded`, which then also
+    seeds the counter)."""
+
+    def __init__(self, user) -> None:
+        self.user = user
+        self.key = playground_key(user)
+        try:
+            counted = _redis().get(_counter(self.key))
+        except redis.RedisError:
+            counted = None  # the database has it
+        self.recorded = None if counted is not None else access.tokens_used_today(self.key.pk)
+        self.used = int(counted) if counted is not None else self.recorded
+
+    def refusal(self) -> str:
+        """Why the quota refuses another answer today ("" while it does not)."""
+        quota = self.key.token_quota_per_day
+        if quota and self.used >= quota:
+            return (f"you used your {quota:,} playground tokens for today (UTC); the quota renews at midnight UTC "
+                    "(staff can raise it on the key in the admin)")
+        return ""
+
+    def admit(self, deployment):
+        """(Caller, Target) of a plain answer from `deployment` (one the user may see), under the
+        playground key. ApiError (429 quota, 503 state) when refused."""
+        return access.admit_key(self.key, deployment, self.user, used=self.recorded)
+
+
 def admit(user, deployment_id: int):
     """(Caller, Target) of a plain reply, as access.admit_session does for the try-it box, under
     the playground key. ApiError (429 quota, 503 state) when refused."""
@@ -31,12 +79,7 @@ def admit(user, deployment_id: int):
 
 def quota_refusal(user) -> str:
     """Why the user's playground quota refuses another answer today ("" while it does not)."""
-    key = playground_key(user)
-    used = access.tokens_used_today(key.pk)
-    if key.token_quota_per_day and used >= key.token_quota_per_day:
-        return (f"you used your {key.token_quota_per_day:,} playground tokens for today (UTC); the quota renews at "
-                "midnight UTC (staff can raise it on the key in the admin)")
-    return ""
+    return Quota(user).refusal()
 
 
 def record_usage(user, deployment_id: int, usage: dict) -> None:
@@ -45,12 +88,11 @@ def record_usage(user, deployment_id: int, usage: dict) -> None:
     key = playground_key(user)
     access.record_usage(key.pk, deployment_id, usage)
     total = max(0, int(usage.get("prompt_tokens") or 0)) + max(0, int(usage.get("completion_tokens") or 0))
-    counter = gateway.quota_key(key.key_hash[:24], timezone.now().date().isoformat())
+    counter = _counter(key)
 
     def bump():
         try:  # the gateway's own settle script: it adds only to a counter that exists
-            with redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2) as client:
-                client.eval(gateway._SETTLE, 1, counter, total)
+            _redis().eval(gateway._SETTLE, 1, counter, total)
         except redis.RedisError:
             pass  # a missing counter is seeded from the database, which holds these tokens already
 

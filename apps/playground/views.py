@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 from django.conf import settings
+from django.utils.translation import gettext
 from django.contrib import messages
 from django.db import transaction
 from django.db.models import Count, Q
@@ -96,7 +97,10 @@ def _home_context(request, form: ConversationForm) -> dict:
 
 
 def home(request):
-    return render(request, "playground/home.html", _home_context(request, ConversationForm(request.user)))
+    # ?deployment=<id>&tools=calculator (the Quick start's link) preselects them; the form still only
+    # offers deployments the user may use, so another value selects nothing.
+    initial = {"deployment": request.GET.get("deployment", ""), "tools": request.GET.getlist("tools")}
+    return render(request, "playground/home.html", _home_context(request, ConversationForm(request.user, initial=initial)))
 
 
 @require_POST
@@ -248,7 +252,7 @@ def chat_settings(request, conversation_id: int):
         except services.RefusedInput as exc:
             attach(form, exc.field, exc.reason, CONVERSATION_FIELDS)
         else:
-            messages.success(request, "Settings saved: they apply from the next answer.")
+            messages.success(request, gettext("Settings saved: they apply from the next answer."))
             return redirect("playground-chat", conversation_id=conversation.pk)
     for field, errors in form.errors.items():
         messages.error(request, f"{field}: {' '.join(errors)}")
@@ -262,7 +266,7 @@ def chat_delete(request, conversation_id: int):
         services.delete_conversation(request.user, conversation)
     except PermissionDenied as exc:
         return _forbidden(exc)
-    messages.success(request, f"Deleted “{conversation}”.")
+    messages.success(request, gettext('Deleted “%(conversation)s”.') % {"conversation": conversation})
     return redirect("playground")
 
 
@@ -283,7 +287,7 @@ def attach_document(request, conversation_id: int):
     except services.RefusedInput as exc:
         messages.error(request, f"{exc.field}: {exc.reason}")
     else:
-        messages.success(request, f"Attached {document.name}: ask about it, the model searches it with document search.")
+        messages.success(request, gettext('Attached %(name)s: ask about it, the model searches it with document search.') % {"name": document.name})
     return redirect("playground-chat", conversation_id=conversation.pk)
 
 
@@ -461,7 +465,7 @@ def battle_vote(request, battle_id: int):
     battle = arenas.get_battle(request.user, battle_id)
     form = VoteForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "outcome: choose A, B, tie or both bad")
+        messages.error(request, gettext("outcome: choose A, B, tie or both bad"))
         return redirect("playground-battle", battle_id=battle.pk)
     try:
         arenas.vote(request.user, battle, form.cleaned_data["outcome"])
@@ -470,8 +474,8 @@ def battle_vote(request, battle_id: int):
     except services.RefusedInput as exc:
         messages.error(request, f"{exc.field}: {exc.reason}")
     else:
-        messages.success(request, "Vote recorded: the names are revealed below. It counts in the arena ratings at their "
-                                  "next recompute.")
+        messages.success(request, gettext("Vote recorded: the names are revealed below. It counts in the arena ratings at their "
+                                  "next recompute."))
     return redirect("playground-battle", battle_id=battle.pk)
 
 
@@ -510,7 +514,7 @@ def feedback(request):
         except services.RefusedInput as exc:
             attach(form, exc.field, exc.reason, {"conversation_ids": "conversations"})
         else:
-            messages.success(request, f"Export job #{job.pk} queued: the new dataset version is linked below when it is done.")
+            messages.success(request, gettext('Export job #%(pk)s queued: the new dataset version is linked below when it is done.') % {"pk": job.pk})
             return redirect("playground-feedback")
     made = _exports(user)
     return render(request, "playground/feedback.html", {
@@ -534,7 +538,7 @@ def http_tools(request):
         except services.RefusedInput as exc:
             attach(form, exc.field, exc.reason)
         else:
-            messages.success(request, f"HTTP tool {tool.name} saved: tick it in a chat's tools.")
+            messages.success(request, gettext("HTTP tool %(name)s saved: tick it in a chat's tools.") % {"name": tool.name})
             return redirect("playground-tools")
     tools = services.visible_http_tools(request.user).select_related("owner")
     allowlist = [host.strip() for host in settings.PLAYGROUND_HTTP_ALLOWLIST if host.strip()]
@@ -549,5 +553,5 @@ def http_tool_delete(request, tool_id: int):
         services.delete_http_tool(request.user, tool)
     except PermissionDenied as exc:
         return _forbidden(exc)
-    messages.success(request, f"Deleted the HTTP tool {tool.name}.")
+    messages.success(request, gettext('Deleted the HTTP tool %(name)s.') % {"name": tool.name})
     return redirect("playground-tools")

@@ -12,3 +12,7 @@ class RegistryConfig(AppConfig):
 
         for kind in REGISTRY_KINDS:
             RETRY_HANDLERS[kind] = retry_registry_job
+        from apps.jobs import outputs
+        from apps.registry.services import created_versions
+
+        outputs.register((*REGISTRY_KINDS, "train"), created_versions)

@@ -88,6 +88,7 @@ class ModelAlias(models.Model):
     class Meta:
         ordering = ["name"]
         constraints = [models.UniqueConstraint(fields=["model", "name"], name="unique_alias_per_model")]
+        verbose_name_plural = "model aliases"
 
     def __str__(self) -> str:
         return f"{self.model.name}@{self.name}"
@@ -128,3 +129,6 @@ class VersionRequest(models.Model):
     adapter = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     source = models.CharField(max_length=40)
     upload = models.CharField(max_length=200, blank=True, help_text="uploaded archive file name under UPLOAD_DIR")
+    # The first-run starter: once registered, the version gets the alias STARTER_ALIAS and a
+    # deployment of this name follows it (in the same transaction, so never a version without it).
+    deploy_as = models.CharField(max_length=60, blank=True)

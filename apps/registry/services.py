@@ -22,7 +22,7 @@ from apps.registry.models import (
     VersionRequest,
     VersionUse,
 )
-from apps.studio import uploads
+from apps.studio import storage, uploads
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 
@@ -83,6 +83,7 @@ REGISTRY_KINDS = ("model_import", "model_merge", "model_quantize")
 def _registry_job(user, kind: str, params: dict, request: dict, *, uses=(), queue: str | None = None,
                   retry_of: Job | None = None) -> Job:
     """Create the job, what it will register, and what it reads, in one transaction."""
+    storage.require_free_space(*storage.registry_needs(kind, params, uses), error=RegistryError)
     with transaction.atomic():
         uid = uuid.uuid4()
         params = {**params, "output_dir": str(settings.MODEL_STORE_DIR / str(uid))}
@@ -107,7 +108,18 @@ def retry_registry_job(job: Job, user) -> Job:
 def start_import(user, *, source: str, model: RegisteredModel | None = None, model_name: str = "",
                  description: str = "", folder: str = "", upload: str = "", hub_id: str = "",
                  base_version: ModelVersion | None = None) -> Job:
-    """`base_version` is the registry version an imported adapter was trained on (its parent)."""
+    """`base_version` is the registry version an imported adapter was trained on (its parent).
+    A refused import of an uploaded archive removes the archive too: a refusal stores nothing."""
+    try:
+        return _start_import(user, source=source, model=model, model_name=model_name, description=description,
+                             folder=folder, upload=upload, hub_id=hub_id, base_version=base_version)
+    except BaseException:
+        if source == "archive" and upload and "/" not in upload:
+            (settings.UPLOAD_DIR / upload).unlink(missing_ok=True)
+        raise
+
+
+def _start_import(user, *, source, model, model_name, description, folder, upload, hub_id, base_version) -> Job:
     if base_version is not None and base_version.kind == VersionKind.ADAPTER:
         raise RegistryError("base_version", f"{base_version} is an adapter; an adapter's base must be a full model")
     with transaction.atomic():
@@ -184,7 +196,44 @@ def register_version(job: Job, result: dict) -> ModelVersion:
     if request.upload:
         upload = settings.UPLOAD_DIR / request.upload
         transaction.on_commit(lambda: upload.unlink(missing_ok=True))
+    if request.deploy_as:
+        _deploy_starter(job.owner, request.model, version, request.deploy_as)
     return version
+
+
+# ---- the first-run starter ------------------------------------------------------------------
+
+STARTER_ALIAS = "starter"
+STARTER_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+def starter_requested() -> bool:
+    """Whether this data dir's database ever queued the starter (deleting the model or its
+    deployment afterwards is respected: it is not made again)."""
+    return VersionRequest.objects.exclude(deploy_as="").exists()
+
+
+def queue_starter(owner) -> Job | None:
+    """Import the packaged starter model as `owner` (the system user) and, once registered, deploy
+    it under the alias `starter`: one job, queued once per data dir; start-up never waits for it."""
+    if starter_requested():
+        return None
+    with transaction.atomic():
+        model = RegisteredModel.objects.filter(owner=owner, name=STARTER_MODEL_NAME).first()
+        job = start_import(owner, source="starter", model=model, model_name="" if model else STARTER_MODEL_NAME,
+                           description="The packaged starter model: SmolLM2-135M-Instruct (Apache-2.0), "
+                                       "converted once from its GGUF. Everyone may chat with it.")
+        VersionRequest.objects.filter(job=job).update(deploy_as=STARTER_ALIAS)
+    return job
+
+
+def _deploy_starter(owner, model: RegisteredModel, version: ModelVersion, name: str) -> None:
+    from apps.serving.models import Deployment
+    from apps.serving.services import create_deployment
+
+    move_alias(owner, model, STARTER_ALIAS, version)
+    if not Deployment.objects.filter(owner=owner, name=name).exists():
+        create_deployment(owner, name=name, model=model, alias=STARTER_ALIAS, queue="serve")
 
 
 # ---- aliases, notes, delete -----------------------------------------------------------------
@@ -237,3 +286,11 @@ def delete_version(user, version: ModelVersion) -> None:
             raise RegistryError("version", f"{version} is in use: {exc}") from None
         # Files go only once the row is gone for good.
         transaction.on_commit(lambda: shutil.rmtree(path, ignore_errors=True))
+
+
+def created_versions(job: Job) -> list[tuple[str, str]]:
+    """The model versions a finished import, merge, quantize or training job registered (its page links them)."""
+    from django.urls import reverse
+
+    return [(f"model version {v}", reverse("version-detail", args=[v.pk]))
+            for v in ModelVersion.objects.filter(source_job=job).select_related("model")]

@@ -1,4 +1,5 @@
 from django.contrib import messages
+from django.utils.translation import gettext
 from django.contrib.auth import get_user_model
 from django.db.models import Count, Max, Q
 from django.http import Http404
@@ -57,7 +58,7 @@ def model_import(request):
         except (services.RegistryError, services.jobs.InvalidParams) as exc:
             form.add_error(exc.field if exc.field in form.fields else None, exc.reason)
         else:
-            messages.success(request, "Import started: the new version appears when the job succeeds.")
+            messages.success(request, gettext("Import started: the new version appears when the job succeeds."))
             return redirect("job-detail", job_id=job.pk)
     return render(request, "registry/model_import.html", {"form": form})
 
@@ -152,11 +153,11 @@ def alias_move(request, model_id: int):
             if version is None:
                 raise services.RegistryError("version", "choose a version of this model")
             services.move_alias(request.user, model, form.cleaned_data["name"], version)
-            messages.success(request, f"Alias {form.cleaned_data['name']} → {version}.")
+            messages.success(request, gettext('Alias %(name)s → %(version)s.') % {"name": form.cleaned_data['name'], "version": version})
         except services.PermissionDenied as exc:
             messages.error(request, str(exc))
         except services.RegistryError as exc:
             messages.error(request, exc.reason)
     else:
-        messages.error(request, "alias: use letters, digits, - and _")
+        messages.error(request, gettext("alias: use letters, digits, - and _"))
     return redirect("model-detail", model_id=model.pk)

@@ -1,4 +1,5 @@
 from django import forms
+from django.utils.translation import gettext_lazy
 from django.conf import settings
 
 from apps.accounts.visibility import visible_to
@@ -19,15 +20,15 @@ def serve_choices(user) -> list[tuple[str, list[tuple[str, str]]]]:
 
 
 class DeploymentForm(forms.Form):
-    name = forms.SlugField(max_length=60, help_text="letters, digits, - and _; the API model id is <you>/<name>")
-    serves = forms.ChoiceField(label="Model version or alias", help_text="an alias is followed: moving it rolls the replicas over")
-    replicas = forms.IntegerField(min_value=1, max_value=16, initial=1)
-    queue = forms.ChoiceField(initial="serve")
-    engine_options = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "placeholder": '{"max_concurrent": 8}'}), required=False,
-                                     help_text="JSON: engine fields of the replica spec (dtype, device, KV cache budget, batch sizes, backend…)")
-    max_queue = forms.IntegerField(min_value=1, max_value=100_000, initial=64, help_text="requests waiting or running; past it the API answers 429")
-    request_timeout_s = forms.FloatField(min_value=1, max_value=3600, initial=120, label="Request timeout (s)")
-    max_restarts = forms.IntegerField(min_value=0, max_value=100, initial=3, help_text="failed replicas restarted before the deployment fails")
+    name = forms.SlugField(label=gettext_lazy("Name"), max_length=60, help_text=gettext_lazy("letters, digits, - and _; the API model id is <you>/<name>"))
+    serves = forms.ChoiceField(label=gettext_lazy("Model version or alias"), help_text=gettext_lazy("an alias is followed: moving it rolls the replicas over"))
+    replicas = forms.IntegerField(label=gettext_lazy("Replicas"), help_text=gettext_lazy('model copies serving requests in parallel (1-16; default 1); each takes a serve slot'), min_value=1, max_value=16, initial=1)
+    queue = forms.ChoiceField(label=gettext_lazy("Queue"), help_text=gettext_lazy('the workers that host the replicas (default serve)'), initial="serve")
+    engine_options = forms.CharField(label=gettext_lazy("Engine options"), widget=forms.Textarea(attrs={"rows": 3, "placeholder": gettext_lazy('{"max_concurrent": 8}')}), required=False,
+                                     help_text=gettext_lazy("JSON: engine fields of the replica spec (dtype, device, KV cache budget, batch sizes, backend…)"))
+    max_queue = forms.IntegerField(label=gettext_lazy("Max queue"), min_value=1, max_value=100_000, initial=64, help_text=gettext_lazy("requests waiting or running; past it the API answers 429"))
+    request_timeout_s = forms.FloatField(help_text=gettext_lazy('a request still unanswered after this many seconds fails with 504 (1-3,600; default 120)'), min_value=1, max_value=3600, initial=120, label=gettext_lazy("Request timeout (s)"))
+    max_restarts = forms.IntegerField(label=gettext_lazy("Max restarts"), min_value=0, max_value=100, initial=3, help_text=gettext_lazy("failed replicas restarted before the deployment fails"))
 
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -52,9 +53,9 @@ class KeyForm(forms.Form):
     (a user choosing their own quota would make it no quota): for everyone else the limit fields
     are not in the form, so posted values are ignored."""
 
-    name = forms.CharField(max_length=100, help_text="e.g. the script or machine that will use it")
-    rate_limit_per_minute = forms.IntegerField(min_value=0, max_value=100_000, help_text="requests per minute (0: no limit)")
-    token_quota_per_day = forms.IntegerField(min_value=0, max_value=10**12, help_text="tokens per UTC day (0: no limit)")
+    name = forms.CharField(label=gettext_lazy("Name"), max_length=100, help_text=gettext_lazy("e.g. the script or machine that will use it"))
+    rate_limit_per_minute = forms.IntegerField(label=gettext_lazy("Rate limit per minute"), min_value=0, max_value=100_000, help_text=gettext_lazy("requests per minute (0: no limit)"))
+    token_quota_per_day = forms.IntegerField(label=gettext_lazy("Token quota per day"), min_value=0, max_value=10**12, help_text=gettext_lazy("tokens per UTC day (0: no limit)"))
 
     def __init__(self, *args, staff: bool = False, **kwargs):
         super().__init__(*args, **kwargs)

@@ -1,7 +1,8 @@
 """The web side of the replica protocol (workers/core/inference/protocol.py), async: rate limit,
-token reservations against the daily quota, admission (queue length, a ready replica), XADD of
-the request, reading its event stream with XREAD BLOCK (watching the replica's heartbeat while it
-waits), and cancel. One redis.asyncio client per event loop (daphne runs one)."""
+token reservation against the daily quota, admission (a ready replica, queue length) and the XADD
+of the request in one script (one round trip, atomic), reading its event stream with XREAD BLOCK
+(watching the replica's heartbeat while it waits), and cancel. One redis.asyncio client per event
+loop (daphne runs one)."""
 from __future__ import annotations
 
 import asyncio
@@ -9,9 +10,10 @@ import time
 import weakref
 
 import redis.asyncio as aioredis
+from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from apps.serving.access import Caller, Target
+from apps.serving.access import Caller, Target, tokens_used_today
 from apps.serving.openai_format import ApiError
 from workers.tasks import serving_protocol as protocol
 
@@ -38,18 +40,6 @@ def quota_key(key_tag: str, day: str) -> str:
     return f"puyu:serve:quota:{key_tag}:{day}"
 
 
-# The day's tokens of a key = what the database recorded + the reservations of requests in flight.
-# Seeded from the database when the day's counter does not exist yet (first request of the day, or
-# Redis restarted); checked and incremented in one script, so concurrent requests cannot all pass
-# a check made before any of them counted (the overshoot a read-then-write check allows).
-_RESERVE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4]) end
-local used = tonumber(redis.call('GET', KEYS[1]))
-local quota = tonumber(ARGV[3])
-if quota > 0 and used + tonumber(ARGV[2]) > quota then return {0, used} end
-redis.call('INCRBY', KEYS[1], ARGV[2])
-return {1, used}
-"""
 # Settle a reservation to the real count (only while the counter exists: a missing one is
 # re-seeded from the database, which already holds the real count).
 _SETTLE = """
@@ -58,17 +48,11 @@ return false
 """
 
 
-async def reserve_tokens(caller: Caller, amount: int) -> None:
-    """Reserve `amount` tokens (the request's max_tokens) of the key's daily quota before the
-    request is admitted, or ApiError 429. Settled by `settle_tokens` when the request ends."""
-    key = quota_key(caller.key_tag, caller.day)
-    admitted, used = await client().eval(_RESERVE, 1, key, caller.used_today, amount, caller.token_quota_per_day,
-                                         caller.seconds_to_midnight + 3600)
-    if not admitted:
-        left = max(0, caller.token_quota_per_day - int(used))
-        raise ApiError(429, f"this key has {left} of its {caller.token_quota_per_day} tokens for today (UTC) left, "
-                            f"and this request may use up to {amount} (lower max_tokens, or wait until midnight UTC)",
-                       type="insufficient_quota", code="insufficient_quota", retry_after=caller.seconds_to_midnight)
+def _quota_refusal(caller: Caller, used: int, amount: int) -> ApiError:
+    left = max(0, caller.token_quota_per_day - used)
+    return ApiError(429, f"this key has {left} of its {caller.token_quota_per_day} tokens for today (UTC) left, "
+                         f"and this request may use up to {amount} (lower max_tokens, or wait until midnight UTC)",
+                    type="insufficient_quota", code="insufficient_quota", retry_after=caller.seconds_to_midnight)
 
 
 async def settle_tokens(caller: Caller, reserved: int, used: int) -> None:
@@ -80,38 +64,82 @@ def clock() -> float:
     return time.time()
 
 
-async def check_rate_limit(caller: Caller) -> None:
-    """A fixed one-minute window per key (INCR + EXPIRE in one round trip)."""
-    if not caller.rate_limit_per_minute:
-        return
+# Admission and XADD in one script, refusing in the order a client can act on: the key's rate
+# limit (a fixed one-minute window), then its quota, then a ready replica, then the queue's length;
+# a refusal after the reservation gives it back. The day's tokens of a key = what the database
+# recorded + the reservations of requests in flight: the counter is seeded from the database when
+# it does not exist yet (first request of the day, or Redis restarted), then checked and
+# incremented in the same script, so concurrent requests cannot all pass a check made before any
+# of them counted.
+# A missing counter without a seed ("": not read) changes nothing and answers "seed": the caller
+# reads the database and calls again.
+# KEYS: rate counter, quota counter, requests stream, the replicas' hashes.
+# ARGV: rate limit (0: none), tokens recorded today (the seed, or ""), tokens to reserve, quota
+#       (0: none), the quota counter's TTL, max queue, the request (JSON).
+_ADMIT = """
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  if ARGV[2] == '' then return {'seed', 0} end
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[5])
+end
+local limit = tonumber(ARGV[1])
+if limit > 0 then
+  local count = redis.call('INCR', KEYS[1])
+  redis.call('EXPIRE', KEYS[1], 120)
+  if count > limit then return {'rate_limit', count} end
+end
+local used = tonumber(redis.call('GET', KEYS[2]))
+local quota = tonumber(ARGV[4])
+if quota > 0 and used + tonumber(ARGV[3]) > quota then return {'quota', used} end
+redis.call('INCRBY', KEYS[2], ARGV[3])
+local ready = false
+for i = 4, #KEYS do
+  if redis.call('HGET', KEYS[i], 'state') == 'ready' then ready = true end
+end
+local refusal = nil
+if not ready then refusal = {'no_replica', 0} end
+local length = redis.call('XLEN', KEYS[3])
+if refusal == nil and length >= tonumber(ARGV[6]) then refusal = {'queue_full', length} end
+if refusal ~= nil then
+  redis.call('INCRBY', KEYS[2], -tonumber(ARGV[3]))
+  return refusal
+end
+return {'ok', redis.call('XADD', KEYS[3], '*', 'request', ARGV[7])}
+"""
+
+
+async def admit_and_enqueue(caller: Caller, target: Target, request: dict, reserve: int) -> str:
+    """Check the rate limit, reserve `reserve` tokens of the key's daily quota (settled by
+    `settle_tokens` when the request ends), check that a replica is ready and the queue has room,
+    and XADD the request: one round trip. Returns the entry id; ApiError 429 / 503 when refused
+    (nothing is reserved then)."""
     now = clock()
-    minute = int(now // 60)
-    async with client().pipeline(transaction=True) as pipe:
-        count, _ = await pipe.incr(rate_key(caller.key_tag, minute)).expire(rate_key(caller.key_tag, minute), 120).execute()
-    if count > caller.rate_limit_per_minute:
+    keys = [rate_key(caller.key_tag, int(now // 60)), quota_key(caller.key_tag, caller.day),
+            protocol.requests_stream(target.deployment_id),
+            *(protocol.replica_key(target.deployment_id, rid) for rid in target.replica_ids)]
+    payload, seed = protocol.encode(request), "" if caller.used_today is None else caller.used_today
+
+    async def admit(seed):
+        return await client().eval(_ADMIT, len(keys), *keys, caller.rate_limit_per_minute or 0, seed, reserve,
+                                   caller.token_quota_per_day, caller.seconds_to_midnight + 3600, target.max_queue, payload)
+
+    verdict, value = await admit(seed)
+    if verdict == "seed":  # the day's first request of this key (or Redis restarted): count from the database
+        verdict, value = await admit(await sync_to_async(tokens_used_today)(caller.key_id))
+    if verdict == "ok":
+        return value
+    if verdict == "rate_limit":
         raise ApiError(429, f"rate limit: this key may send {caller.rate_limit_per_minute} requests per minute",
                        type="requests", code="rate_limit_exceeded", retry_after=int(60 - now % 60) + 1)
-
-
-async def enqueue(target: Target, request: dict) -> str:
-    """XADD the request after checking the queue length and that some replica is ready."""
-    redis = client()
-    stream = protocol.requests_stream(target.deployment_id)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.xlen(stream)
-        for rid in target.replica_ids:
-            pipe.hget(protocol.replica_key(target.deployment_id, rid), "state")
-        length, *states = await pipe.execute()
-    if "ready" not in states:
+    if verdict == "quota":
+        raise _quota_refusal(caller, int(value), reserve)
+    if verdict == "no_replica":
         if target.waiting_reason:  # placement, not loading: retrying shortly would not help
             raise ApiError(503, f"no replica of {target.served_name} is running: {target.waiting_reason}",
                            type="server_error", code="no_ready_replica", retry_after=30)
         raise ApiError(503, f"no replica of {target.served_name} is ready yet (deployment {target.state}); retry shortly",
                        type="server_error", code="no_ready_replica", retry_after=5)
-    if length >= target.max_queue:
-        raise ApiError(429, f"{target.served_name} is at capacity ({length} requests waiting or running); retry shortly",
-                       type="requests", code="queue_full", retry_after=1)
-    return await redis.xadd(stream, {"request": protocol.encode(request)})
+    raise ApiError(429, f"{target.served_name} is at capacity ({value} requests waiting or running); retry shortly",
+                   type="requests", code="queue_full", retry_after=1)
 
 
 async def cancel(deployment_id: int, request_id: str) -> None:

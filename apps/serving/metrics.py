@@ -7,6 +7,7 @@ import statistics
 
 import redis
 from django.db.models import Sum
+from django.urls import reverse
 from django.utils import timezone
 
 from apps.jobs.models import JobMetric
@@ -32,30 +33,61 @@ def _mean(values):
     return statistics.fmean(values) if values else None
 
 
+PAGE_REPLICAS = 20  # the replicas the deployment page lists (the newest), stopped ones included
+ENDED_STATES = ("stopped", "failed")
+
+
+def _queue_counts(deployment_id: int) -> tuple[int | None, int | None]:
+    """(entries in the request stream, entries no replica has claimed yet), None when Redis is
+    down. Replicas ack and delete an entry only once its request ends, so the stream's length
+    counts running and waiting requests too; the group's pending count is what replicas hold."""
+    stream = protocol.requests_stream(deployment_id)
+    try:
+        with services.redis_client().pipeline(transaction=False) as pipe:
+            pipe.xlen(stream)
+            pipe.xpending(stream, protocol.REPLICA_GROUP)
+            length, pending = pipe.execute(raise_on_error=False)
+    except redis.RedisError:
+        return None, None
+    if isinstance(length, Exception):
+        return None, None
+    held = 0 if isinstance(pending, Exception) else int(pending.get("pending") or 0)  # no group yet: none held
+    return length, max(0, length - held)
+
+
 def live(deployment: Deployment, viewer=None) -> dict:
     """The deployment's live state; with a `viewer` (pages, API), also why queued replicas wait
-    (`waiting_reason`, naming only what the viewer may see)."""
-    replicas = list(deployment.replica_set.select_related("job", "version").exclude(state__in=("stopped", "failed")))
-    hashes = services.replica_hashes(deployment, [r.replica_id for r in replicas])
-    reasons = slots.replica_reasons(replicas, viewer) if viewer is not None else {}
+    (`waiting_reason`, naming only what the viewer may see).
+
+    `replicas` lists the active replicas and the newest stopped ones (the page's table), each with
+    its state derived now from its job and its Redis hash, as `services.reconcile` derives it: a
+    stop shows as draining, then stopped, at the next poll, not when the beat next reconciles."""
+    active = list(deployment.replica_set.select_related("job", "version").exclude(state__in=ENDED_STATES))
+    recent = list(deployment.replica_set.select_related("job", "version").order_by("-created_at", "-id")[:PAGE_REPLICAS])
+    replicas = sorted({r.pk: r for r in (*active, *recent)}.values(), key=lambda r: (r.created_at, r.pk), reverse=True)
+    hashes = services.replica_hashes(deployment, [r.replica_id for r in active])
+    reasons = slots.replica_reasons(active, viewer) if viewer is not None else {}
     rows = []
     for replica in replicas:
         live_hash = hashes.get(replica.replica_id) or {}
-        metrics = _parse(live_hash.get("metrics"))
-        rows.append({"replica_id": replica.replica_id, "state": replica.state, "live_state": live_hash.get("state"),
-                     "job_id": replica.job_id, "job_status": replica.job.status, "version": str(replica.version),
-                     "waiting_reason": reasons.get(replica.replica_id, ""),
+        state = replica.state if replica.state in ENDED_STATES else services.live_state(replica, live_hash)
+        metrics = _parse(live_hash.get("metrics")) if state not in ENDED_STATES else {}
+        rows.append({"replica_id": replica.replica_id, "state": state, "live_state": live_hash.get("state"),
+                     "job_id": replica.job_id, "job_status": replica.job.status,
+                     "job_status_display": str(replica.job.get_status_display()),
+                     "job_url": reverse("job-detail", args=[replica.job_id]), "version": str(replica.version),
+                     "waiting_reason": reasons.get(replica.replica_id, "") if state not in ENDED_STATES else "",
                      "metrics": {k: metrics.get(k) for k in LIVE_FIELDS}})
-    try:
-        queue_length = services.redis_client().xlen(protocol.requests_stream(deployment.pk))
-    except redis.RedisError:
-        queue_length = None
-    ms = [r["metrics"] for r in rows]
+    queue_length, queued = _queue_counts(deployment.pk)
+    ms = [r["metrics"] for r in rows if r["state"] not in ENDED_STATES]
     totals = {
         "running": sum(m.get("running") or 0 for m in ms), "waiting": sum(m.get("waiting") or 0 for m in ms),
         "tokens_per_s": sum(m.get("tokens_per_s") or 0 for m in ms),
         "ttft_p50_s": _mean(m.get("ttft_p50_s") for m in ms), "tpot_p50_s": _mean(m.get("tpot_p50_s") for m in ms),
-        "kv_cache_used": _mean(m.get("kv_cache_used") for m in ms), "queue_length": queue_length,
+        "kv_cache_used": _mean(m.get("kv_cache_used") for m in ms),
+        # queue_length: the whole stream (Prometheus' puyu_serving_queue_length); queued: not yet
+        # claimed by a replica (the page's chart, beside running and waiting in a replica).
+        "queue_length": queue_length, "queued": queued,
     }
     return {"t": timezone.now().isoformat(), "state": deployment.state, "state_reason": deployment.state_reason,
             "waiting_reason": next(iter(reasons.values()), ""), "restarts": deployment.restarts, "replicas": rows,
@@ -94,6 +126,8 @@ class DeploymentCollector:
             if snapshot["totals"]["queue_length"] is not None:
                 queue.add_metric([name], snapshot["totals"]["queue_length"])
             for row in snapshot["replicas"]:
+                if row["state"] in ENDED_STATES:
+                    continue
                 ready.add_metric([name, row["replica_id"]], 1.0 if row["live_state"] == "ready" else 0.0)
                 for field, family in gauges.items():
                     value = row["metrics"].get(field)

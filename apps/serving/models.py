@@ -76,6 +76,9 @@ class Replica(models.Model):
     replica_id = models.CharField(max_length=40)
     # queued | starting | loading | ready | draining | stopped | failed (job state + the Redis hash)
     state = models.CharField(max_length=10, default="queued")
+    # Why the studio drains it ("stopped by alice", "scaled down to 1 replica(s)"): set, its job's
+    # end is the normal one (SUCCEEDED); blank, a cancel of the job itself (CANCELLED).
+    stop_reason = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -1,12 +1,12 @@
 """The OpenAI-compatible endpoints (async views under daphne; keys, not sessions):
 GET /v1/models, POST /v1/chat/completions, POST /v1/completions.
 
-Request path: validate → key + scope + token quota (one database hop) → rate limit (Redis) →
-reserve max_tokens of the day's quota (Redis, atomic) → queue length and a ready replica → XADD
-→ read the request's event stream → SSE chunks or one JSON body. Every wait has a deadline (504,
-never a hang) and watches the replica's heartbeat (502 within seconds when it dies); a client
-that goes away cancels its request (Django cancels the view's task on http.disconnect, and we
-tell the replica). However a request ends, its tokens are counted and its reservation settled."""
+Request path: validate → key + scope (one database hop) → rate limit, reservation of max_tokens
+of the day's quota, a ready replica, queue length and XADD (one Redis script, atomic) → read the
+request's event stream → SSE chunks or one JSON body. Every wait has a deadline (504, never a
+hang) and watches the replica's heartbeat (502 within seconds when it dies); a client that goes
+away cancels its request (Django cancels the view's task on http.disconnect, and we tell the
+replica). However a request ends, its tokens are counted and its reservation settled."""
 from __future__ import annotations
 
 import asyncio
@@ -236,16 +236,10 @@ async def _complete(request, kind: str):
 async def open_exchange(kind: str, spec: dict, caller, target) -> Exchange:
     """Rate limit, admission and XADD of an admitted request (ApiError when refused)."""
     request_id = uuid.uuid4().hex
-    await gateway.check_rate_limit(caller)
     reserved = int(spec["max_tokens"])
-    await gateway.reserve_tokens(caller, reserved)
     now = time.time()
-    try:
-        entry_id = await gateway.enqueue(target, {**spec, "id": request_id, "created": now,
-                                                  "deadline": now + target.request_timeout_s})
-    except BaseException:
-        await asyncio.shield(gateway.settle_tokens(caller, reserved, 0))
-        raise
+    entry_id = await gateway.admit_and_enqueue(caller, target, {**spec, "id": request_id, "created": now,
+                                                                "deadline": now + target.request_timeout_s}, reserved)
     return Exchange(kind, request_id, caller, target, entry_id, Shaper(kind, request_id, target.served_name),
                     time.monotonic() + target.request_timeout_s, reserved)
 

@@ -194,8 +194,11 @@ def _start_replica(deployment: Deployment, version: ModelVersion) -> Replica:
     return Replica.objects.create(deployment=deployment, job=job, version=version, replica_id=replica_id, state="queued")
 
 
-def _drain(replica: Replica) -> None:
-    """Cancel the replica's job: a queued one never starts, a running one drains and ends."""
+def _drain(replica: Replica, reason: str) -> None:
+    """Cancel the replica's job: a queued one never starts, a running one drains and ends. The
+    reason marks the drain as the studio's: the replica's job then ends SUCCEEDED, "stopped:
+    <reason>" (workers/tasks/serving.py), where a cancel of the job itself ends CANCELLED."""
+    Replica.objects.filter(pk=replica.pk).update(stop_reason=reason[:200])
     lifecycle.request_cancel(replica.job)
     replica.job.refresh_from_db(fields=["status", "cancel_requested"])
 
@@ -217,7 +220,8 @@ def replica_hashes(deployment: Deployment, replica_ids) -> dict[str, dict]:
     return dict(zip(replica_ids, rows))
 
 
-def _live_state(replica: Replica, live: dict) -> str:
+def live_state(replica: Replica, live: dict) -> str:
+    """The replica's state now, from its job and its Redis hash (reconcile, the live metrics)."""
     job = replica.job
     if job.status == JobStatus.FAILED:
         return "failed"
@@ -235,12 +239,15 @@ def reconcile(deployment: Deployment | int) -> Deployment:
     """Bring the replicas in line with the deployment and record its state. Idempotent."""
     pk = deployment if isinstance(deployment, int) else deployment.pk
     with transaction.atomic():
-        deployment = Deployment.objects.select_for_update().select_related("owner", "model", "version").get(pk=pk)
+        # of=self: lock the deployment row only. PostgreSQL refuses FOR UPDATE on the nullable side
+        # of an outer join (version is null for a deployment that follows an alias).
+        deployment = (Deployment.objects.select_for_update(of=("self",)).select_related("owner", "model", "version")
+                      .get(pk=pk))
         replicas = list(deployment.replica_set.select_related("job", "version").exclude(state__in=("stopped", "failed")))
         live = replica_hashes(deployment, [r.replica_id for r in replicas if r.job.status == JobStatus.RUNNING])
         failures = []
         for replica in replicas:
-            state = _live_state(replica, live.get(replica.replica_id, {}))
+            state = live_state(replica, live.get(replica.replica_id, {}))
             if state == "failed":
                 failures.append(replica)
             if state != replica.state:
@@ -251,7 +258,7 @@ def reconcile(deployment: Deployment | int) -> Deployment:
         if deployment.state in (DeploymentState.DRAINING, DeploymentState.STOPPED, DeploymentState.FAILED):
             for replica in active:
                 if not replica.job.cancel_requested:
-                    _drain(replica)
+                    _drain(replica, deployment.state_reason or f"the deployment is {deployment.state}")
             if deployment.state == DeploymentState.DRAINING and not any(r.job.status not in FINISHED_STATUSES for r in active):
                 deployment.state = DeploymentState.STOPPED
             deployment.save(update_fields=["state", "state_reason", "updated_at"])
@@ -263,7 +270,7 @@ def reconcile(deployment: Deployment | int) -> Deployment:
                 deployment.state_reason = (f"replica {replica.replica_id} failed and the {deployment.max_restarts} restarts "
                                            f"allowed are used up; last error: {replica.job.error or 'unknown'}")
                 for other in active:
-                    _drain(other)
+                    _drain(other, deployment.state_reason)
                 deployment.save(update_fields=["state", "state_reason", "updated_at"])
                 return deployment
             deployment.restarts += 1
@@ -292,11 +299,11 @@ def _converge(deployment: Deployment, active: list[Replica], target: ModelVersio
         # Scale down: drop the replicas that serve nothing yet first.
         extra = sorted(current, key=lambda r: (r.state == "ready", r.created_at), reverse=False)[: max(0, len(current) - wanted)]
         for replica in extra:
-            _drain(replica)
+            _drain(replica, f"scaled down to {wanted} replica(s)")
         return
     ready = [r for r in current if r.state == "ready"]
     if ready and len(current) + len(old) > wanted:
-        _drain(old[0])
+        _drain(old[0], f"replaced by a replica of {target}")
         old = old[1:]
     if len(current) < wanted and len(ready) == len(current) and len(current) + len(old) <= wanted:
         _start_replica(deployment, target)

@@ -32,7 +32,9 @@ def deployment_list(request):
 
 
 def deployment_new(request):
-    form = DeploymentForm(request.POST or None, user=request.user)
+    # ?serves=v<version id> (the Deploy button of a version page) preselects it; the form only
+    # accepts choices the user can see, so a forged value selects nothing.
+    form = DeploymentForm(request.POST or None, user=request.user, initial={"serves": request.GET.get("serves", "")})
     if request.method == "POST" and form.is_valid():
         model, version, alias = form.target()
         data = form.cleaned_data
@@ -55,12 +57,10 @@ def deployment_detail(request, deployment_id: int):
     deployment = _visible_deployment(request.user, deployment_id)
     base_url = request.build_absolute_uri("/v1")
     live = metrics.live(deployment, request.user)
-    waiting = {row["replica_id"]: row["waiting_reason"] for row in live["replicas"]}
-    replicas = list(deployment.replica_set.select_related("job", "version").order_by("-created_at")[:20])
-    for replica in replicas:
-        replica.waiting_reason = waiting.get(replica.replica_id, "")
     context = {
-        "deployment": deployment, "can_manage": can_manage(request.user, deployment), "replicas": replicas,
+        # The table is rendered from the same rows the page's poll brings (deployment.js), so
+        # both show the state derived now from each replica's job and hash.
+        "deployment": deployment, "can_manage": can_manage(request.user, deployment), "replicas": live["replicas"],
         "live": live, "history": metrics.history(deployment), "base_url": base_url,
         "engine_options": json.dumps(deployment.engine_options or {}),
     }

@@ -89,3 +89,23 @@ def healthz(request):
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return JsonResponse({"ok": True})
+
+
+@login_not_required
+def favicon(request):
+    """Browsers ask for /favicon.ico whatever the page links: answer instead of a 404 on every page
+    (resolved per request: in production the static name carries its content hash)."""
+    from django.http import HttpResponsePermanentRedirect
+    from django.templatetags.static import static
+
+    return HttpResponsePermanentRedirect(static("favicon.svg"))
+
+
+def quickstart(request):
+    """The chain from data to agent in eight steps, each checked from what the user has made."""
+    from apps.studio.quickstart import starter_version, steps_for
+
+    steps = steps_for(request.user)
+    return render(request, "studio/quickstart.html", {
+        "steps": steps, "done": sum(s.done for s in steps), "starter": starter_version(),
+        "next_step": next((s for s in steps if not s.done), None)})

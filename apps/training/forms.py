@@ -4,6 +4,7 @@ again (pre-flight), and its errors are attached to the field they name."""
 from __future__ import annotations
 
 from django import forms
+from django.utils.translation import gettext_lazy
 from django.conf import settings
 
 from apps.accounts.visibility import visible_to
@@ -81,19 +82,20 @@ def queue_help() -> str:
 
 
 class TrainingForm(forms.Form):
-    preset = forms.ChoiceField(required=False, help_text="fills the hyperparameters; you can still edit them")
-    method = forms.ChoiceField(choices=[(m, f"{m} — {METHOD_LABELS[m]}") for m in METHODS], initial="sft")
-    finetune = forms.ChoiceField(choices=[(f, f) for f in FINETUNES], initial="lora")
-    base = forms.ChoiceField(required=False, label="Base model (version or alias)")
-    train_versions = forms.MultipleChoiceField(label="Dataset version(s)")
-    eval_versions = forms.MultipleChoiceField(required=False, label="Eval version (optional)",
-                                              help_text="blank: a held-out fraction of the training data")
-    model_name = forms.CharField(required=False, max_length=100, label="Register into model",
-                                 help_text="blank: the base version's model")
-    queue = forms.ChoiceField(choices=[(q, q) for q in settings.JOB_QUEUES], initial="gpu")
+    preset = forms.ChoiceField(label=gettext_lazy("Preset"), required=False, help_text=gettext_lazy("fills the hyperparameters; you can still edit them"))
+    method = forms.ChoiceField(label=gettext_lazy("Method"), help_text=gettext_lazy("pretrain (raw text, from scratch), cpt (continued pretraining on raw text), sft (chat or instructions), dpo (preference pairs)"), choices=[(m, f"{m} — {METHOD_LABELS[m]}") for m in METHODS], initial="sft")
+    finetune = forms.ChoiceField(label=gettext_lazy("Finetune"), help_text=gettext_lazy('lora: small adapters, little memory (default); full: every weight, most memory; qlora: LoRA on 4-bit weights (GPU)'), choices=[(f, f) for f in FINETUNES], initial="lora")
+    base = forms.ChoiceField(help_text=gettext_lazy('the model version (or the alias it follows) to start from; empty with pretrain trains from scratch'), required=False, label=gettext_lazy("Base model (version or alias)"))
+    train_versions = forms.MultipleChoiceField(help_text=gettext_lazy('one or more dataset versions whose format fits the method'), label=gettext_lazy("Dataset version(s)"))
+    eval_versions = forms.MultipleChoiceField(required=False, label=gettext_lazy("Eval version (optional)"),
+                                              help_text=gettext_lazy("blank: a held-out fraction of the training data"))
+    model_name = forms.CharField(required=False, max_length=100, label=gettext_lazy("Register into model"),
+                                 help_text=gettext_lazy("blank: the base version's model"))
+    queue = forms.ChoiceField(label=gettext_lazy("Queue"), help_text=gettext_lazy('which workers run it: gpu (training and evaluation workers) or cpu'), choices=[(q, q) for q in settings.JOB_QUEUES], initial="gpu")
     advanced = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false"}),
-                               label="Advanced (YAML)", help_text="any other spec field, e.g. `warmup_ratio: 0.05`")
-    dry_run = forms.BooleanField(required=False, help_text="measure a few steps and estimate the time; registers nothing")
+                               label=gettext_lazy("Advanced (YAML)"), help_text=gettext_lazy("any other spec field, e.g. `warmup_ratio: 0.05`"))
+    dry_run = forms.BooleanField(label=gettext_lazy("Dry run"), required=False, help_text=gettext_lazy("with Start training: run a few measured steps, estimate the "
+                                                           "whole run's time and peak memory, register nothing (Check only validates)"))
 
     def __init__(self, user, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -146,9 +148,9 @@ class TrainingForm(forms.Form):
 
 
 class PresetForm(forms.Form):
-    name = forms.CharField(max_length=100)
-    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
-    fields_yaml = forms.CharField(label="Fields (YAML)", widget=forms.Textarea(attrs={"rows": 12, "spellcheck": "false"}))
+    name = forms.CharField(label=gettext_lazy("Name"), help_text=gettext_lazy("the preset's name (up to 100 characters)"), max_length=100)
+    description = forms.CharField(label=gettext_lazy("Description"), help_text=gettext_lazy('optional: what the preset is for'), required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    fields_yaml = forms.CharField(help_text=gettext_lazy('the training fields this preset fills in, as YAML (e.g. learning_rate: 2e-4)'), label=gettext_lazy("Fields (YAML)"), widget=forms.Textarea(attrs={"rows": 12, "spellcheck": "false"}))
 
     def clean_fields_yaml(self):
         try:

@@ -19,6 +19,7 @@ from apps.datasets.models import DatasetVersion, DatasetVersionUse
 from apps.jobs import services as jobs
 from apps.jobs.models import Job, WorkerNode
 from apps.registry.models import ModelAlias, ModelVersion, RegisteredModel, VersionKind, VersionRequest, VersionUse
+from apps.studio import storage
 from apps.training.models import TrainingRun
 from workers.tasks import catalog
 
@@ -238,6 +239,7 @@ def _title(req: TrainingRequest, resolved: Resolved, target: RegisteredModel) ->
 
 def _create(user, req: TrainingRequest, resolved: Resolved, target: RegisteredModel, *, title: str,
             retry_of: Job | None = None, restarted_from: str = "", restarted_from_job: Job | None = None) -> Job:
+    storage.require_free_space(*storage.training_needs(resolved.base, resolved.params), error=TrainingError)
     with transaction.atomic():
         job = jobs.submit_job(user, "train", resolved.params, queue=req.queue, title=title, retry_of=retry_of)
         TrainingRun.objects.create(

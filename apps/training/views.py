@@ -3,6 +3,7 @@ charts through the job page's code, samples, checkpoints, spec), compare, and pr
 from __future__ import annotations
 
 from django.contrib import messages
+from django.utils.translation import gettext
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -72,7 +73,7 @@ def with_memory_bar(report: dict | None) -> dict | None:
     memory = report["memory"]
     scale = max(float(memory.get("budget") or 0), float(memory.get("total") or 0), 1.0)
     parts = [{"name": name, "percent": round(100 * float(memory.get(name) or 0) / scale, 2)}
-             for name in ("weights", "gradients", "optimizer", "activations")]
+             for name in ("weights", "gradients", "optimizer", "activations", "runtime")]
     return {**report, "memory_bar": parts, "memory_percent": round(100 * float(memory.get("total") or 0) / float(memory["budget"]), 1)
             if memory.get("budget") else None}
 
@@ -109,12 +110,16 @@ def run_new(request):
                 except services.TrainingError as exc:
                     form.attach_errors([{"field": exc.field, "message": exc.reason}])
                 else:
-                    messages.success(request, f"{job} queued on {job.queue}.")
+                    messages.success(request, gettext('%(job)s queued on %(queue)s.') % {"job": job, "queue": job.queue})
                     return redirect("training-run", job_id=job.pk)
         if req is None and checking:  # the form's own errors, shown in the panel too
             report = {"ok": False, "errors": [{"field": name, "message": str(message)}
                                               for name, errors in form.errors.items() for message in errors]}
         report = with_memory_bar(report)
+        if checking and report is not None and form.is_valid() and form.cleaned_data.get("dry_run"):
+            # Check only validates: say what the ticked box will do, so it does not look ignored.
+            report["dry_run_note"] = ("Dry run is ticked: Check only validates. Start training then runs a few measured "
+                                      "steps, estimates the whole run's time and peak memory, and registers nothing.")
         if checking and request.htmx:
             return render(request, "training/_preflight.html", {"report": report, "form": form})
         return render(request, "training/run_new.html", {"form": form, "report": report}, status=200 if checking else 422)
@@ -174,7 +179,7 @@ def run_restart(request, job_id: int):
     except services.TrainingError as exc:
         messages.error(request, f"{exc.field}: {exc.reason}")
     else:
-        messages.success(request, f"{job} queued from {run.job}'s {request.POST.get('checkpoint')}.")
+        messages.success(request, gettext("%(job)s queued from %(job2)s's %(get)s.") % {"job": job, "job2": run.job, "get": request.POST.get('checkpoint')})
         return redirect("training-run", job_id=job.pk)
     return redirect("training-run", job_id=run.job_id)
 
@@ -212,7 +217,7 @@ def preset_list(request):
             except services.TrainingError as exc:
                 form.add_error("name" if exc.field == "name" else "fields_yaml", f"{exc.field}: {exc.reason}")
             else:
-                messages.success(request, f"Preset {preset.name} saved.")
+                messages.success(request, gettext('Preset %(name)s saved.') % {"name": preset.name})
                 return redirect("training-presets")
     return render(request, "training/presets.html", {"presets": presets.choices(request.user), "form": form,
                                                      "import_error": None})
@@ -230,7 +235,7 @@ def preset_import(request):
         return render(request, "training/presets.html", {
             "presets": presets.choices(request.user), "form": PresetForm(), "import_error": f"{exc.field}: {exc.reason}",
             "import_text": text}, status=422)
-    messages.success(request, f"Preset {preset.name} imported.")
+    messages.success(request, gettext('Preset %(name)s imported.') % {"name": preset.name})
     return redirect("training-presets")
 
 
@@ -254,7 +259,7 @@ def preset_clone(request, key: str):
     except services.TrainingError as exc:
         messages.error(request, f"{exc.field}: {exc.reason}")
     else:
-        messages.success(request, f"Cloned as {preset.name}.")
+        messages.success(request, gettext('Cloned as %(name)s.') % {"name": preset.name})
     return redirect("training-presets")
 
 
@@ -267,7 +272,7 @@ def preset_edit(request, preset_id: int):
                                                     "fields_yaml": yaml.safe_dump(preset.fields, sort_keys=False)})
     if request.method == "POST":
         if not manage:
-            messages.error(request, "only the preset's owner or staff can change it")
+            messages.error(request, gettext("only the preset's owner or staff can change it"))
             return redirect("training-preset", preset_id=preset.pk)
         if form.is_valid():
             try:
@@ -276,7 +281,7 @@ def preset_edit(request, preset_id: int):
             except services.TrainingError as exc:
                 form.add_error("name" if exc.field == "name" else "fields_yaml", f"{exc.field}: {exc.reason}")
             else:
-                messages.success(request, f"Preset {preset.name} saved.")
+                messages.success(request, gettext('Preset %(name)s saved.') % {"name": preset.name})
                 return redirect("training-presets")
     return render(request, "training/preset_edit.html", {"preset": preset, "form": form, "can_manage": manage})
 
@@ -285,9 +290,9 @@ def preset_edit(request, preset_id: int):
 def preset_delete(request, preset_id: int):
     preset = get_visible_or_404(TrainingPreset.objects.all(), request.user, pk=preset_id)
     if not can_manage(request.user, preset):
-        messages.error(request, "only the preset's owner or staff can delete it")
+        messages.error(request, gettext("only the preset's owner or staff can delete it"))
     else:
         preset.delete()
-        messages.success(request, f"Preset {preset.name} deleted.")
+        messages.success(request, gettext('Preset %(name)s deleted.') % {"name": preset.name})
     return redirect("training-presets")
 

@@ -10,18 +10,22 @@
   const $ = (id) => document.getElementById(id);
 
   const state = { status: null, metrics: {}, logSeq: 0, chartPending: false };
+  // The job states as the page names them (apps/jobs/models.py JobStatus), in the page's language.
+  const STATUS_LABELS = {QUEUED: gettext("Queued"), RUNNING: gettext("Running"), SUCCEEDED: gettext("Succeeded"),
+                         FAILED: gettext("Failed"), CANCELLED: gettext("Cancelled")};
 
   function fmtEta(seconds) {
     if (seconds === null || seconds === undefined) return "";
-    if (seconds < 60) return `ETA ${Math.round(seconds)} s`;
+    if (seconds < 60) return interpolate(gettext("ETA %(s)s s"), {s: Math.round(seconds)}, true);
     const m = Math.floor(seconds / 60), s = Math.round(seconds % 60);
-    return m < 60 ? `ETA ${m} min ${s} s` : `ETA ${Math.floor(m / 60)} h ${m % 60} min`;
+    return m < 60 ? interpolate(gettext("ETA %(m)s min %(s)s s"), {m, s}, true)
+      : interpolate(gettext("ETA %(h)s h %(m)s min"), {h: Math.floor(m / 60), m: m % 60}, true);
   }
 
   function setStatus(data) {
     state.status = data.status;
     const el = $("job-status");
-    el.textContent = data.status.charAt(0) + data.status.slice(1).toLowerCase();
+    el.textContent = STATUS_LABELS[data.status] || data.status;
     el.className = "status " + data.status.toLowerCase();
     $("job-attempts").textContent = data.attempts;
     const finished = FINISHED.includes(data.status);
@@ -83,7 +87,7 @@
       return { x: steps, y: steps.map((s) => state.metrics[name].get(s)), name: name, mode: "lines+markers",
                yaxis: i === 0 ? "y" : "y" + (i + 1) };
     });
-    const layout = { margin: { t: 40, r: 60, b: 45, l: 60 }, xaxis: { title: { text: "step" } },
+    const layout = { margin: { t: 40, r: 60, b: 45, l: 60 }, xaxis: { title: { text: gettext("step") } },
                      legend: { orientation: "h", x: 0, y: 1.02, yanchor: "bottom" }, height: 320 };
     names.forEach((name, i) => {
       const axis = { title: { text: name } };
@@ -120,6 +124,14 @@
     for (const [name, series] of Object.entries(snap.metrics || {})) {
       series.steps.forEach((step, i) => addMetric({ name, step, value: series.values[i] }));
     }
+    const outputs = snap.outputs || [];
+    $("job-outputs").hidden = !outputs.length;
+    $("job-output-links").replaceChildren(...outputs.flatMap((o, i) => {
+      const a = document.createElement("a");  // textContent: a label is a user's name for a thing
+      a.href = o.url;
+      a.textContent = o.label;
+      return i ? [", ", a] : [a];
+    }));
     if (snap.result) {
       $("job-result-card").hidden = false;
       $("job-result").textContent = JSON.stringify(snap.result, null, 2);
@@ -130,7 +142,7 @@
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const ws = new WebSocket(`${scheme}://${location.host}/ws/jobs/${jobId}/`);
-    ws.onopen = () => { retryDelay = 500; $("live-state").textContent = "live"; };
+    ws.onopen = () => { retryDelay = 500; $("live-state").textContent = gettext("live"); };
     ws.onmessage = (msg) => {
       const { event, data } = JSON.parse(msg.data);
       if (event === "snapshot") applySnapshot(data);
@@ -143,8 +155,8 @@
       else if (event === "metric") addMetric(data);
     };
     ws.onclose = (ev) => {
-      if (ev.code === 4401 || ev.code === 4404) { $("live-state").textContent = "not allowed"; return; }
-      $("live-state").textContent = "reconnecting…";
+      if (ev.code === 4401 || ev.code === 4404) { $("live-state").textContent = gettext("not allowed"); return; }
+      $("live-state").textContent = gettext("reconnecting…");
       setTimeout(connect, retryDelay);
       retryDelay = Math.min(retryDelay * 2, 10000);
     };

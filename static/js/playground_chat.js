@@ -37,7 +37,7 @@
     node.dataset.status = message.status;
     const head = P.el("div", "msg-head");
     head.appendChild(P.el("span", "who", message.role === "user" ? config.owner : (message.deployment || "assistant")));
-    if (message.status === "streaming") head.appendChild(P.el("span", "status running msg-state", "writing…"));
+    if (message.status === "streaming") head.appendChild(P.el("span", "status running msg-state", gettext("writing…")));
     node.appendChild(head);
     const body = P.el("div", message.role === "user" ? "msg-body plain" : "msg-body");
     node.appendChild(body);
@@ -111,10 +111,10 @@
       const badge = node.querySelector(".msg-state");
       if (badge) badge.remove();
     }
-    if (event.status === "failed") setStatus(event.error ? "the answer failed: " + event.error : "the answer failed", true);
-    else if (event.status === "stopped") setStatus("stopped");
-    else if (event.usage && event.usage.completion_tokens) setStatus(`done · ${event.usage.completion_tokens} tokens`);
-    else setStatus("done");
+    if (event.status === "failed") setStatus(event.error ? gettext("the answer failed:") + " " + event.error : gettext("the answer failed"), true);
+    else if (event.status === "stopped") setStatus(gettext("stopped"));
+    else if (event.usage && event.usage.completion_tokens) setStatus(interpolate(gettext("done · %(n)s tokens"), {n: event.usage.completion_tokens}, true));
+    else setStatus(gettext("done"));
     syncBusy(false);
     if (node) refresh(event.message_id);
   }
@@ -152,7 +152,7 @@
   const socket = P.connect(config.ws, onEvent, onState);
 
   function send(action, pending) {
-    if (!socket.send(action)) { setStatus("not connected: try again in a moment", true); return false; }
+    if (!socket.send(action)) { setStatus("not sent: the connection is closed or too many actions are waiting; reload the page", true); return false; }
     syncBusy(true);
     setStatus(pending);
     return true;
@@ -176,7 +176,7 @@
     const area = P.el("textarea", "edit-input");
     area.value = body.textContent;
     area.rows = Math.min(12, Math.max(2, area.value.split("\n").length));
-    const save = P.el("button", "primary save-edit", "Save and send");
+    const save = P.el("button", "primary save-edit", gettext("Save and send"));
     save.type = "button";
     const cancel = P.el("button", "cancel-edit", "Cancel");
     cancel.type = "button";
@@ -216,7 +216,7 @@
   // Deleting takes the whole tree with it: ask first (on the click, so no submit event starts).
   const deleteButton = document.querySelector("#delete-form button[type=submit]");
   if (deleteButton) deleteButton.addEventListener("click", (event) => {
-    if (!window.confirm("Delete this conversation with all its branches, answers and documents?")) event.preventDefault();
+    if (!window.confirm(gettext("Delete this conversation with all its branches, answers and documents?"))) event.preventDefault();
   });
   document.querySelectorAll("#thread article.msg[data-status=streaming]").forEach((node) => streaming.add(Number(node.dataset.messageId)));
   syncBusy(false);

@@ -19,7 +19,7 @@
     // A vote waits for both answers (the server refuses one before, too).
     document.querySelectorAll("#vote-form .vote-button").forEach((button) => { button.disabled = busy; });
     const hint = document.getElementById("vote-hint");
-    if (hint) hint.textContent = busy ? "Wait until both answers are finished." : "";
+    if (hint) hint.textContent = busy ? gettext("Wait until both answers are finished.") : "";
   }
 
   function place(message) {
@@ -96,7 +96,7 @@
   if (form) {
     const sendMessage = () => {
       if (!input.value.trim() || streaming.size) return;
-      if (!socket.send({action: "send", content: input.value})) { setStatus("not connected: try again in a moment", true); return; }
+      if (!socket.send({action: "send", content: input.value})) { setStatus("not sent: the connection is closed or too many actions are waiting; reload the page", true); return; }
       input.value = "";
       setStatus("sending…");
       syncBusy(true);

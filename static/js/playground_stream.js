@@ -16,17 +16,25 @@
   function connect(path, onEvent, onState) {
     let socket = null;
     let retryMs = 500;
+    let closedForGood = false;
+    // Actions made while the socket is (re)connecting: sent, in order, once it opens. A page
+    // that has just loaded is still connecting, and what the user typed must not be lost.
+    const pending = [];
     function open() {
       const scheme = location.protocol === "https:" ? "wss://" : "ws://";
       socket = new WebSocket(scheme + location.host + path);
-      socket.addEventListener("open", () => { retryMs = 500; onState("open"); });
+      socket.addEventListener("open", () => {
+        retryMs = 500;
+        onState("open");
+        while (pending.length && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(pending.shift()));
+      });
       socket.addEventListener("message", (message) => {
         let event;
         try { event = JSON.parse(message.data); } catch (error) { return; }
         onEvent(event);
       });
       socket.addEventListener("close", (close) => {
-        if (FINAL_CLOSE_CODES.includes(close.code)) { onState("closed", close.code); return; }
+        if (FINAL_CLOSE_CODES.includes(close.code)) { closedForGood = true; pending.length = 0; onState("closed", close.code); return; }
         onState("reconnecting");
         setTimeout(open, retryMs);  // the server sends a fresh snapshot on every connect
         retryMs = Math.min(retryMs * 2, MAX_RETRY_MS);
@@ -34,10 +42,13 @@
     }
     open();
     return {
-      // false when not connected: the caller keeps what the user typed and says so.
+      // Sent now, or held until the socket opens; false only when the server closed it for
+      // good (the caller keeps what the user typed and says so).
       send(action) {
-        if (!socket || socket.readyState !== WebSocket.OPEN) return false;
-        socket.send(JSON.stringify(action));
+        if (closedForGood) return false;
+        if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(action));
+        else if (pending.length < 8) pending.push(action);
+        else return false;
         return true;
       },
     };
@@ -95,11 +106,11 @@
     const kind = el("b", "step-type", step.type === "tool" ? "tool " : step.type);
     if (step.type === "tool") kind.appendChild(el("code", "step-tool-name", step.tool));
     head.appendChild(kind);
-    if (step.turn) head.appendChild(el("span", "muted", `turn ${step.turn}`));
+    if (step.turn) head.appendChild(el("span", "muted", interpolate(gettext("turn %(turn)s"), {turn: step.turn}, true)));
     if (step.duration_ms !== undefined && step.duration_ms !== null) head.appendChild(el("span", "muted step-duration", `${step.duration_ms} ms`));
     const tokens = step.tokens ? (step.tokens.prompt_tokens || 0) + (step.tokens.completion_tokens || 0) : 0;
     if (tokens) head.appendChild(el("span", "muted step-tokens", `${tokens} tokens`));
-    if (step.stopped) head.appendChild(el("span", "muted", `stopped: ${step.stopped}`));
+    if (step.stopped) head.appendChild(el("span", "muted", interpolate(gettext("stopped: %(stopped)s"), {stopped: step.stopped}, true)));
     item.appendChild(head);
     if (step.type === "model") {
       if (step.output) item.appendChild(el("pre", "step-output", step.output));
@@ -127,7 +138,7 @@
     if (!panel) {
       panel = el("details", "trace");
       panel.dataset.traceFor = article.dataset.messageId;
-      const summary = el("summary", null, "Agent trace · ");
+      const summary = el("summary", null, gettext("Agent trace ·") + " ");
       summary.appendChild(el("span", "trace-count", "0"));
       summary.appendChild(document.createTextNode(" steps"));
       panel.appendChild(summary);

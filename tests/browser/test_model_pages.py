@@ -25,12 +25,22 @@ def test_a_user_imports_a_model_folder_and_reads_its_card(stack, make_user, page
     log_in(page, url, "ada")
 
     page.goto(url + "/models/import/")
+    # Only the chosen source's own field shows, and each radio sits beside its label.
+    expect(page.locator("#id_folder")).to_be_hidden()
+    expect(page.locator("#id_hub_id")).to_be_hidden()
     page.check("input[name=source][value=folder]")
+    expect(page.locator("#id_folder")).to_be_visible()
+    expect(page.locator("#id_hub_id")).to_be_hidden()
+    radio = page.locator("input[name=source][value=folder]").bounding_box()
+    text = page.locator("label.choice", has_text="A folder in the import directory").bounding_box()
+    assert abs(radio["y"] - text["y"]) < text["height"]  # same line, not above it
     page.select_option("#id_folder", label=str(import_folder))
     page.fill("#id_model_name", "tiny-llama")
     page.click("#import-form button[type=submit]")
     expect(page).to_have_url(re.compile(r"/jobs/\d+/$"))
     expect(page.locator("#job-status")).to_have_text("Succeeded", timeout=90_000)
+    # The page links what the job created as soon as it finishes, without a reload.
+    expect(page.locator("#job-outputs a")).to_have_text("model version tiny-llama v1")
 
     page.goto(url + "/models/")
     page.click("text=tiny-llama")

@@ -96,6 +96,9 @@ def test_bad_records_are_listed_with_line_and_reason_and_can_be_excluded_on_requ
 @pytest.mark.parametrize("name, data, reason", [
     ("empty.jsonl", b"", "is empty (0 bytes)"),
     ("weights.bin", b"\x00\x01", "upload one of"),
+    ("latin1.csv", "text\nplain line\ncaf\u00e9 cr\u00e8me\n".encode("latin-1"),
+     "latin1.csv, line 3: not valid UTF-8: byte 0xE9 at byte offset 19"),
+    ("gbk.jsonl", json.dumps({"text": "床前明月光"}, ensure_ascii=False).encode("gbk"), "gbk.jsonl, line 1: not valid UTF-8"),
 ])
 def test_uploads_refused_at_the_door_store_nothing(client, owner, api_token, settings, name, data, reason):
     response = upload(client, api_token(owner), name, data, dataset_name="x")
@@ -110,14 +113,15 @@ def test_an_oversize_upload_is_refused_before_it_is_stored(client, owner, api_to
 
 
 @pytest.mark.parametrize("name, data, words", [
-    ("gbk.jsonl", json.dumps({"text": "床前明月光"}, ensure_ascii=False).encode("gbk"), "UTF-8"),
     ("binary.jsonl", b"\x00\x01\x02binary\x00", "binary"),
+    ("truncated.jsonl.gz", b"\x1f\x8b\x08\x00 not really gzip", "truncated.jsonl.gz"),
 ])
-def test_a_file_in_the_wrong_encoding_or_binary_fails_its_job_with_the_reason_and_no_version(client, owner, api_token, name, data, words):
-    _, job = upload_and_run(client, api_token(owner), name, data, dataset_name="x")
+def test_a_binary_file_fails_its_job_with_the_reason_no_version_and_no_raw_file_left(client, owner, api_token, name, data, words):
+    up, job = upload_and_run(client, api_token(owner), name, data, dataset_name="x")
     assert job.status == JobStatus.FAILED
-    assert name in job.error and words in job.error
+    assert job.error.startswith(name) and words in job.error  # the reason, not a class name first
     assert not DatasetVersion.objects.exists()
+    assert not up.path.exists()
 
 
 def test_real_public_files_import_as_they_are(client, owner, api_token):
@@ -261,7 +265,7 @@ def test_a_hub_dataset_import_on_an_offline_machine_fails_with_a_clear_reason(cl
     assert response.status_code == 201, response.content
     job = run(Job.objects.get(pk=response.json()["job"]["id"]))
     assert job.status == JobStatus.FAILED
-    assert job.error == ("DataFileError: main/test.jsonl: cannot reach the hub to fetch 'openai/gsm8k' "
+    assert job.error == ("main/test.jsonl: cannot reach the hub to fetch 'openai/gsm8k' "
                          "(this machine is offline); upload the file instead")
     assert not DatasetVersion.objects.exists()
 

@@ -262,3 +262,19 @@ def test_progress_reports_an_eta(job):
     job.refresh_from_db()
     assert job.progress == 0.25 and job.progress_message == "step 1/4"
     assert 0.5 < job.eta_seconds < 3.0  # 0.3 s per quarter → ~0.9 s left
+
+
+def test_a_succeeded_job_drops_its_in_flight_message_and_eta_but_a_failed_one_keeps_where_it_stopped(job, users):
+    from apps.jobs import services
+    from workers.tasks.reporter import DatabaseReporter
+
+    other = services.submit_job(users["owner"], "probe", {"seconds": 0})
+    for each, status in ((job, JobStatus.SUCCEEDED), (other, JobStatus.FAILED)):
+        lifecycle.claim(each.pk, "w1")
+        reporter = DatabaseReporter(Job.objects.get(pk=each.pk), "w1")
+        reporter.progress(0.625, "step 5/8")
+        reporter.close()
+        lifecycle.finish(each.pk, "w1", status, result={} if status == JobStatus.SUCCEEDED else None)
+        each.refresh_from_db()
+    assert (job.progress_message, job.eta_seconds, job.progress) == ("", None, 1.0)
+    assert (other.progress_message, other.eta_seconds) == ("step 5/8", None)

@@ -73,3 +73,13 @@ def test_a_generic_job_is_still_retried_with_its_parameters(users):
     lifecycle.request_cancel(job)
     again = services.retry_job(Job.objects.get(pk=job.pk), users["owner"])
     assert again.retry_of_id == job.pk and again.params == job.params
+
+
+@pytest.mark.parametrize("queue", ["serve", "agent"])
+def test_a_generic_job_cannot_take_a_serving_or_agent_worker(client, users, api_token, queue):
+    response = call(client, "post", "/api/jobs", api_token(users["owner"]), {"kind": "probe", "params": {}, "queue": queue})
+    assert response.status_code == 422 and response.json()["detail"].startswith("queue:")
+    assert not Job.objects.exists()
+    client.force_login(users["owner"])
+    form = client.get("/jobs/new/diagnostics/").content.decode()
+    assert f'value="{queue}"' not in form and 'value="gpu"' in form and "(1-10,000; default 20)" in form

@@ -1,16 +1,20 @@
 """An agent turn end to end in this process, as the `agent` worker runs it: the task body calls the
 agent core, which asks the deployment (a scripted replica over the real Redis, through the
 serving-protocol client) and runs the calculator; the answer, its trace, model version and
-token usage are saved, and the conversation's socket relays every step as it happens."""
+token usage are saved, the conversation's socket relays every step as it happens, and the
+worker that records the answer pushes its end to the conversation (the socket sends it once)."""
+import asyncio
 import json
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from apps.jobs.models import Job
 from apps.playground import services
 from apps.playground.models import Message
+from apps.playground.replies import group_name
 from apps.serving.models import UsageDay
 from puyu_site.asgi import application
 from tests.serving.fake_replica import end_event
@@ -78,11 +82,14 @@ def test_the_socket_relays_each_step_as_it_happens_and_then_the_answer(users, ag
         events = []
         while not events or events[-1]["event"] != "end":
             events.append(await socket.receive_json_from(timeout=10))
+        # The worker's pushed end and the job's status both announce it: the page hears it once.
+        once = await socket.receive_nothing(timeout=1)
         await socket.disconnect()
-        return asked, placeholder, job, events
+        return asked, placeholder, job, events, once
 
     with replica(agent_conversation.deployment, script=calculator_script):
-        asked, placeholder, job, events = async_to_sync(scenario)()
+        asked, placeholder, job, events, once = async_to_sync(scenario)()
+    assert once
     assert asked["message"]["role"] == "user" and placeholder["status"] == "streaming" and job.status == "SUCCEEDED"
     steps = [e["step"] for e in events if e["event"] == "step"]
     assert [s["type"] for s in steps] == ["model", "tool", "model", "final"]
@@ -91,6 +98,30 @@ def test_the_socket_relays_each_step_as_it_happens_and_then_the_answer(users, ag
     end = events[-1]
     assert (end["status"], end["content"], end["html"]) == ("done", "12 × 34 = 408", "<p>12 × 34 = 408</p>\n")
     assert [s["type"] for s in end["trace"]] == ["model", "tool", "model", "final"]
+
+
+def test_the_worker_that_records_the_answer_pushes_its_end_to_the_conversation(users, agent_conversation, replica):
+    """Not only through the job's status (the job's group): the end event, with the saved answer,
+    reaches whoever listens on the conversation's group without a socket reading it back."""
+    (_,), (reply,) = services.send(users["owner"], agent_conversation, content="What is 12*34?")
+
+    async def scenario():
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(group_name(agent_conversation.pk), channel)
+        job = await sync_to_async(run_task)(reply.job_id)
+        while True:
+            message = await asyncio.wait_for(layer.receive(channel), 10)
+            for event in message["events"]:
+                if event["event"] == "end":
+                    return job, event
+
+    with replica(agent_conversation.deployment, script=calculator_script):
+        job, end = async_to_sync(scenario)()
+    assert job.status == "SUCCEEDED"
+    assert (end["message_id"], end["status"], end["content"]) == (reply.pk, "done", "12 × 34 = 408")
+    assert end["html"] == "<p>12 × 34 = 408</p>\n" and [s["type"] for s in end["trace"]] == ["model", "tool", "model", "final"]
+    assert end["usage"] == {"prompt_tokens": 50, "completion_tokens": 15, "total_tokens": 65}
 
 
 def test_a_used_up_quota_refuses_the_turn_before_the_model_is_called_and_the_answer_says_why(

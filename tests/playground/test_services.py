@@ -5,10 +5,14 @@ which these (rolled back) tests never do."""
 import json
 
 import pytest
+import redis
+from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
 
 from apps.playground import exports, services
 from apps.playground.models import Conversation, Message, MessageStatus
+from apps.serving import gateway
 from apps.serving.models import UsageDay
 
 
@@ -313,6 +317,24 @@ def test_a_used_up_playground_quota_refuses_the_next_answer_and_usage_counts_on_
     with pytest.raises(services.QuotaExceeded, match="15 playground tokens"):
         services.send(owner, conversation, content="one more")
     assert not conversation.messages.exists()
+
+
+def test_answers_still_running_count_against_the_playground_quota(users, conversation):
+    """The quota reads the gateway's running counter of the key (what the database recorded plus
+    what requests in flight reserved) when there is one."""
+    owner = users["owner"]
+    key = services.playground_key(owner)
+    key.token_quota_per_day = 15
+    key.save()
+    counter = gateway.quota_key(key.key_hash[:24], timezone.now().date().isoformat())
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.set(counter, 15, ex=60)  # reserved by answers still running: nothing recorded yet
+    try:
+        with pytest.raises(services.QuotaExceeded, match="15 playground tokens"):
+            services.send(owner, conversation, content="one more")
+    finally:
+        client.delete(counter)
+    assert not UsageDay.objects.exists() and not conversation.messages.exists()
 
 
 def test_the_built_in_tool_names_are_the_agent_cores():

@@ -299,7 +299,7 @@ def test_the_packaged_starter_model_is_converted_once_into_a_chat_model_that_ans
     assert job.status == JobStatus.SUCCEEDED and job.attempts == 1
     assert ModelVersion.objects.filter(model=version.model).count() == 1
     assert [(p.stat().st_ino, p.stat().st_mtime_ns) for p in weights] == stamps
-    assert job.log_lines.filter(message__startswith="converting the packaged starter model").count() == 1
+    assert job.log_lines.filter(message__startswith="importing the packaged starter model").count() == 1
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -348,3 +348,12 @@ def test_retrying_a_failed_import_runs_it_again_into_a_fresh_folder_and_register
     assert again.retry_of == failed and again.params["output_dir"] != failed.params["output_dir"]
     version = ModelVersion.objects.get(source_job=again)
     assert version.model.name == "flaky" and ModelVersion.objects.count() == 1
+
+
+def test_an_archive_import_refused_before_its_job_leaves_no_archive_behind(client, owner, api_token, tiny_model_source, settings):
+    from apps.registry.models import RegisteredModel
+
+    RegisteredModel.objects.create(owner=owner, name="taken")
+    response = upload_archive(client, api_token(owner), folder_files(tiny_model_source["model"]), model_name="taken")
+    assert response.status_code in (400, 422) and "taken" in response.json()["detail"]
+    assert not Job.objects.exists() and list(settings.UPLOAD_DIR.iterdir()) == []

@@ -7,6 +7,7 @@ the web answering, the launcher restarts the worker with backoff and says so (ou
 dashboard), the job resumes as attempt 2 and succeeds, and Ctrl-C stops every process."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -16,12 +17,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from apps.jobs.models import FINISHED_STATUSES, Job, JobStatus, WorkerNode
 from puyu_site.redis_server import free_port
 from tests.reliability.conftest import losses
-from tests.stack import wait_for
+from tests.stack import database_url, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,8 @@ class Launcher:
         self.port, self.log_path = free_port(), log_path
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_SUPERUSER", "REDIS_URL"))}
         env.update(PUYU_DATA_DIR=str(data_dir), PUYU_PORT=str(self.port), PYTHONUNBUFFERED="1",
-                   DATABASE_URL=f"sqlite:///{connection.settings_dict['NAME']}", PUYU_JOB_MESSAGE_CHECK_SECONDS="1")
+                   DATABASE_URL=database_url(), PUYU_JOB_MESSAGE_CHECK_SECONDS="1",
+                   PUYU_STARTER="off")  # this test is about crashes: no starter import beside its training job
         self.proc = subprocess.Popen([sys.executable, "-m", "puyu_site.launcher"], cwd=ROOT, env=env,
                                      stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
 
@@ -113,3 +114,31 @@ def test_the_launcher_runs_everything_restarts_a_killed_gpu_worker_while_the_web
 
     assert not ping(int(re.search(r"redis://127.0.0.1:(\d+)/0", output).group(1)))
     promise_figure("web answered throughout; gpu0 restarted after 1 s; job SUCCEEDED on attempt 2")
+
+
+def test_the_start_up_steps_run_in_one_process_in_order(db, monkeypatch, settings, tmp_path):
+    from django.contrib.auth import get_user_model
+
+    from puyu_site import launcher
+
+    command = launcher.setup_command()
+    assert command[:4] == [sys.executable, "-m", "puyu_site.launcher", "--setup"]
+    assert [step[0] for step in json.loads(command[4])] == ["check", "migrate", "ensure_admin", "builtin_benchmarks",
+                                                             "starter"]
+    settings.DATA_DIR = tmp_path  # ensure_admin writes the generated password there
+    monkeypatch.setenv("PUYU_STARTER", "off")
+    assert launcher.run_setup_steps([["ensure_admin"], ["starter"]]) == 0
+    assert get_user_model().objects.filter(is_superuser=True, username="admin").exists()
+
+
+def test_a_failing_start_up_step_stops_the_others_and_says_which(db, monkeypatch, settings, tmp_path, capsys):
+    from django.contrib.auth import get_user_model
+
+    from puyu_site import launcher
+
+    settings.DATA_DIR = tmp_path
+    monkeypatch.setenv("PUYU_STARTER", "sometimes")
+    assert launcher.run_setup_steps([["starter"], ["ensure_admin"]]) == 1
+    err = capsys.readouterr().err
+    assert "[puyu] start-up step `manage.py starter` failed: PUYU_STARTER" in err
+    assert not get_user_model().objects.filter(is_superuser=True).exists()  # ensure_admin never ran

@@ -47,6 +47,8 @@ def test_every_api_operation_survives_generated_requests(users, api_token, world
 
     for result in schema.get_all_operations():
         operation = result.ok()
+        if operation.path.startswith("/v1/"):
+            continue  # the OpenAI-compatible API, documented here too, takes API keys and is async: tests/serving
 
         @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, phases=[Phase.generate],
                   suppress_health_check=list(HealthCheck))

@@ -101,6 +101,19 @@ def test_the_outsiders_key_cannot_call_a_private_deployment_and_the_teammates_ca
         assert api.post("/v1/chat/completions", CHAT, make_key(users["teammate"])).status_code == 200
 
 
+def test_a_bare_model_name_is_the_callers_own_deployment_and_a_full_name_finds_a_teammates(db, api, deployment, replica,
+                                                                                        make_key, users):
+    owner, teammate = make_key(users["owner"]), make_key(users["teammate"])
+    with replica():
+        for model in ("tiny-chat", "owner/tiny-chat"):
+            response = api.post("/v1/chat/completions", {**CHAT, "model": model}, owner)
+            assert response.status_code == 200 and response.json()["model"] == "owner/tiny-chat", model
+        assert api.post("/v1/chat/completions", CHAT, teammate).status_code == 200
+        for model in ("tiny-chat", "teammate/tiny-chat"):  # the teammate has no deployment of that name
+            assert_openai_error(api.post("/v1/chat/completions", {**CHAT, "model": model}, teammate), 404,
+                                "model_not_found", "model")
+
+
 @pytest.mark.parametrize("header", [None, "Bearer sk-puyu-not-a-real-key", "Bearer puyu_an-account-token", "Basic abc"])
 def test_missing_or_wrong_keys_get_401_in_openai_format(db, api, deployment, header):
     kwargs = {"headers": {"Authorization": header}} if header else {}

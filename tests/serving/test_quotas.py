@@ -94,6 +94,37 @@ def test_eight_concurrent_requests_against_a_quota_for_three_admit_exactly_three
     promise_figure("8 concurrent requests, quota for 3: 3 admitted, 5 refused")
 
 
+def test_the_days_counter_starts_from_the_tokens_the_database_recorded(db, api, deployment, replica, make_key, users):
+    """No counter in Redis yet (the day's first request, or Redis restarted): the admission reads
+    the day's usage from the database to start it, and the quota counts it."""
+    key = make_key(users["owner"], token_quota_per_day=20, rate_limit_per_minute=0)
+    UsageDay.objects.create(key=ApiKey.objects.get(key_hash=hash_token(key)), deployment=deployment,
+                            date=timezone.now().date(), requests=2, prompt_tokens=10, completion_tokens=4)
+    with replica():
+        refused = api.post("/v1/chat/completions", {**CHAT, "max_tokens": 10}, key)  # 14 recorded + 10 > 20
+        admitted = api.post("/v1/chat/completions", {**CHAT, "max_tokens": 6}, key)  # 14 + 6 = 20
+    assert (refused.status_code, refused.json()["error"]["code"]) == (429, "insufficient_quota")
+    assert "6 of its 20 tokens" in refused.json()["error"]["message"]
+    assert admitted.status_code == 200 and quota_counter(key) == 14 + 7  # settled to the 7 it used
+
+
+def test_a_request_refused_for_no_ready_replica_or_a_full_queue_keeps_none_of_the_quota(db, api, deployment, replica,
+                                                                                      make_key, users):
+    """The reservation is taken and given back in the one admission script: nothing stays reserved."""
+    key = make_key(users["owner"], token_quota_per_day=1000, rate_limit_per_minute=0)
+    ask = {**CHAT, "max_tokens": 10}
+    with replica(state="loading"):
+        loading = api.post("/v1/chat/completions", ask, key)
+    deployment.max_queue = 1
+    deployment.save()
+    with replica(reads=False):  # nobody reads: the one entry below fills the queue
+        redis.Redis.from_url(settings.REDIS_URL).xadd(protocol.requests_stream(deployment.pk), {"request": "{}"})
+        full = api.post("/v1/chat/completions", ask, key)
+    assert (loading.status_code, loading.json()["error"]["code"]) == (503, "no_ready_replica")
+    assert (full.status_code, full.json()["error"]["code"]) == (429, "queue_full")
+    assert quota_counter(key) == 0 and not UsageDay.objects.exists()
+
+
 @pytest.mark.promise("keys and quotas hold under concurrency")
 @pytest.mark.django_db(transaction=True)
 def test_a_streaming_client_that_disconnects_is_still_counted(deployment, replica, make_key, users):

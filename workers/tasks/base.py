@@ -25,12 +25,22 @@ from django.db import close_old_connections, connection, transaction
 
 from apps.jobs import lifecycle
 from apps.jobs.models import Job, JobStatus
+from workers.core.data.readers import DataFileError
 from workers.core.kinds import run_core_job
+from workers.core.modelstore.errors import ModelFolderError
 from workers.core.reporting import JobCancelled, JobSuspended
 from workers.core.specs import SpecError
 from workers.tasks.reporter import DatabaseReporter, request_suspend
 
 log = logging.getLogger(__name__)
+# The core's own refusals of a user's input already say what and where ("train.jsonl: line 3: ...");
+# a class name in front ("DataFileError: ...") tells the user nothing. Anything else keeps its
+# type: it is a defect or an environment problem, and the type helps whoever reads the log.
+INPUT_ERRORS = (DataFileError, ModelFolderError)
+
+
+def failure_text(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, INPUT_ERRORS) and str(exc) else f"{type(exc).__name__}: {exc}"
 
 
 @worker_shutting_down.connect
@@ -89,6 +99,10 @@ class JobTask(Task):
     def execute(self, job: Job, reporter: DatabaseReporter) -> dict:
         return run_core_job(job.kind, job.params, reporter)
 
+    def forget_refused(self, job: Job) -> None:
+        """After the job refused its input (an INPUT_ERRORS failure): drop what only that input
+        needed (e.g. an upload's raw file), so a refused input leaves nothing behind."""
+
     def record(self, job: Job, result: dict) -> dict:
         """Store what the job produced (e.g. register a model version). Runs in the same
         transaction as the SUCCEEDED transition, so both happen or neither; keep it idempotent."""
@@ -129,7 +143,9 @@ class JobTask(Task):
             # Errors in the job itself are not retried: they would fail the same way again.
             # Only a lost worker earns another attempt (see lifecycle.reap_stale).
             reporter.log(traceback.format_exc(), "error")
-            lifecycle.finish(job.pk, worker, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}", attempt=attempt)
+            if lifecycle.finish(job.pk, worker, JobStatus.FAILED, error=failure_text(exc), attempt=attempt) \
+                    and isinstance(exc, INPUT_ERRORS):
+                self.forget_refused(job)
             return JobStatus.FAILED
         finally:
             reporter.close()

@@ -1,6 +1,6 @@
 """Dataset jobs: the core validates, normalizes, cleans or generates; on success the version is
 registered in the transaction that marks the job SUCCEEDED (at most one version per job)."""
-from apps.datasets.services import record_job_result
+from apps.datasets.services import forget_refused_upload, record_job_result
 from puyu_site.celery import app
 from workers.tasks.base import JobTask
 
@@ -10,6 +10,9 @@ class DatasetJobTask(JobTask):
 
     def record(self, job, result):
         return record_job_result(job, result)
+
+    def forget_refused(self, job):
+        forget_refused_upload(job)
 
 
 @app.task(base=DatasetJobTask, bind=True, name="datasets.import")

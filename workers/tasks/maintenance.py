@@ -1,6 +1,7 @@
 """The beat task: re-queue or fail jobs whose worker died, fail jobs that hang, then dispatch
 jobs that no message carries: publish failed while Redis was down, just re-queued, or the
-message was lost (Redis restarted without persistence, or evicted it)."""
+message was lost (Redis restarted without persistence, or evicted it). Last, at most once an
+hour, the storage retention sweep (apps/studio/storage.py)."""
 import logging
 import re
 from datetime import timedelta
@@ -11,6 +12,7 @@ from django.utils import timezone
 
 from apps.jobs import lifecycle, services
 from apps.jobs.models import Job, JobStatus
+from apps.studio import storage
 from puyu_site.celery import app
 
 log = logging.getLogger(__name__)
@@ -72,4 +74,14 @@ def maintain() -> dict:
     candidates = list(lifecycle.undispatched().values_list("pk", flat=True)) + lost
     dispatched = [job_id for job_id in candidates if services.dispatch(job_id)]
     return {"requeued": report.requeued, "failed": report.failed, "cancelled": report.cancelled, "hung": hung,
-            "lost": lost, "dispatched": dispatched}
+            "lost": lost, "dispatched": dispatched, "retention": retention_sweep()}
+
+
+def retention_sweep() -> dict | None:
+    """The retention sweep when it is due (None otherwise). A failing sweep is logged and never
+    stops the reaper: jobs matter more than disk space for one tick."""
+    try:
+        return storage.sweep_if_due()
+    except Exception:
+        log.exception("retention: the sweep failed; trying again at the next interval")
+        return None

@@ -74,7 +74,14 @@ class ReplicaTask(JobTask):
             except JobCancelled:
                 if reporter.should_suspend() and not reporter.lost.is_set() and not _cancel_requested(job.pk):
                     raise JobSuspended("the replica drained") from None
-                raise
+                # Drained by the studio (the deployment stopped, scaled down or rolled over): the
+                # normal end of a replica, not a failure. A cancel of the job itself stays CANCELLED.
+                reason = Replica.objects.filter(pk=replica.pk).values_list("stop_reason", flat=True).first()
+                if not reason or reporter.lost.is_set():
+                    raise
+                reporter.log(f"stopped: {reason}")
+                reporter.progress(1.0, f"Stopped: {reason}")
+                return {"outcome": "stopped", "reason": reason}
 
 
 def _cancel_requested(job_id: int) -> bool:

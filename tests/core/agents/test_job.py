@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,40 @@ def test_a_turn_streams_one_json_line_per_step_and_returns_the_answer():
     assert steps(log) == result["trace"]
     assert [s["type"] for s in steps(log)] == ["model", "tool", "model", "final"]
     assert log.fractions[-1] == 1.0 and all(0 <= f <= 1 for f in log.fractions)
+
+
+def test_the_loop_goes_on_while_a_step_is_written_and_every_step_is_written_before_the_turn_returns():
+    second_call = threading.Event()
+
+    def answer(messages):
+        second_call.set()
+        return reply("12 * 12 = 144")
+
+    class SlowWriter(ConsoleReporter):
+        """Its first write waits until the model was asked again (a write the loop waited for
+        would wait out the 10 s: the second call could not come)."""
+        waited: list[bool] = []
+
+        def log(self, message, level="info"):
+            if not self.waited:
+                self.waited.append(second_call.wait(10))
+            super().log(message, level)
+
+    log = SlowWriter(stream=io.StringIO())
+    result = run_agent_turn(spec(), log, chat=ScriptedModel(reply("", call("calculator", {"expression": "12 * 12"})), answer))
+
+    assert log.waited == [True]
+    assert steps(log) == result["trace"] and [s["type"] for s in steps(log)] == ["model", "tool", "model", "final"]
+
+
+def test_a_reporter_that_cannot_write_a_step_fails_the_turn():
+    class Broken(ConsoleReporter):
+        def log(self, message, level="info"):
+            raise RuntimeError("the log table is gone")
+
+    model = ScriptedModel(reply("", call("calculator", {"expression": "1 + 1"})), reply("2"))
+    with pytest.raises(RuntimeError, match="the log table is gone"):
+        run_agent_turn(spec(), Broken(stream=io.StringIO()), chat=model)
 
 
 def test_a_cancel_stops_the_turn_between_steps():

@@ -19,12 +19,14 @@ from __future__ import annotations
 import codecs
 import csv
 import gzip
+import itertools
 import json
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 CONTAINERS = ("jsonl", "json", "csv", "parquet", "txt")
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "csv",
@@ -145,7 +147,7 @@ def probe(path: Path, filename: str) -> Opened:
     try:
         with open_bytes(path, gzipped) as fh:
             head = fh.read(BINARY_PROBE_BYTES)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataFileError(filename, f"cannot decompress: {exc}") from None
     bom = _check_head(filename, head, total_empty=not head)
     if container in ("jsonl", "json"):
@@ -197,7 +199,7 @@ def _decode_line(file: str, raw: bytes, offset: int, line: int) -> str:
 def _read(fh, size: int, filename: str) -> bytes:
     try:
         return fh.read(size)
-    except (OSError, EOFError) as exc:  # a damaged gzip stream
+    except (OSError, EOFError, zlib.error) as exc:  # a damaged gzip stream
         raise DataFileError(filename, f"cannot read the file ({exc})") from None
 
 
@@ -205,24 +207,27 @@ def check_utf8(path: Path, filename: str, opened: Opened) -> None:
     """Decode the whole file (streaming) so that a bad byte anywhere is found at upload time."""
     if opened.container == "parquet":
         return
+    with open_bytes(path, opened.gzipped) as fh:
+        check_utf8_chunks(iter(lambda: _read(fh, CHUNK_BYTES, filename), b""), filename)
+
+
+def check_utf8_chunks(chunks: Iterable[bytes], filename: str) -> None:
+    """DataFileError (with line and byte offset) at the first byte that is not UTF-8; streaming, so
+    the web side can refuse an upload from its chunks before it stores anything."""
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     consumed = 0
     lines = 1
-    with open_bytes(path, opened.gzipped) as fh:
-        while True:
-            chunk = _read(fh, CHUNK_BYTES, filename)
-            pending = decoder.getstate()[0]
-            try:
-                decoder.decode(chunk, final=not chunk)
-            except UnicodeDecodeError as exc:
-                data = pending + chunk
-                bad_line = lines - pending.count(b"\n") + data[:exc.start].count(b"\n")
-                raise _encoding_error(filename, consumed - len(pending) + exc.start, bad_line,
-                                      data[exc.start]) from None
-            if not chunk:
-                return
-            consumed += len(chunk)
-            lines += chunk.count(b"\n")
+    for chunk in itertools.chain((c for c in chunks if c), [b""]):  # b"": the final flush
+        pending = decoder.getstate()[0]
+        try:
+            decoder.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as exc:
+            data = pending + chunk
+            bad_line = lines - pending.count(b"\n") + data[:exc.start].count(b"\n")
+            raise _encoding_error(filename, consumed - len(pending) + exc.start, bad_line,
+                                  data[exc.start] if exc.start < len(data) else 0) from None
+        consumed += len(chunk)
+        lines += chunk.count(b"\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,7 +246,7 @@ def _lines(path: Path, filename: str, opened: Opened) -> Iterator[tuple[int, str
             for number, raw in enumerate(fh, start=1):
                 yield number, _decode_line(filename, raw, offset, number)
                 offset += len(raw)
-    except (OSError, EOFError) as exc:  # a damaged gzip stream
+    except (OSError, EOFError, zlib.error) as exc:  # a damaged gzip stream
         raise DataFileError(filename, f"cannot read the file ({exc})", line=number + 1) from None
 
 

@@ -1,7 +1,8 @@
 """Serving backends: one protocol, a registry by name. "builtin" is the transformers continuous
-batching engine (engine.py). "vllm" and "lmdeploy" are named so a deployment can ask for them,
-but this version ships no adapter for them: asking for one raises a clear BackendUnavailable
-(whether or not the package is importable on this worker) rather than pretending."""
+batching engine (engine.py). "vllm" relays to vLLM's own OpenAI server, started as a child
+process from its own environment (`make vllm`; vllm_backend.py). "lmdeploy" is named so a
+deployment can ask for it, but this version ships no adapter for it: asking for it raises a
+clear BackendUnavailable (whether or not the package is importable on this worker)."""
 from __future__ import annotations
 
 import importlib.util
@@ -28,6 +29,9 @@ class Backend(Protocol):
 
     def close(self) -> None: ...
 
+    # Optional: check() raises once the backend can no longer serve (the vllm backend's server
+    # child died); the replica calls it every loop iteration when the backend has it.
+
 
 def _builtin(config: EngineConfig, model_dir, adapter_dir="", merge_adapter=False) -> Backend:
     return Engine(config, model_dir, adapter_dir=adapter_dir, merge_adapter=merge_adapter)
@@ -45,9 +49,15 @@ def _external(package: str, label: str):
     return create
 
 
+def _vllm(config: EngineConfig, model_dir, adapter_dir="", merge_adapter=False) -> Backend:
+    from .vllm_backend import VllmBackend  # the openai client is imported only by replicas that use it
+
+    return VllmBackend(config, model_dir, adapter_dir=adapter_dir, merge_adapter=merge_adapter)
+
+
 BACKENDS = {
     "builtin": _builtin,
-    "vllm": _external("vllm", "vllm"),
+    "vllm": _vllm,
     "lmdeploy": _external("lmdeploy", "lmdeploy"),
 }
 

@@ -1,5 +1,11 @@
-"""The built-in inference engine: one transformers continuous batching manager (paged KV cache,
-continuous batching, streaming) wrapped with what serving needs and what the manager lacks.
+"""The built-in inference engine: continuous batching with streaming, wrapped with what serving
+needs. Two runners do the decoding (EngineConfig.runner):
+- "plain" (the CPU default, plain.py): our own loop on plain KV caches. A request alone decodes
+  as `generate` does (its own cache of batch 1, no paging: the same logits as a DynamicCache) and
+  keeps that path while others join a padded batch; on CPU it beats the manager at every
+  concurrency (see plain.py for the profile);
+- "manager" (the CUDA default): transformers' continuous batching manager (paged KV cache, CUDA
+  graphs), plus the exclusive lane for what it cannot vary per request.
 
     engine = Engine(EngineConfig(...), model_dir)   # cheap; load() after a fork
     engine.load(); engine.start()
@@ -7,12 +13,13 @@ continuous batching, streaming) wrapped with what serving needs and what the man
     for event in handle.events(): ...               # protocol-shaped dicts: delta / end / error
     engine.stats(); engine.close()
 
-Threads: the manager runs its own generation thread; the engine runs ONE asyncio loop thread that
-owns the manager (creates it, registers result handlers before add_request, cancels, rebuilds):
-the manager wants one event loop, created in the process that uses it (after a fork). Caller
-threads only post work to that loop and read thread-safe event queues.
+Threads: the runner (plain runner or manager) has its own generation thread; the engine runs ONE
+asyncio loop thread that owns it (creates it, registers result handlers before add_request,
+cancels, rebuilds): the manager wants one event loop, created in the process that uses it (after a
+fork). Caller threads only post work to that loop and read thread-safe event queues; the runners
+post their tokens to it.
 
-What the wrapper adds over the manager (each verified on transformers 5.24, see sampling.py and
+What the wrapper adds over the runners (each verified on transformers 5.24, see sampling.py and
 exclusive.py for the sampling side):
 - stop strings on the decoded text (then cancel_request), finish reasons, usage and timing;
 - a cancelled request never gets a final output from the manager: the engine emits the end event
@@ -20,7 +27,8 @@ exclusive.py for the sampling side):
 - a request larger than the whole KV cache kills the manager and every request in it: refused
   up front (400) against the real cache size;
 - after a fatal error the manager's add_request returns None forever: a watchdog sees the dead
-  thread, fails the in-flight requests with a clear error, and builds a new manager.
+  thread, fails the in-flight requests with a clear error, and builds a new manager (the plain
+  runner fails what a broken forward had in flight and keeps serving; both count as rebuilds).
 """
 from __future__ import annotations
 
@@ -70,18 +78,23 @@ class EngineConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     kv_cache_bytes: int = 0  # KV budget in bytes (0: num_blocks, else a device default)
     num_blocks: int = 0  # KV budget in blocks of block_size tokens (wins over kv_cache_bytes)
-    block_size: int = 32  # tokens per KV page
-    max_batch_tokens: int = 0  # tokens per forward step (0: 512 on cpu, auto on cuda)
+    block_size: int = 32  # tokens per KV page (the plain runner counts its budget in these blocks)
+    max_batch_tokens: int = 0  # tokens per forward step, prefill chunks (0: 512 on cpu, auto on cuda)
     max_new_tokens_cap: int = 2048
     default_max_tokens: int = 256
-    max_concurrent: int = 32  # requests in the manager at once (the replica claims up to this)
-    exclusive_lane: str = "copy"  # copy | off: where seeded / repetition-penalty requests run
+    max_concurrent: int = 32  # requests decoding at once (the replica claims up to this)
+    # copy | off: where the manager's seeded / repetition-penalty requests run (the plain runner
+    # serves them itself and never copies the model)
+    exclusive_lane: str = "copy"
     quantize: str = "none"  # none | int8-dynamic (cpu only: torch dynamic int8 linears)
     chat_template: str = ""  # "" (the model's) | a name from chat.NAMED_TEMPLATES | jinja
     threads: int = 0  # torch CPU threads (0: leave as is)
     # auto: on for CUDA (transformers' own heuristic leaves graphs off with sdpa; measured on an
     # H200, 0.5B shape: batch 1 16 → 63 tok/s, 32 requests 434 → 1,466 tok/s), off on CPU
     cuda_graphs: str = "auto"  # auto | on | off
+    # auto: plain on CPU (plain.py: solo requests decode as generate does, faster batches), the
+    # manager on CUDA (CUDA graphs) and for models the plain runner cannot serve (sliding windows)
+    runner: str = "auto"  # auto | plain | manager
 
     def validate(self) -> None:
         from workers.core.specs import SpecError, short
@@ -102,6 +115,8 @@ class EngineConfig:
             raise SpecError("exclusive_lane", f"must be copy or off, got {short(self.exclusive_lane)}")
         if self.cuda_graphs not in ("auto", "on", "off"):
             raise SpecError("cuda_graphs", f"must be auto, on or off, got {short(self.cuda_graphs)}")
+        if self.runner not in ("auto", "plain", "manager"):
+            raise SpecError("runner", f"must be auto, plain or manager, got {short(self.runner)}")
         if self.quantize not in ("none", "int8-dynamic"):
             raise SpecError("quantize", f"must be none or int8-dynamic, got {short(self.quantize)}")
 
@@ -161,6 +176,8 @@ class RequestHandle:
         self.done = threading.Event()
         self.closed = False  # set on the loop thread when the end/error event is queued
         self.lane = "batch"  # or "exclusive" (see exclusive.py); Engine.submit decides
+        self.runner_done = False  # the runner reported it finished (a cancel would be stale)
+        self.path: str | None = None  # how it decoded: solo | batch (plain runner), paged (manager), exclusive
         self.submitted_at = time.monotonic()
         self.first_token_at: float | None = None
         self.finished_at: float | None = None
@@ -211,6 +228,8 @@ class Engine:
         self.model = None
         self.tokenizer = None
         self.manager = None
+        self.runner = None  # the PlainRunner when config.runner resolves to plain
+        self.use_manager = True  # resolved when the model is adopted
         self.lane = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
@@ -270,11 +289,26 @@ class Engine:
         eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else (tokenizer.pad_token_id or (self.eos_ids or [0])[0])
-        if self.config.exclusive_lane == "copy":
+        self.use_manager = self._resolve_runner() == "manager"
+        if self.config.exclusive_lane == "copy" and self.use_manager:
             import copy
 
-            # copied before any manager touches the model (see exclusive.py)
+            # copied before any manager touches the model (see exclusive.py); the plain runner
+            # serves seeds and repetition penalties itself, so it needs no copy
             self.lane_model = copy.deepcopy(self.model)
+
+    def _resolve_runner(self) -> str:
+        from workers.core.specs import SpecError
+
+        from .plain import supports_model
+
+        wanted = self.config.runner
+        why_not = supports_model(self.model)
+        if wanted == "plain" and why_not:
+            raise SpecError("runner", f"the plain runner cannot serve this model: {why_not}")
+        if wanted == "auto":
+            return "manager" if self.model.device.type != "cpu" or why_not else "plain"
+        return wanted
 
     @property
     def device(self) -> str:
@@ -311,7 +345,7 @@ class Engine:
         ready.wait()
         if failure:
             raise failure[0]
-        if self.config.exclusive_lane == "copy":
+        if self.config.exclusive_lane == "copy" and self.use_manager:
             from .exclusive import ExclusiveLane
 
             self.lane = ExclusiveLane(
@@ -329,6 +363,9 @@ class Engine:
         def shutdown():
             for handle in list(self.handles.values()):
                 self._close_error(handle, EngineFailure("the engine is shutting down"))
+            if self.runner is not None:
+                self.runner.stop(timeout)
+                self.runner = None
             if self.manager is not None:
                 try:
                     self.manager.stop(block=True, timeout=timeout)
@@ -343,17 +380,27 @@ class Engine:
         if self.lane is not None:
             self.lane.close()
 
-    def _build_manager(self) -> None:
-        """Create and start a bounded manager (loop thread only)."""
-        import torch
-        from transformers import GenerationConfig
-
+    def _kv_blocks(self) -> int:
+        """The KV budget in blocks (0: the manager sizes it from free GPU memory)."""
         config = self.config
         on_cpu = self.model.device.type == "cpu"
         num_blocks = config.num_blocks or blocks_for_bytes(self.model, config.kv_cache_bytes or (CPU_KV_CACHE_BYTES if on_cpu else 0),
                                                            config.block_size)
         if on_cpu and not config.num_blocks and not config.kv_cache_bytes:
             num_blocks = min(num_blocks, CPU_MAX_KV_TOKENS // config.block_size)
+        return num_blocks
+
+    def _build_manager(self) -> None:
+        """Create and start the runner: the plain runner, or a bounded manager (loop thread only)."""
+        if not self.use_manager:
+            self._build_plain()
+            return
+        import torch
+        from transformers import GenerationConfig
+
+        config = self.config
+        on_cpu = self.model.device.type == "cpu"
+        num_blocks = self._kv_blocks()
         cb_settings = dict(
             page_size=config.block_size,
             num_blocks=num_blocks or None,
@@ -400,6 +447,25 @@ class Engine:
         self.capacity_tokens = int(getattr(cache, "num_blocks", None) or num_blocks) * config.block_size
         self.manager = manager
 
+    def _build_plain(self) -> None:
+        from .plain import PlainRunner
+
+        from workers.core.specs import SpecError
+
+        num_blocks = self._kv_blocks()
+        if not num_blocks:  # no budget given on a GPU: the plain runner has no free-memory probe
+            raise SpecError("kv_cache_bytes", "the plain runner needs a KV budget (kv_cache_bytes or num_blocks) on this device")
+        self.capacity_tokens = num_blocks * self.config.block_size
+        runner = PlainRunner(
+            self.model, eos_ids=self.eos_ids, capacity_tokens=self.capacity_tokens,
+            max_concurrent=self.config.max_concurrent,
+            max_prefill_tokens=self.config.max_batch_tokens or CPU_MAX_BATCH_TOKENS,
+            on_tokens=lambda updates: self._post(self._advance_many, updates),
+            on_failure=lambda handles, error: self._post(self._fail_many, handles, error),
+        )
+        runner.start()
+        self.runner = runner
+
     # ------------------------------------------------------------------ submitting
 
     def submit(self, request: EngineRequest) -> RequestHandle:
@@ -410,7 +476,8 @@ class Engine:
             raise InvalidRequest("id", f"request {request.id} is already running")
         prompt_ids, tools = self.prepare(request)
         max_new = self._max_new_tokens(request, len(prompt_ids))
-        exclusive = request.sampling.needs_exclusive_lane or not (self.per_request_sampling or request.sampling.greedy)
+        exclusive = self.use_manager and (
+            request.sampling.needs_exclusive_lane or not (self.per_request_sampling or request.sampling.greedy))
         if exclusive and self.lane is None:
             field_name = "repetition_penalty" if request.sampling.repetition_penalty != 1.0 else (
                 "seed" if request.sampling.seed is not None else "temperature")
@@ -439,6 +506,10 @@ class Engine:
             raise InvalidRequest("prompt", "a request needs messages, a prompt or prompt_ids")
         if not ids:
             raise InvalidRequest("prompt", "is empty after tokenization")
+        vocab = self.model.get_input_embeddings().num_embeddings
+        if request.prompt_ids is not None and not all(isinstance(i, int) and 0 <= i < vocab for i in ids):
+            # an id past the embeddings would fail the forward of every request batched with it
+            raise InvalidRequest("prompt_ids", f"must be integers in [0, {vocab})")
         return ids, tools
 
     def _max_new_tokens(self, request: EngineRequest, prompt_len: int) -> int:
@@ -476,8 +547,13 @@ class Engine:
         if handle.closed:
             return
         if handle.lane == "exclusive":
+            handle.path = "exclusive"
             self.lane.submit(handle, handle.max_new_tokens)
             return
+        if self.runner is not None:
+            self.runner.submit(handle)  # the runner sets handle.path when it admits it
+            return
+        handle.path = "paged"
         manager = self.manager
         manager.register_result_handler(handle.id, lambda output: self._on_output(handle, output))
         added = manager.add_request(
@@ -503,9 +579,19 @@ class Engine:
             return
         self._advance(handle, output.generated_tokens, output.is_finished())
 
+    def _advance_many(self, updates: list) -> None:
+        for handle, tokens, finished in updates:
+            self._advance(handle, tokens, finished)
+
+    def _fail_many(self, handles: list, error: Exception) -> None:
+        self.rebuilds += 1
+        for handle in handles:
+            self._close_error(handle, EngineFailure(f"generation failed: {error}; retry the request"))
+
     def _advance(self, handle: RequestHandle, tokens: list[int], finished: bool) -> None:
         if handle.closed:
             return
+        handle.runner_done = finished  # the runner has let go of it: nothing to cancel there
         new = len(tokens) - len(handle.token_ids)
         if new <= 0 and not finished:
             return
@@ -531,8 +617,8 @@ class Engine:
         still running there (stop string, cancel)."""
         if handle.closed:
             return
-        if reason in ("stop", "cancelled") and handle.lane == "batch" and self.manager is not None:
-            self.manager.cancel_request(handle.id)  # no-op if it already finished
+        if reason in ("stop", "cancelled"):
+            self._cancel_in_runner(handle)
         self._drop_handler(handle.id)
         text = handle.tracker.text if reason != "cancelled" else handle.tracker.text[: handle.tracker.emitted]
         tool_calls = None
@@ -566,8 +652,7 @@ class Engine:
     def _close_error(self, handle: RequestHandle, error: InferenceError) -> None:
         if handle.closed:
             return
-        if handle.lane == "batch" and self.manager is not None:
-            self.manager.cancel_request(handle.id)
+        self._cancel_in_runner(handle)
         self._drop_handler(handle.id)
         handle.finished_at = time.monotonic()
         self._close(handle, error.as_event())
@@ -579,6 +664,14 @@ class Engine:
         self.handles.pop(handle.id, None)
         handle.done.set()
 
+    def _cancel_in_runner(self, handle: RequestHandle) -> None:
+        if handle.lane != "batch" or handle.runner_done:
+            return
+        if self.runner is not None:
+            self.runner.cancel(handle.id)
+        elif self.manager is not None:
+            self.manager.cancel_request(handle.id)  # no-op if it already finished
+
     def _drop_handler(self, request_id: str) -> None:
         router = getattr(self.manager, "output_router", None)  # 5.24's router; guarded for older versions
         if router is not None:
@@ -587,6 +680,11 @@ class Engine:
 
     def _watchdog(self) -> None:
         if self._closing:
+            return
+        if self.runner is not None:
+            if not self.runner.is_running():
+                self._rebuild(str(self.runner.fatal_error or "its thread stopped"))
+            self.loop.call_later(WATCHDOG_SECONDS, self._watchdog)
             return
         manager = self.manager
         router = getattr(manager, "output_router", None)
@@ -601,6 +699,13 @@ class Engine:
 
     def _rebuild(self, why: str) -> None:
         """Fail the batch requests of a dead manager and build a new one (loop thread)."""
+        if self.runner is not None:  # a dead runner thread: everything it held is lost
+            self.runner = None
+            for handle in [h for h in self.handles.values() if h.lane == "batch"]:
+                self._close_error(handle, EngineFailure(f"the generation engine failed ({why}) and was restarted; retry the request"))
+            self.rebuilds += 1
+            self._build_plain()
+            return
         old, self.manager = self.manager, None
         for handle in [h for h in self.handles.values() if h.lane == "batch"]:
             if handle.token_ids or handle.id in getattr(getattr(old, "output_router", None), "result_handlers", {}):
@@ -620,7 +725,9 @@ class Engine:
         running = waiting = 0
         kv_used = 0.0
         processor = getattr(manager, "batch_processor", None) if manager is not None else None
-        if processor is not None:
+        if self.runner is not None:
+            running, waiting, kv_used = self.runner.stats()
+        elif processor is not None:
             try:  # read racily from another thread (and internals differ across versions): a stat, not a decision
                 scheduler = processor.scheduler
                 running = len(scheduler.active_requests)

@@ -18,14 +18,9 @@ import threading
 
 def build_processors(sampling, generator):
     import torch
-    from transformers import (
-        LogitsProcessor,
-        LogitsProcessorList,
-        RepetitionPenaltyLogitsProcessor,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
+    from transformers import LogitsProcessor
+
+    from .sampling import logits_processors
 
     class SeededSampler(LogitsProcessor):
         def __call__(self, input_ids, scores):
@@ -34,18 +29,10 @@ def build_processors(sampling, generator):
             out = torch.full_like(scores, float("-inf"))
             return out.scatter_(-1, chosen, 0.0)
 
-    processors = []
-    if sampling.repetition_penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty))
+    processors = logits_processors(sampling)
     if not sampling.greedy:
-        if sampling.temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(sampling.temperature))
-        if sampling.top_k > 0:
-            processors.append(TopKLogitsWarper(sampling.top_k))
-        if sampling.top_p < 1.0:
-            processors.append(TopPLogitsWarper(sampling.top_p))
         processors.append(SeededSampler())
-    return LogitsProcessorList(processors)
+    return processors
 
 
 class ExclusiveLane:

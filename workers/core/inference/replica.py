@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import socket
 import statistics
 import threading
@@ -31,6 +32,7 @@ from .errors import InferenceError
 
 ACTIVE_POLL_SECONDS = 0.005
 KEEP_SAMPLES = 200  # recent requests kept for the ttft / tpot percentiles
+KV_SAMPLE_SECONDS = 0.2  # KV use is sampled this often while requests run (the report keeps the peak)
 
 
 @dataclass
@@ -146,7 +148,9 @@ class Replica:
         self.metrics: dict = {}
         self.engine_config = spec.engine_config()
         self._stop_heartbeat = threading.Event()
+        self._wake = threading.Event()  # an engine event the loop should pump now (_watch)
         self._metric_step = 0
+        self._kv_peak = 0.0  # the highest KV use sampled since the last metrics report
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -192,10 +196,12 @@ class Replica:
                 raise
 
     def _serve(self, pubsub) -> None:
-        next_reclaim = next_metrics = next_cancel_scan = time.monotonic()
+        next_reclaim = next_metrics = next_cancel_scan = next_kv_sample = time.monotonic()
         while not self.reporter.should_stop():
             self._claim_new()
             self._iteration(pubsub)
+            if hasattr(self.backend, "check"):  # a backend with a child process (vllm): raises once it died
+                self.backend.check()
             now = time.monotonic()
             if now >= next_reclaim:
                 self._reclaim_dead()
@@ -203,6 +209,11 @@ class Replica:
             if now >= next_cancel_scan:
                 self._scan_cancel_keys()
                 next_cancel_scan = now + 0.5
+            if self.active and now >= next_kv_sample:
+                # Sampled between reports: a request shorter than the report interval would
+                # otherwise fall between two reports and the chart would show no KV use at all.
+                self._kv_peak = max(self._kv_peak, float(self.backend.stats().get("kv_cache_used", 0.0)))
+                next_kv_sample = now + KV_SAMPLE_SECONDS
             if now >= next_metrics:
                 self._report_metrics()
                 next_metrics = now + max(self.spec.metrics_every_seconds, 0.5)
@@ -245,8 +256,10 @@ class Replica:
         if self.active:
             # Requests are running: look for new ones without blocking and come back to pump
             # tokens soon. (Redis enforces BLOCK timeouts only at its `hz` tick, 100 ms by
-            # default, so `BLOCK 10` held the first tokens back ~100 ms.)
-            time.sleep(ACTIVE_POLL_SECONDS)
+            # default, so `BLOCK 10` held the first tokens back ~100 ms.) A request's first
+            # tokens and its end wake the wait at once (_watch): they go out without a poll's delay.
+            self._wake.wait(ACTIVE_POLL_SECONDS)
+            self._wake.clear()
             if free <= 0:
                 return
             reply = self.redis.xreadgroup(protocol.REPLICA_GROUP, self.consumer, {self.stream: ">"}, count=free)
@@ -286,6 +299,7 @@ class Replica:
         try:
             request = request_from_payload(payload, self.engine_config)
             active.handle = self.backend.submit(request)
+            self._watch(active)
         except InferenceError as error:
             self._send_final(active, error.as_event())
             return
@@ -296,6 +310,23 @@ class Replica:
         active.last_flush = time.monotonic()
         self._xadd(request_id, {"type": "start", "replica": self.id, "consumer": self.consumer,
                                 "prompt_tokens": active.handle.prompt_tokens})
+
+    def _watch(self, active: Active) -> None:
+        """Wake the serving loop when the engine queues this request's first tokens or its end
+        (later tokens are coalesced anyway: they wait for the poll). The backends' handles
+        queue their events on a queue.Queue from the engine's thread and offer no callback, so
+        the handle's `put` is wrapped; a handle without such a queue is simply polled."""
+        events = getattr(active.handle, "queue", None)
+        if not isinstance(events, queue.Queue):
+            return
+        put, wake = events.put, self._wake
+
+        def put_and_wake(event, *args, **kwargs):
+            put(event, *args, **kwargs)
+            if active.first_sent_at is None or event.get("type") != "delta":
+                wake.set()
+
+        events.put = put_and_wake
 
     def _end_without_output(self, active: Active, reason: str) -> dict:
         return {"type": "end", "finish_reason": reason, "text": "", "tool_calls": None,
@@ -494,10 +525,11 @@ class Replica:
             "ttft_p50_s": round(ttft, 4),
             "tpot_p50_s": round(tpot, 5),
             "tokens_per_s": stats.get("tokens_per_s", 0.0),
-            "kv_cache_used": stats.get("kv_cache_used", 0.0),
+            "kv_cache_used": max(self._kv_peak, float(stats.get("kv_cache_used", 0.0))),
             "requests_total": stats.get("requests_total", 0),
             "tokens_total": stats.get("tokens_total", 0),
         }
+        self._kv_peak = 0.0
         step = self._metric_step
         self._metric_step += 1
         for name, value in (

@@ -48,6 +48,31 @@ class SamplingParams:
         return {"temperature": float(self.temperature), "top_k": int(top_k), "top_p": float(self.top_p)}
 
 
+def logits_processors(sampling: SamplingParams):
+    """The logits processors `generate` builds for these settings, in its order: the repetition
+    penalty, then (when sampling) temperature, top-k and top-p. Shared by the exclusive lane and the
+    plain runner (plain.py), so a request is shaped the same on every path."""
+    from transformers import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    processors = []
+    if sampling.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty))
+    if not sampling.greedy:
+        if sampling.temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(sampling.temperature))
+        if sampling.top_k > 0:
+            processors.append(TopKLogitsWarper(sampling.top_k))
+        if sampling.top_p < 1.0:
+            processors.append(TopPLogitsWarper(sampling.top_p))
+    return LogitsProcessorList(processors)
+
+
 def sampling_from_request(payload: dict, *, default_max_tokens: int, max_tokens_cap: int) -> SamplingParams:
     """Build and validate SamplingParams from a protocol request (missing fields take defaults)."""
 

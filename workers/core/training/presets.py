@@ -3,6 +3,11 @@
 A preset is a dict of TrainSpec fields; the user edits, saves, clones and exports it as YAML.
 Paths (base model, data, output) are never in a preset: the server fills them in. Light module:
 no torch.
+
+Gradient checkpointing: a preset that leaves `gradient_checkpointing` out gets the spec's default,
+on for LoRA/QLoRA and off for full fine-tuning (where it pays: a frozen base has no gradients or
+optimizer states, so activations are most of a LoRA's memory; see TrainSpec). The full preset says
+false and the QLoRA one true explicitly, as their recipes elsewhere do.
 """
 from __future__ import annotations
 

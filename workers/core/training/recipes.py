@@ -1,7 +1,8 @@
 """One recipe per method family, each readable top to bottom: setup / train / save / cleanup.
 
     LMRecipe   pretrain, cpt, sft: transformers Trainer + our own collator and labels (TRL's SFT
-               loss ran ~2x slower on CPU), padding-free packing by default.
+               loss ran ~2x slower on CPU), padding-free packing by default, and the loss of
+               loss.py (logits only for positions with a label, in chunks).
     DPORecipe  dpo: TRL's DPOTrainer (its pair collation, reference log-probs and reward metrics).
 
 Both use the same components: model loading (components.load_model), TrainingArguments, the
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from workers.core.reporting import JobCancelled, JobSuspended, check_cancelled
 from workers.core.training import checkpoints, components, data
+from workers.core.training.loss import head_loss_for
 from workers.core.training.templates import template_for_records
 
 
@@ -244,9 +246,12 @@ class LMRecipe(Recipe):
         extra = {} if spec.packing else components.length_grouped_sampling()
         args = components.training_arguments(spec, self.env, staging=self._staging(),
                                              has_eval=self.eval_set is not None, **extra)
+        head_loss, plain_because = head_loss_for(self.model, spec)
+        if head_loss is None:
+            self.reporter.log(f"loss: the plain path, logits for every position ({plain_because})")
         cls = components.puyu_trainer_class(Trainer)
         self.trainer = cls(model=self.model, args=args, train_dataset=self.train_set, eval_dataset=self.eval_set,
-                           data_collator=self.collator, processing_class=self.tokenizer,
+                           data_collator=self.collator, processing_class=self.tokenizer, compute_loss_func=head_loss,
                            callbacks=self._callbacks(self.total_steps(len(self.train_set))))
         self._configure_trainer()
 

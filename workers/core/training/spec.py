@@ -63,7 +63,12 @@ class TrainSpec:
     epochs: float = 1.0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    gradient_checkpointing: bool = False
+    # None = where it pays: on for LoRA/QLoRA, off for full fine-tuning and pretraining. A frozen base
+    # has no gradients or optimizer states, so activations are most of a LoRA's memory: recomputing
+    # them took SmolLM2's LoRA at 512 tokens from 2,291 to 1,343 MiB (bench/train_memory.py,
+    # 2026-12-04) at the price of a second forward per step; a full fine-tune's memory is mostly
+    # weights, gradients and AdamW states.
+    gradient_checkpointing: bool | None = None
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -122,6 +127,11 @@ class TrainSpec:
             raise SpecError("epochs", "must be above 0 when max_steps is 0")
         require_range("weight_decay", self.weight_decay, 0.0, 1.0)
         require_range("max_grad_norm", self.max_grad_norm, 0.0, 1e6)
+        if self.gradient_checkpointing is None:
+            self.gradient_checkpointing = self.finetune in ("lora", "qlora") and self.method != "pretrain"
+        elif not isinstance(self.gradient_checkpointing, bool):
+            raise SpecError("gradient_checkpointing", f"must be true, false or null (where it pays), "
+                                                      f"got {short(self.gradient_checkpointing)}")
         require_range("lora_r", self.lora_r, 1, 1024)
         require_range("lora_alpha", self.lora_alpha, 1, 4096)
         require_range("lora_dropout", self.lora_dropout, 0.0, 0.9)

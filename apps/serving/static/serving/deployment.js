@@ -1,60 +1,128 @@
 // The deployment page: live plotly charts fed by polling the metrics endpoint every 2 s (the
-// history comes from the replica jobs' metric rows), and the try-it box, which streams one chat
-// answer over SSE with fetch (EventSource cannot POST).
+// history comes from the replica jobs' metric rows), the replica table kept current from the same
+// poll (a stop shows as draining, then stopped, without a reload), and the try-it box, which
+// streams one chat answer over SSE with fetch (EventSource cannot POST).
 (function () {
   "use strict";
   const urls = document.getElementById("deployment-urls").dataset;
   const POLL_MS = 2000;
   const MAX_POINTS = 600;
+  const EMPTY_WINDOW_MS = 10 * 60 * 1000;  // the x axis of a chart with no point yet: the last 10 minutes
+  // Requests: running (decoding in a replica), waiting (claimed by a replica, waiting for a
+  // slot) and queued (in the deployment's stream, claimed by no replica yet) are disjoint.
+  // KV cache: percent, on an axis that fits the values: one request on a CPU replica holds well
+  // under 1% of the cache, which a 0-1 axis drew as a flat 0.
+  // Titles, units, series names (data-series, split at "|") and empty-state texts come translated
+  // from the template, on each chart's element.
   const charts = {
-    "chart-requests": {title: "Requests", series: [["running", "running"], ["waiting", "waiting"], ["queue_length", "in queue"]], yTitle: "requests"},
-    "chart-latency": {title: "Latency", series: [["ttft_p50_s", "time to first token p50"], ["tpot_p50_s", "time per output token p50"]], yTitle: "seconds"},
-    "chart-throughput": {title: "Throughput", series: [["tokens_per_s", "tokens/s"]], yTitle: "tokens/s"},
-    "chart-kv": {title: "KV cache used", series: [["kv_cache_used", "KV cache used"]], yTitle: "fraction", range: [0, 1]},
+    "chart-requests": {fields: ["running", "waiting", "queued"]},
+    "chart-latency": {fields: ["ttft_p50_s", "tpot_p50_s"]},
+    "chart-throughput": {fields: ["tokens_per_s"]},
+    "chart-kv": {fields: ["kv_cache_used"], scale: 100, hover: "%{y:.2f}%"},
   };
   // history metric names (recorded by replica jobs) → live field, with a unit conversion
   const HISTORY = {running: ["running", 1], waiting: ["waiting", 1], ttft_p50_ms: ["ttft_p50_s", 0.001],
                    tpot_ms: ["tpot_p50_s", 0.001], tokens_per_s: ["tokens_per_s", 1], kv_cache_used: ["kv_cache_used", 1]};
+  const empty = {};  // chart id → true while it has no point
+
+  function emptyLayout(element) {
+    const now = Date.now();
+    return {"xaxis.range": [new Date(now - EMPTY_WINDOW_MS).toISOString(), new Date(now).toISOString()],
+            "xaxis.autorange": false,
+            annotations: [{text: element.dataset.empty, xref: "paper", yref: "paper", x: 0.5, y: 0.5, showarrow: false,
+                           font: {size: 15, color: "#888"}}]};
+  }
 
   function initCharts(history) {
     for (const [id, chart] of Object.entries(charts)) {
-      const traces = chart.series.map(([field, name]) => {
+      const element = document.getElementById(id);
+      const names = element.dataset.series.split("|");
+      let points = 0;
+      const traces = chart.fields.map((field, index) => {
         const x = [], y = [];
         for (const [hname, [target, scale]] of Object.entries(HISTORY)) {
           if (target !== field) continue;
-          for (const [t, value] of (history[hname] || [])) { x.push(t); y.push(value * scale); }
+          for (const [t, value] of (history[hname] || [])) { x.push(t); y.push(value * scale * (chart.scale || 1)); }
         }
-        return {x, y, name, mode: "lines+markers", type: "scatter"};
+        points += x.length;
+        const trace = {x, y, name: names[index], mode: "lines+markers", type: "scatter"};
+        if (chart.hover) trace.hovertemplate = chart.hover;
+        return trace;
       });
-      const layout = {title: {text: chart.title}, margin: {t: 40, r: 10}, xaxis: {type: "date"}, yaxis: {title: chart.yTitle, rangemode: "tozero"},
-                      legend: {orientation: "h"}};
-      if (chart.range) layout.yaxis.range = chart.range;
+      const layout = {title: {text: element.dataset.title}, margin: {t: 40, r: 10}, xaxis: {type: "date"},
+                      yaxis: {title: element.dataset.unit, rangemode: "tozero"}, legend: {orientation: "h"}};
+      empty[id] = points === 0;
+      if (empty[id]) {
+        const blank = emptyLayout(element);
+        layout.xaxis.range = blank["xaxis.range"]; layout.xaxis.autorange = false; layout.annotations = blank.annotations;
+      }
       Plotly.newPlot(id, traces, layout, {displaylogo: false, responsive: true});
+    }
+  }
+
+  function statusCell(className, text, extra) {
+    const span = document.createElement("span");
+    span.className = className + " " + extra;
+    span.textContent = text;
+    return span;
+  }
+
+  function replicaRow(replica) {
+    const row = document.createElement("tr");
+    row.dataset.replica = replica.replica_id;
+    const id = document.createElement("td");
+    const code = document.createElement("code"); code.textContent = replica.replica_id; id.append(code);
+    const version = document.createElement("td"); version.textContent = replica.version;
+    const state = document.createElement("td");
+    const reason = document.createElement("div"); reason.className = "muted replica-reason";
+    state.append(statusCell("status replica-state", "", ""), reason);
+    const job = document.createElement("td");
+    const link = document.createElement("a"); link.href = replica.job_url; link.textContent = "#" + replica.job_id;
+    const jobStatus = document.createElement("span"); jobStatus.className = "replica-job-status";
+    job.append(link, " ", jobStatus);
+    row.append(id, version, state, job);
+    return row;
+  }
+
+  function updateReplicas(replicas) {
+    const body = document.querySelector("#replica-table tbody");
+    const placeholder = document.getElementById("replica-empty");
+    if (placeholder) placeholder.hidden = replicas.length > 0;
+    // Newest first, as the server renders them; rows of replicas started since the page loaded are added.
+    let previous = placeholder;
+    for (const replica of replicas) {
+      let row = body.querySelector(`tr[data-replica="${CSS.escape(replica.replica_id)}"]`);
+      if (!row) row = replicaRow(replica);
+      if (previous) previous.after(row); else body.prepend(row);
+      previous = row;
+      const cell = row.querySelector(".replica-state");
+      cell.textContent = replica.state; cell.className = "status replica-state " + replica.state;
+      row.querySelector(".replica-reason").textContent = replica.waiting_reason || "";
+      row.querySelector(".replica-job-status").textContent = (replica.job_status_display || "").toLowerCase();
     }
   }
 
   function extend(snapshot) {
     for (const [id, chart] of Object.entries(charts)) {
-      const values = chart.series.map(([field]) => snapshot.totals[field]);
+      const values = chart.fields.map((field) => snapshot.totals[field]);
       const indices = [], xs = [], ys = [];
       values.forEach((value, index) => {
         if (value === null || value === undefined) return;
-        indices.push(index); xs.push([snapshot.t]); ys.push([value]);
+        indices.push(index); xs.push([snapshot.t]); ys.push([value * (chart.scale || 1)]);
       });
-      if (indices.length) Plotly.extendTraces(id, {x: xs, y: ys}, indices, MAX_POINTS);
+      if (!indices.length) continue;
+      Plotly.extendTraces(id, {x: xs, y: ys}, indices, MAX_POINTS);
+      if (empty[id]) {  // the first point: drop the empty-state text and fit the axis to the data
+        empty[id] = false;
+        Plotly.relayout(id, {annotations: [], "xaxis.autorange": true});
+      }
     }
     const badge = document.getElementById("deployment-state");
     badge.textContent = snapshot.state;
     badge.className = "status " + snapshot.state;
     document.getElementById("deployment-reason").textContent = snapshot.waiting_reason || snapshot.state_reason || "—";
     document.getElementById("deployment-restarts").textContent = snapshot.restarts;
-    for (const replica of snapshot.replicas) {
-      const row = document.querySelector(`#replica-table tr[data-replica="${replica.replica_id}"]`);
-      if (!row) continue;
-      const cell = row.querySelector(".replica-state");
-      cell.textContent = replica.state; cell.className = "status replica-state " + replica.state;
-      row.querySelector(".replica-reason").textContent = replica.waiting_reason || "";
-    }
+    updateReplicas(snapshot.replicas);
   }
 
   async function poll() {
@@ -107,7 +175,10 @@
 
   window.addEventListener("load", () => {
     initCharts(JSON.parse(document.getElementById("history-data").textContent));
-    extend(JSON.parse(document.getElementById("live-data").textContent));
+    // The first snapshot updates the table and badges only: its point is as old as the page, and
+    // a chart with no history keeps its empty state until the first poll brings a real one.
+    const first = JSON.parse(document.getElementById("live-data").textContent);
+    extend({...first, totals: {}});
     setTimeout(poll, POLL_MS);
     document.getElementById("try-form").addEventListener("submit", tryIt);
   });
