@@ -44,7 +44,7 @@ def test_a_user_checks_starts_follows_and_compares_training_runs(stack, users, p
     page.fill("#id_advanced", "sample_every: 3\nsample_prompts: ['Say the number 3 in words.']\nsample_max_tokens: 6\n")
     page.click("#check-button")
     expect(page.locator("#preflight-verdict")).to_have_text("Ready to train", timeout=60_000)
-    expect(page.locator("#memory-bar .mem")).to_have_count(4)
+    expect(page.locator("#memory-bar .mem")).to_have_count(5)  # weights, gradients, optimizer, activations, runtime
     expect(page.locator("#preflight-sample .loss").first).to_be_visible()
     screenshot(page, "training-new.png")
 
