@@ -1,8 +1,8 @@
 """First run: seconds from `make run` to the first streamed token of a playground chat with the
 starter model. Run: flock /tmp/puyu-cpu.lock .venv/bin/python bench/first_run.py [--cold]
 
-With the warm .venv, each case starts the platform as `make run` does (`manage.py migrate`, then
-`python -m puyu_site.launcher`: embedded Redis, migrate, admin, built-in benchmarks, the starter
+With the warm .venv, each case starts the platform as `make run` does (`python -m
+puyu_site.launcher`: embedded Redis, migrate, admin, built-in benchmarks, the starter
 import and its deployment, daphne, the workers, beat) on a data dir in a temp folder and a free
 port. Chromium (the system one, through Playwright; started before the clock, as a user's browser
 is already open) polls the log-in page until daphne answers, logs in as the admin, opens the
@@ -63,8 +63,8 @@ def baseline_import_s() -> float:
 
 
 class Platform:
-    """`make run` on one data dir: `manage.py migrate` (make setup), then the launcher in its own
-    session, its output in <data dir>/launcher.log."""
+    """`make run` on one data dir: the launcher in its own session (it migrates), its output in
+    <data dir>/launcher.log."""
 
     def __init__(self, data_dir: Path, port: int, starter_cache: Path | None, launcher: list[str]) -> None:
         self.data_dir, self.port, self.launcher = data_dir, port, launcher
@@ -80,7 +80,6 @@ class Platform:
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        subprocess.run([PYTHON, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=self.env, check=True)
         log_path = self.data_dir / "launcher.log"
         self.log_offset = log_path.stat().st_size if log_path.exists() else 0  # the used case appends
         log = open(log_path, "ab")
@@ -143,7 +142,6 @@ def first_token(page, platform: Platform) -> dict:
         phases[name] = round(time.monotonic() - started, 2)
 
     platform.start()
-    mark("migrated")
     platform.watch_log(started, phases)
 
     def login_page():

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -145,10 +146,11 @@ STATUS_FILE = "launcher_status.json"
 
 # The management commands run before anything starts, in order. call_command skips the system
 # checks that `manage.py <command>` runs first, so they run once, as the first step.
-# builtin_benchmarks and starter only queue jobs (once per data dir): start-up never waits for
-# them; the dashboard shows their progress.
-SETUP_STEPS = (("check",), ("migrate", "--noinput", "-v", "0"), ("ensure_admin",), ("builtin_benchmarks",),
-               ("starter",))
+# starter and builtin_benchmarks only queue jobs (once per data dir): start-up never waits for
+# them; the dashboard shows their progress. Both run on the `cpu` queue, one at a time: the
+# starter's import goes first, as the first chat waits for it.
+SETUP_STEPS = (("check",), ("migrate", "--noinput", "-v", "0"), ("ensure_admin",), ("starter",),
+               ("builtin_benchmarks",))
 
 
 def setup_command(steps=SETUP_STEPS) -> list[str]:
@@ -299,6 +301,36 @@ class Supervisor:
             print(f"[puyu] could not write {self.status_path.name}: {exc}", flush=True)
 
 
+# Staged start: every worker imports Django and the tasks at start (about 3 s of a core each), and
+# on two cores six of them at once kept daphne from answering for 13 s. What a chat with the
+# starter needs starts first: the web server, the serve workers (the replicas), the control worker
+# (its reconcile marks a replica ready) and beat; the rest once the web server answers, or after
+# HEAD_START_MAX_SECONDS whatever happens. Jobs queued meanwhile wait in Redis, as always.
+CHAT_PATH_QUEUES = ("serve", "control")
+HEAD_START_MAX_SECONDS = 20.0
+
+
+def chat_path_first(plan):
+    """(the workers a chat needs, the others) of worker_plan's list, each in its order."""
+    first = [entry for entry in plan if entry[0].rstrip("0123456789") in CHAT_PATH_QUEUES]
+    return first, [entry for entry in plan if entry not in first]
+
+
+def wait_for_web(supervisor: Supervisor, host: str, port: int, limit: float) -> bool:
+    """Wait until the web server accepts connections (True), `limit` seconds pass, the launcher is
+    told to stop or the web server exits (False: the watch loop restarts it; nothing else waits)."""
+    address = ("127.0.0.1" if host in ("0.0.0.0", "", "::") else host, port)
+    deadline = time.monotonic() + limit
+    web = supervisor.children[0]
+    while time.monotonic() < deadline and not supervisor.stopping and web.proc.poll() is None:
+        try:
+            socket.create_connection(address, timeout=0.5).close()
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
 def main() -> int:
     try:
         host = env_str("PUYU_HOST", "127.0.0.1")
@@ -335,11 +367,15 @@ def main() -> int:
     try:
         steps = SETUP_STEPS + ((("collectstatic", "--noinput", "-v", "0"),) if production else ())
         subprocess.run(setup_command(steps), cwd=BASE_DIR, env=env, check=True)
+        first, later = chat_path_first(worker_plan(os.cpu_count() or 1, gpus, slots))
         supervisor.spawn("web", daphne_command(host, port), env)
-        for name, command, extra in worker_plan(os.cpu_count() or 1, gpus, slots):
+        for name, command, extra in first:
+            supervisor.spawn(f"worker {name}", command, {**env, **extra})
+        supervisor.spawn("beat", celery_beat_command(data_dir / "celerybeat-schedule"), env)
+        wait_for_web(supervisor, host, port, HEAD_START_MAX_SECONDS)
+        for name, command, extra in later:
             supervisor.spawn(f"worker {name}", command, {**env, **extra})
         print(f"[puyu] each serve worker hosts up to {slots} model replicas (PUYU_SERVE_SLOTS)", flush=True)
-        supervisor.spawn("beat", celery_beat_command(data_dir / "celerybeat-schedule"), env)
         print(f"[puyu] Puyu Studio is up: http://{host}:{port}/  (Ctrl-C stops everything)", flush=True)
         status = supervisor.watch()
     except subprocess.CalledProcessError as exc:

@@ -123,8 +123,8 @@ def test_the_start_up_steps_run_in_one_process_in_order(db, monkeypatch, setting
 
     command = launcher.setup_command()
     assert command[:4] == [sys.executable, "-m", "puyu_site.launcher", "--setup"]
-    assert [step[0] for step in json.loads(command[4])] == ["check", "migrate", "ensure_admin", "builtin_benchmarks",
-                                                             "starter"]
+    assert [step[0] for step in json.loads(command[4])] == ["check", "migrate", "ensure_admin", "starter",
+                                                             "builtin_benchmarks"]
     settings.DATA_DIR = tmp_path  # ensure_admin writes the generated password there
     monkeypatch.setenv("PUYU_STARTER", "off")
     assert launcher.run_setup_steps([["ensure_admin"], ["starter"]]) == 0

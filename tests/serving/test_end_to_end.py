@@ -110,6 +110,17 @@ def test_the_openai_client_lists_chats_streams_and_completes_through_a_real_repl
         client.models.list()
 
 
+def test_a_deployment_is_recorded_ready_as_soon_as_its_replica_is_without_waiting_for_beat(stack, users, tiny_source):
+    """No beat and no control worker here: only the replica's own word can mark it ready (a
+    first chat on `make run` once waited up to a reconcile tick for it)."""
+    owner = users["owner"]
+    stack.worker("serve0", "serve")
+    deployment = deploy(owner, register(owner, tiny_source))
+    assert deployment.state == "starting"
+    wait_for(lambda: Deployment.objects.get(pk=deployment.pk).state == "ready", 180, 0.2, "the deployment ready")
+    assert list(deployment.replica_set.values_list("state", flat=True)) == ["ready"]
+
+
 def test_a_model_trained_to_call_a_tool_returns_tool_calls_to_the_openai_client(stack, users, tmp_path):
     from tests.fixtures.tool_model import CALL, MESSAGES, TOOLS, build_tool_model
 

@@ -99,3 +99,11 @@ def test_the_dashboard_shows_how_often_the_launcher_restarted_a_worker(client, o
         (settings.DATA_DIR / "launcher_status.json").unlink()
     assert "worker gpu0 restarted 2 times, last at 2026-12-03 11:00:05" in page
     assert "web restarted" not in page
+
+
+def test_the_workers_a_first_chat_needs_start_before_the_others():
+    from puyu_site.launcher import chat_path_first
+
+    first, later = chat_path_first(worker_plan(cores=2, gpus=2, slots=2))
+    assert [name for name, *_ in first] == ["serve0", "serve1", "control"]
+    assert [name for name, *_ in later] == ["gpu0", "gpu1", "cpu", "agent"]

@@ -31,6 +31,14 @@ def suspend_requested(reporter) -> bool:
     return bool(ask and ask())
 
 
+def announce_ready(reporter) -> None:
+    """Tell the runner a long-lived job (a model replica) is ready to serve, where it listens:
+    the studio then records the deployment ready at once instead of at its next reconcile."""
+    announce = getattr(reporter, "ready", None)
+    if announce:
+        announce()
+
+
 @runtime_checkable
 class Reporter(Protocol):
     def progress(self, fraction: float, message: str = "") -> None: ...

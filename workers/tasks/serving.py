@@ -30,15 +30,24 @@ from workers.tasks.base import JobTask
 log = logging.getLogger(__name__)
 
 
-class StopOnShutdown:
+class ReplicaReporter:
     """The job's reporter, as the replica loop sees it: asked whether to stop, it also says yes
-    once the worker is shutting down (the replica loop only asks should_stop)."""
+    once the worker is shutting down (the replica loop only asks should_stop); told the replica
+    is ready, it reconciles the deployment at once, so the studio offers it without waiting for
+    the beat's next reconcile (up to SERVING_RECONCILE_SECONDS)."""
 
-    def __init__(self, reporter) -> None:
+    def __init__(self, reporter, deployment_id: int) -> None:
         self._reporter = reporter
+        self._deployment_id = deployment_id
 
     def should_stop(self) -> bool:
         return self._reporter.should_stop() or self._reporter.should_suspend()
+
+    def ready(self) -> None:
+        try:
+            services.reconcile(self._deployment_id)
+        except Exception:  # noqa: BLE001  (the beat's reconcile records it in a moment anyway)
+            log.exception("reconcile of deployment %s after its replica was ready failed", self._deployment_id)
 
     def __getattr__(self, name):
         return getattr(self._reporter, name)
@@ -70,7 +79,7 @@ class ReplicaTask(JobTask):
         # from the deployment above, and migration serving 0002 removed it from them.)
         with presence.holding_slot(job.pk, replica.deployment_id, replica.replica_id):
             try:
-                return run_core_job(job.kind, {**params, "redis_url": settings.REDIS_URL}, StopOnShutdown(reporter))
+                return run_core_job(job.kind, {**params, "redis_url": settings.REDIS_URL}, ReplicaReporter(reporter, replica.deployment_id))
             except JobCancelled:
                 if reporter.should_suspend() and not reporter.lost.is_set() and not _cancel_requested(job.pk):
                     raise JobSuspended("the replica drained") from None

@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from workers.core.paths import MODELS, readable
-from workers.core.reporting import JobCancelled
+from workers.core.reporting import JobCancelled, announce_ready
 from workers.core.specs import SpecError
 
 from . import protocol
@@ -174,6 +174,7 @@ class Replica:
             self.state = "ready"
             self._write_hash()
             self.reporter.log(f"replica {self.id} ready: {self.backend.stats().get('kv_capacity_tokens')} KV tokens")
+            announce_ready(self.reporter)
             self._serve(pubsub)
             self._drain(pubsub)
             raise JobCancelled("replica stopped on request")
