@@ -38,6 +38,17 @@ def _fresh_cache():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _settings_language():
+    """A request activates its language in the thread (LocaleMiddleware) and the test client leaves
+    it active: a test after a 简体中文 page would read the choices' labels in Chinese. Each test ends
+    back on the settings' language."""
+    from django.utils import translation
+
+    yield
+    translation.deactivate()
+
+
 @pytest.fixture(scope="session")
 def password_hash():
     """Hash PASSWORD once: the real PBKDF2 hasher costs ~1 s a call on these machines, and

@@ -6,6 +6,18 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.utils.translation import gettext, pgettext_lazy
+
+# Where a version came from (DatasetVersion.source), as the pages name it.
+SOURCES = {"upload": pgettext_lazy("dataset source", "upload"), "cleaning": pgettext_lazy("dataset source", "cleaning"),
+           "generator": pgettext_lazy("dataset source", "generator"), "hub": pgettext_lazy("dataset source", "hub"),
+           "feedback": pgettext_lazy("dataset source", "feedback"), "builtin": pgettext_lazy("dataset source", "builtin")}
+# The canonical formats (workers/core/data/schema.py CANONICAL_FORMATS) where a sentence or a
+# choice names one as a word; shown as itself, a format is code.
+FORMATS = {"text": pgettext_lazy("dataset format", "text"), "chat": pgettext_lazy("dataset format", "chat"),
+           "preference": pgettext_lazy("dataset format", "preference"),
+           "multiple_choice": pgettext_lazy("dataset format", "multiple_choice"),
+           "qa": pgettext_lazy("dataset format", "qa"), "code": pgettext_lazy("dataset format", "code")}
 
 
 class Dataset(models.Model):
@@ -75,6 +87,20 @@ class DatasetVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.dataset.name} v{self.number}"
+
+    @property
+    def source_label(self):
+        return SOURCES.get(self.source, self.source)
+
+    @property
+    def canonical_label(self):
+        return FORMATS.get(self.canonical, self.canonical)
+
+    @property
+    def choice_label(self) -> str:
+        """"gsm8k v1 (qa, 1,319 rows)": the version among a form's choices."""
+        return gettext("%(version)s (%(format)s, %(rows)s rows)") % {
+            "version": self, "format": self.canonical_label, "rows": f"{self.rows:,}"}
 
     @property
     def path(self):

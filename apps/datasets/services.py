@@ -11,6 +11,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
+from django.utils.translation import gettext
 
 from apps.accounts.visibility import PermissionDenied, require_manager  # noqa: F401  (views catch services.PermissionDenied)
 from apps.datasets.models import (
@@ -243,9 +244,11 @@ def search_rows(version: DatasetVersion, query: str, *, limit: int = 50) -> list
 
 
 def usage_blockers(version: DatasetVersion) -> list[str]:
-    blockers = [f"{child} was derived from it" for child in version.children.all()]
-    blockers += [f"benchmark {bv} is made of it" for bv in version.benchmark_versions.select_related("benchmark")]
-    blockers += [f"benchmark {bv} takes its few-shot rows from it" for bv in version.fewshot_of.select_related("benchmark")]
+    blockers = [gettext("%(child)s was derived from it") % {"child": child} for child in version.children.all()]
+    blockers += [gettext("benchmark %(benchmark)s is made of it") % {"benchmark": bv}
+                 for bv in version.benchmark_versions.select_related("benchmark")]
+    blockers += [gettext("benchmark %(benchmark)s takes its few-shot rows from it") % {"benchmark": bv}
+                 for bv in version.fewshot_of.select_related("benchmark")]
     blockers += jobs.active_use_blockers(version.uses)
     return blockers
 
@@ -256,7 +259,8 @@ def delete_version(user, version: DatasetVersion) -> None:
     with transaction.atomic():
         blockers = usage_blockers(version)
         if blockers:
-            raise DatasetError("version", f"{version} is in use: " + "; ".join(blockers))
+            raise DatasetError("version", gettext("%(version)s is in use: %(reasons)s")
+                               % {"version": version, "reasons": "; ".join(blockers)})
         version.delete()
         transaction.on_commit(lambda: Path(path).unlink(missing_ok=True))
 
@@ -265,5 +269,5 @@ def created_versions(job: Job) -> list[tuple[str, str]]:
     """The dataset version a finished import, clean or generate job registered (its page links it)."""
     from django.urls import reverse
 
-    return [(f"dataset version {v}", reverse("dataset-version-detail", args=[v.pk]))
+    return [(gettext("dataset version %(version)s") % {"version": v}, reverse("dataset-version-detail", args=[v.pk]))
             for v in DatasetVersion.objects.filter(source_job=job).select_related("dataset")]

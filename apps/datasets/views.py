@@ -3,6 +3,7 @@ from django.core.paginator import Paginator
 from django.db.models import Count, Q
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.utils.translation import gettext
 from django.views.decorators.http import require_POST
 
 from apps.accounts.visibility import can_manage, get_visible_or_404, visible_to
@@ -44,7 +45,8 @@ def dataset_upload(request):
         except (services.DatasetError, InvalidParams) as exc:
             form.add_error(exc.field if exc.field in form.fields else None, exc.reason)
         else:
-            messages.success(request, f"{upload.filename} uploaded: every record is being validated.")
+            messages.success(request, gettext("%(file)s uploaded: every record is being validated.")
+                             % {"file": upload.filename})
             return redirect("dataset-upload-detail", upload_id=upload.pk)
     return render(request, "datasets/upload.html", {"form": form})
 
@@ -178,6 +180,6 @@ def version_delete(request, version_id: int):
     except services.DatasetError as exc:
         messages.error(request, exc.reason)
     else:
-        messages.success(request, f"{version} deleted.")
+        messages.success(request, gettext("%(version)s deleted.") % {"version": version})
         return redirect("dataset-detail", dataset_id=version.dataset_id)
     return redirect("dataset-version-detail", version_id=version.pk)

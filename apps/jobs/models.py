@@ -3,23 +3,26 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
+from apps.studio.labels import core_text_lazy, job_title
 from workers.tasks.catalog import kind_choices
 
 
 class JobStatus(models.TextChoices):
-    QUEUED = "QUEUED", "Queued"
-    RUNNING = "RUNNING", "Running"
-    SUCCEEDED = "SUCCEEDED", "Succeeded"
-    FAILED = "FAILED", "Failed"
-    CANCELLED = "CANCELLED", "Cancelled"
+    QUEUED = "QUEUED", _("Queued")
+    RUNNING = "RUNNING", _("Running")
+    SUCCEEDED = "SUCCEEDED", _("Succeeded")
+    FAILED = "FAILED", _("Failed")
+    CANCELLED = "CANCELLED", _("Cancelled")
 
 
 FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
-# Declared once with the kind itself (workers/core/kinds.py, through the task catalog).
-JobKind = models.TextChoices("JobKind", [(name.upper(), (name, label)) for name, label in kind_choices()])
+# Declared once with the kind itself (workers/core/kinds.py, through the task catalog); the label
+# in the reader's language where the catalogue has it (apps/studio/labels.py).
+JobKind = models.TextChoices("JobKind", [(name.upper(), (name, core_text_lazy(label))) for name, label in kind_choices()])
 
 
 class Job(models.Model):
@@ -68,7 +71,7 @@ class Job(models.Model):
 
     @property
     def display_title(self) -> str:
-        return self.title or str(self)
+        return job_title(self.kind, self.title) if self.title else str(self)
 
     @property
     def log_path(self):

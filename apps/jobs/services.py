@@ -10,10 +10,12 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from apps.accounts.visibility import PermissionDenied, can_manage
 from apps.jobs import lifecycle
 from apps.jobs.models import FINISHED_STATUSES, Job, JobStatus
+from apps.studio.labels import use_role
 from puyu_site.celery import app as celery_app
 from workers.tasks.catalog import GENERIC_KINDS, KINDS, InvalidParams, check_generic_kind, task_name, validate_params
 
@@ -147,7 +149,8 @@ def retry_job(job: Job, user) -> Job:
 def active_use_blockers(uses) -> list[str]:
     """For a version's `uses` (rows with `job` and `role`): the queued or running jobs that still
     read it, as reasons a delete is refused."""
-    return [f"{use.job} ({use.job.get_status_display().lower()}) uses it as {use.role}"
+    return [gettext("%(job)s (%(status)s) uses it as %(role)s")
+            % {"job": use.job, "status": use.job.get_status_display().lower(), "role": use_role(use.role)}
             for use in uses.select_related("job").filter(job__status__in=(JobStatus.QUEUED, JobStatus.RUNNING))]
 
 

@@ -49,7 +49,8 @@ def job_new(request, kind: str = "diagnostics"):
         else:
             messages.success(request, gettext('%(job)s queued on %(queue)s.') % {"job": job, "queue": job.queue})
             return redirect("job-detail", job_id=job.pk)
-    return render(request, "jobs/job_new.html", {"form": form, "kind": kind, "kinds": FORMS})
+    return render(request, "jobs/job_new.html", {"form": form, "kind": kind,
+                                                 "kinds": {name: JobKind(name).label for name in FORMS}})
 
 
 def job_detail(request, job_id: int):

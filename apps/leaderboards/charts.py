@@ -3,6 +3,7 @@
 dimensions for chosen rows, and the arena's win-rate heatmap."""
 from __future__ import annotations
 
+from apps.leaderboards.models import DIMENSIONS
 from puyu_site.charts import figure_html
 
 CONFIG = {"displaylogo": False, "responsive": True}
@@ -14,7 +15,8 @@ def radar_html(radar: dict, div_id: str = "radar-chart") -> str:
     three dimensions a polygon says nothing: grouped bars instead."""
     import plotly.graph_objects as go
 
-    dimensions = [str(d) for d in radar.get("dimensions") or []]
+    labels = dict(DIMENSIONS)  # in the reader's language ("knowledge" in English, as the data has it)
+    dimensions = [str(labels.get(d, d)).lower() for d in radar.get("dimensions") or []]
     fig = go.Figure()
     if len(dimensions) < 3:
         for series in radar.get("series") or []:

@@ -8,7 +8,8 @@ import json
 import re
 
 from django import forms
-from django.utils.translation import gettext_lazy
+from django.utils.text import format_lazy
+from django.utils.translation import gettext, gettext_lazy, ngettext
 from django.contrib.auth import get_user_model
 
 from apps.accounts.visibility import teammate_ids, visible_to
@@ -27,19 +28,23 @@ MAX_CHOICES = 500  # rows offered in one select
 EVAL_SHAPES = ("multiple_choice", "qa", "code", "text", "chat")
 # Scorer choices as the core's spec knows them (workers/core/evaluation/spec.py, extract.py,
 # likelihood.py); the core checks them again on save, so a stale label here fails loudly.
-PARADIGMS = [("likelihood", "likelihood — log-likelihood of each option (multiple choice)"),
-             ("generation", "generation — greedy output, then an answer extractor (qa, multiple choice)"),
-             ("code", "code — run the completion against the tests in the sandbox, pass@1 (code)"),
-             ("perplexity", "perplexity — bits per byte over a sliding window (text)"),
-             ("judge", "judge — an LLM rates each answer 1–10 (chat prompts)")]
-NORMALIZATIONS = [("none", "none (sum of token log-probabilities)"), ("per-token", "per token (mean per token)"),
-                  ("per-character", "per character (sum / characters)")]
-CONTINUATIONS = [("letter", "letter (score ' A', ' B', …)"), ("text", "text (score each option's own text)")]
-EXTRACTORS = [("final_number", "final number (#### n, \\boxed{}, \"The answer is\", then the last number)"),
-              ("last_number", "last number"), ("gsm8k", "#### n only (GSM8K)"), ("boxed", "\\boxed{…} only"),
-              ("option", "option letter (multiple choice)"), ("regex", "regex (the answer pattern below)"),
-              ("tool_call", "tool call (the calculator call's result, agent benchmarks)")]
-CHAT_TEMPLATES = [("", "the model's own"), ("chatml", "ChatML"), ("chatml-tools", "ChatML with tool calls")]
+PARADIGMS = [("likelihood", gettext_lazy("likelihood — log-likelihood of each option (multiple choice)")),
+             ("generation", gettext_lazy("generation — greedy output, then an answer extractor (qa, multiple choice)")),
+             ("code", gettext_lazy("code — run the completion against the tests in the sandbox, pass@1 (code)")),
+             ("perplexity", gettext_lazy("perplexity — bits per byte over a sliding window (text)")),
+             ("judge", gettext_lazy("judge — an LLM rates each answer 1–10 (chat prompts)"))]
+NORMALIZATIONS = [("none", gettext_lazy("none (sum of token log-probabilities)")),
+                  ("per-token", gettext_lazy("per token (mean per token)")),
+                  ("per-character", gettext_lazy("per character (sum / characters)"))]
+CONTINUATIONS = [("letter", gettext_lazy("letter (score ' A', ' B', …)")),
+                 ("text", gettext_lazy("text (score each option's own text)"))]
+EXTRACTORS = [("final_number", gettext_lazy("final number (#### n, \\boxed{}, \"The answer is\", then the last number)")),
+              ("last_number", gettext_lazy("last number")), ("gsm8k", gettext_lazy("#### n only (GSM8K)")),
+              ("boxed", gettext_lazy("\\boxed{…} only")), ("option", gettext_lazy("option letter (multiple choice)")),
+              ("regex", gettext_lazy("regex (the answer pattern below)")),
+              ("tool_call", gettext_lazy("tool call (the calculator call's result, agent benchmarks)"))]
+CHAT_TEMPLATES = [("", gettext_lazy("the model's own")), ("chatml", "ChatML"),
+                  ("chatml-tools", gettext_lazy("ChatML with tool calls"))]
 # The settings of each paradigm, as fields of the form (workers/core/evaluation/spec.py SCORER_SETTINGS).
 SCORER_FIELDS = {"likelihood": ("normalization", "continuation", "circular"), "generation": ("extractor", "answer_pattern"),
                  "code": ("timeout_s",), "perplexity": ("window", "stride"), "judge": ("repeats", "temperature")}
@@ -73,18 +78,20 @@ def target_choices(user) -> list:
     versions = visible_to(ModelVersion.objects.select_related("model"), user, "model__owner").order_by("-created_at")
     aliases = visible_to(ModelAlias.objects.select_related("model", "version"), user, "model__owner")
     groups = [
-        ("Registry versions", [(f"v:{v.pk}", f"{v} ({v.get_kind_display().lower()}, {v.parameter_count:,} parameters)")
-                               for v in versions[:MAX_CHOICES]]),
-        ("Aliases (resolved when you submit)", [(f"a:{a.pk}", f"{a.model.name}@{a.name} (now v{a.version.number})")
-                                               for a in aliases[:MAX_CHOICES]]),
+        (gettext("Registry versions"), [(f"v:{v.pk}", v.choice_label) for v in versions[:MAX_CHOICES]]),
+        (gettext("Aliases (resolved when you submit)"), [
+            (f"a:{a.pk}", gettext("%(model)s@%(alias)s (now v%(number)s)")
+             % {"model": a.model.name, "alias": a.name, "number": a.version.number}) for a in aliases[:MAX_CHOICES]]),
     ]
     deployments = list(visible_to(Deployment.objects.select_related("model"), user)[:MAX_CHOICES])
     if deployments:
-        groups.append(("Deployments, as served", [(f"d:{d.pk}", f"{d.name} ({d.model.name}, {d.get_state_display().lower()})")
-                                                  for d in deployments]))
+        groups.append((gettext("Deployments, as served"), [
+            (f"d:{d.pk}", gettext("%(deployment)s (%(model)s, %(state)s)")
+             % {"deployment": d.name, "model": d.model.name, "state": d.get_state_display().lower()}) for d in deployments]))
     endpoints = allowed_endpoints()
     if endpoints:
-        groups.append(("External endpoints (admin-allowed)", [(f"e:{e.pk}", f"{e.name} ({e.model_name})") for e in endpoints]))
+        groups.append((gettext("External endpoints (admin-allowed)"), [(f"e:{e.pk}", f"{e.name} ({e.model_name})")
+                                                                       for e in endpoints]))
     return groups
 
 
@@ -101,15 +108,12 @@ def judge_choices(user) -> list:
     deployments = [d for d in visible_to(Deployment.objects.select_related("model"), user)[:MAX_CHOICES] if d.is_active]
     groups = []
     if deployments:
-        groups.append(("Deployments", [(f"d:{d.pk}", f"{d.name} ({d.model.name})") for d in deployments]))
+        groups.append((gettext("Deployments"), [(f"d:{d.pk}", gettext("%(deployment)s (%(model)s)")
+                                                 % {"deployment": d.name, "model": d.model.name}) for d in deployments]))
     endpoints = allowed_endpoints()
     if endpoints:
-        groups.append(("External endpoints", [(f"e:{e.pk}", f"{e.name} ({e.model_name})") for e in endpoints]))
+        groups.append((gettext("External endpoints"), [(f"e:{e.pk}", f"{e.name} ({e.model_name})") for e in endpoints]))
     return groups
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def suite_version_choices(user) -> list[tuple[str, str]]:
@@ -119,7 +123,10 @@ def suite_version_choices(user) -> list[tuple[str, str]]:
     for suite in services.visible_suites(user).select_related("owner")[:MAX_CHOICES]:
         latest = suite.versions.order_by("-number").first()
         if latest is not None:
-            choices.append((str(latest.pk), f"{suite.name} v{latest.number} ({_count(latest.items.count(), 'benchmark')})"))
+            count = latest.items.count()
+            benchmarks = ngettext("%(n)s benchmark", "%(n)s benchmarks", count) % {"n": count}
+            choices.append((str(latest.pk), gettext("%(suite)s v%(number)s (%(benchmarks)s)")
+                            % {"suite": suite.name, "number": latest.number, "benchmarks": benchmarks}))
     return choices
 
 
@@ -134,12 +141,14 @@ class EvaluateForm(forms.Form):
         help_text=gettext_lazy("The benchmarks to run, with their weights in the overall average. The run lands on this suite's leaderboard."))
     max_samples = forms.IntegerField(
         label=gettext_lazy("Max samples per benchmark"), min_value=0, max_value=MAX_SAMPLES, initial=0, required=False,
-        help_text=f"Rows scored per benchmark, from the top of each set (the same rows every time). 0 or blank = every "
-                  f"row. Range 0–{MAX_SAMPLES:,}. Fewer rows: a quicker run and a wider interval.")
+        help_text=format_lazy(gettext_lazy(
+            "Rows scored per benchmark, from the top of each set (the same rows every time). 0 or blank = every row. "
+            "Range 0–{max}. Fewer rows: a quicker run and a wider interval."), max=f"{MAX_SAMPLES:,}"))
     max_new_tokens = forms.IntegerField(
         label=gettext_lazy("Max new tokens"), min_value=1, max_value=MAX_NEW_TOKENS, initial=256,
-        help_text=f"Tokens a generation or code benchmark may write per answer (greedy). Default 256, range "
-                  f"1–{MAX_NEW_TOKENS}. Likelihood and perplexity benchmarks generate nothing and ignore it.")
+        help_text=format_lazy(gettext_lazy(
+            "Tokens a generation or code benchmark may write per answer (greedy). Default 256, range 1–{max}. "
+            "Likelihood and perplexity benchmarks generate nothing and ignore it."), max=MAX_NEW_TOKENS))
 
     judge = forms.ChoiceField(
         label=gettext_lazy("Judge"), required=False,
@@ -149,11 +158,11 @@ class EvaluateForm(forms.Form):
     def __init__(self, user, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.user = user
-        self.fields["target"].choices = [("", "— choose a model —")] + target_choices(user)
+        self.fields["target"].choices = [("", gettext("— choose a model —"))] + target_choices(user)
         self.fields["suite"].choices = suite_version_choices(user)
         judges = judge_choices(user)
         if judges:
-            self.fields["judge"].choices = [("", "— no judge —")] + judges
+            self.fields["judge"].choices = [("", gettext("— no judge —"))] + judges
         else:
             del self.fields["judge"]
 
@@ -186,7 +195,7 @@ class EvaluateForm(forms.Form):
 
 def dataset_version_choices(user, shapes=EVAL_SHAPES) -> list[tuple[str, str]]:
     versions = visible_dataset_versions(user).filter(canonical__in=shapes).order_by("dataset__name", "-number")
-    return [(str(v.pk), f"{v} ({v.canonical}, {v.rows:,} rows)") for v in versions[:MAX_CHOICES]]
+    return [(str(v.pk), v.choice_label) for v in versions[:MAX_CHOICES]]
 
 
 def _lf(text):
@@ -197,13 +206,13 @@ def parse_row_indices(text: str) -> list[int]:
     """'0, 3, 7' → [0, 3, 7]: at most MAX_FEWSHOT_ROWS non-negative integers, in the order given."""
     parts = [p for p in re.split(r"[,\s]+", (text or "").strip()) if p]
     if len(parts) > MAX_FEWSHOT_ROWS:
-        raise forms.ValidationError(f"at most {MAX_FEWSHOT_ROWS} rows")
+        raise forms.ValidationError(gettext("at most %(n)s rows") % {"n": MAX_FEWSHOT_ROWS})
     rows = []
     for part in parts:
         if not part.isdigit() or len(part) > 9:
-            raise forms.ValidationError(f"{part[:20]!r} is not a row number (0 is the first row)")
+            raise forms.ValidationError(gettext("%(part)s is not a row number (0 is the first row)") % {"part": repr(part[:20])})
         if int(part) in rows:
-            raise forms.ValidationError(f"row {part} is listed twice")
+            raise forms.ValidationError(gettext("row %(row)s is listed twice") % {"row": part})
         rows.append(int(part))
     return rows
 
@@ -233,8 +242,9 @@ class BenchmarkForm(forms.Form):
                   "so the prompt and its hash stay the same. Blank = zero-shot."))
     fewshot_rows = forms.CharField(
         label=gettext_lazy("Few-shot row numbers"), required=False, max_length=400,
-        help_text=f"Which rows of that version, in order, e.g. \"0, 1, 2, 3, 4\" for 5-shot (0 is the first row). "
-                  f"At most {MAX_FEWSHOT_ROWS}.")
+        help_text=format_lazy(gettext_lazy(
+            "Which rows of that version, in order, e.g. \"0, 1, 2, 3, 4\" for 5-shot (0 is the first row). At most {max}."),
+            max=MAX_FEWSHOT_ROWS))
     fewshot_separator = forms.CharField(
         label=gettext_lazy("Few-shot separator"), required=False, strip=False, max_length=200, initial="\n\n", widget=forms.Textarea(attrs={"rows": 2}),
         help_text=gettext_lazy("Written between the few-shot blocks and before the prompt. Default: a blank line."))
@@ -292,16 +302,17 @@ class BenchmarkForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.user = user
         choices = dataset_version_choices(user)
-        self.fields["dataset_version"].choices = [("", "— choose a dataset version —")] + choices
-        self.fields["fewshot_version"].choices = [("", "— none (zero-shot) —")] + dataset_version_choices(user, ("multiple_choice", "qa"))
+        self.fields["dataset_version"].choices = [("", gettext("— choose a dataset version —"))] + choices
+        self.fields["fewshot_version"].choices = [("", gettext("— none (zero-shot) —"))] + dataset_version_choices(
+            user, ("multiple_choice", "qa"))
         if not creating:
             del self.fields["name"]
 
     GROUPS = (
-        ("The benchmark", ("name", "title", "description", "dataset_version", "dimension")),
-        ("The prompt", ("template", "answer_template", "fewshot_version", "fewshot_rows", "fewshot_separator", "chat",
+        (gettext_lazy("The benchmark"), ("name", "title", "description", "dataset_version", "dimension")),
+        (gettext_lazy("The prompt"), ("template", "answer_template", "fewshot_version", "fewshot_rows", "fewshot_separator", "chat",
                         "chat_template", "tools")),
-        ("The scorer (only the chosen scorer's settings apply)", ("paradigm",) + tuple(f for fs in SCORER_FIELDS.values() for f in fs)),
+        (gettext_lazy("The scorer (only the chosen scorer's settings apply)"), ("paradigm",) + tuple(f for fs in SCORER_FIELDS.values() for f in fs)),
     )
 
     def groups(self):
@@ -332,7 +343,7 @@ class BenchmarkForm(forms.Form):
         try:
             tools = json.loads(text)
         except ValueError as exc:
-            raise forms.ValidationError(f"is not JSON ({exc})") from None
+            raise forms.ValidationError(gettext("is not JSON (%(error)s)") % {"error": exc}) from None
         if not isinstance(tools, list):
             raise forms.ValidationError(gettext_lazy("must be a JSON list of tool definitions"))
         return tools
@@ -414,7 +425,8 @@ class SuiteForm(forms.Form):
         for bv in self.benchmark_versions:
             self.fields[f"w_{bv.pk}"] = forms.FloatField(
                 label=f"{bv}", required=False, min_value=0, max_value=1000,
-                help_text=f"Weight of {bv.benchmark.name} in the weighted overall average (0–1000; blank or 0 = not in the suite).")
+                help_text=gettext("Weight of %(benchmark)s in the weighted overall average (0–1000; blank or 0 = not in "
+                                  "the suite).") % {"benchmark": bv.benchmark.name})
         if not creating:
             del self.fields["name"]
 
@@ -446,20 +458,22 @@ class ImportForm(forms.Form):
     def clean_summary(self):
         upload = self.cleaned_data["summary"]
         if upload.size > MAX_SUMMARY_BYTES:
-            raise forms.ValidationError(f"is {upload.size:,} bytes; at most {MAX_SUMMARY_BYTES:,}")
+            raise forms.ValidationError(gettext("is %(size)s bytes; at most %(max)s")
+                                        % {"size": f"{upload.size:,}", "max": f"{MAX_SUMMARY_BYTES:,}"})
         return upload
 
 
 # ---- leaderboard filters ------------------------------------------------------------------------
 
-KINDS = list(VersionKind.choices) + [("deployment", "Deployment as served"), ("endpoint", "External endpoint"),
-                                     ("imported", "Imported (OpenCompass)")]
-SIZE_LIMITS = [("", "any"), ("100000000", "≤ 100M parameters"), ("1000000000", "≤ 1B"), ("3000000000", "≤ 3B"),
-               ("8000000000", "≤ 8B"), ("15000000000", "≤ 15B"), ("80000000000", "≤ 80B")]
+KINDS = list(VersionKind.choices) + [("deployment", gettext_lazy("Deployment as served")),
+                                     ("endpoint", gettext_lazy("External endpoint")),
+                                     ("imported", gettext_lazy("Imported (OpenCompass)"))]
+SIZE_LIMITS = [("", gettext_lazy("any")), ("100000000", gettext_lazy("≤ 100M parameters")), ("1000000000", "≤ 1B"),
+               ("3000000000", "≤ 3B"), ("8000000000", "≤ 8B"), ("15000000000", "≤ 15B"), ("80000000000", "≤ 80B")]
 
 
 class BoardFilterForm(forms.Form):
-    kind = forms.ChoiceField(help_text=gettext_lazy('only runs of this kind of model (base, adapter, merged, ...)'), choices=[("", "any")] + KINDS, required=False, label=gettext_lazy("Kind"))
+    kind = forms.ChoiceField(help_text=gettext_lazy('only runs of this kind of model (base, adapter, merged, ...)'), choices=[("", gettext_lazy("any"))] + KINDS, required=False, label=gettext_lazy("Kind"))
     owner = forms.ChoiceField(help_text=gettext_lazy('only models of this owner'), required=False, label=gettext_lazy("Owner"))
     size_max = forms.ChoiceField(help_text=gettext_lazy('only models up to this many parameters'), choices=SIZE_LIMITS, required=False, label=gettext_lazy("Max size"))
     since = forms.DateField(help_text=gettext_lazy('only runs evaluated on or after this day'), required=False, label=gettext_lazy("Evaluated since"), widget=forms.DateInput(attrs={"type": "date"}))
@@ -467,7 +481,7 @@ class BoardFilterForm(forms.Form):
     def __init__(self, user, *args, **kwargs):
         super().__init__(*args, **kwargs)
         owners = get_user_model().objects.filter(pk__in=teammate_ids(user)).order_by("username").values_list("username", flat=True)
-        self.fields["owner"].choices = [("", "anyone")] + [(o, o) for o in owners[:MAX_CHOICES]]
+        self.fields["owner"].choices = [("", gettext("anyone"))] + [(o, o) for o in owners[:MAX_CHOICES]]
 
     def filters(self) -> dict:
         """board.leaderboard's keyword filters; a field that does not validate is left out."""

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
-DIMENSIONS = [(d, d.capitalize()) for d in
-              ("knowledge", "reasoning", "math", "code", "language", "understanding", "exam", "chinese", "agent")]
+DIMENSIONS = [("knowledge", _("Knowledge")), ("reasoning", _("Reasoning")), ("math", _("Math")), ("code", _("Code")),
+              ("language", _("Language")), ("understanding", _("Understanding")), ("exam", _("Exam")),
+              ("chinese", _("Chinese")), ("agent", _("Agent"))]
 
 
 class Benchmark(models.Model):
@@ -127,9 +129,9 @@ class ExternalEndpoint(models.Model):
 
 
 class RunTarget(models.TextChoices):
-    MODEL = "model", "Registry version"
-    DEPLOYMENT = "deployment", "Deployment as served"
-    ENDPOINT = "endpoint", "External endpoint"
+    MODEL = "model", _("Registry version")
+    DEPLOYMENT = "deployment", _("Deployment as served")
+    ENDPOINT = "endpoint", _("External endpoint")
 
 
 class EvaluationRun(models.Model):
@@ -220,10 +222,10 @@ class ImportedScore(models.Model):
 
 
 class ArenaOutcome(models.TextChoices):
-    A = "a", "A is better"
-    B = "b", "B is better"
-    TIE = "tie", "Tie"
-    BOTH_BAD = "both_bad", "Both are bad"
+    A = "a", _("A is better")
+    B = "b", _("B is better")
+    TIE = "tie", _("Tie")
+    BOTH_BAD = "both_bad", _("Both are bad")
 
 
 class ArenaVote(models.Model):

@@ -29,6 +29,7 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import Max, Q
 from django.http import Http404
+from django.utils.translation import gettext
 
 from apps.accounts.system import SYSTEM_USERNAME, builtin_owner, system_user  # noqa: F401  (re-exported for the tests and views)
 from apps.accounts.visibility import PermissionDenied, get_visible_or_404, require_manager, visible_to
@@ -650,5 +651,5 @@ def created_run(job: Job) -> list[tuple[str, str]]:
     """An evaluation job's run page, with its scores (the job page links it)."""
     from django.urls import reverse
 
-    return [(f"evaluation run #{run.pk} (scores)", reverse("evaluation-run", args=[run.pk]))
+    return [(gettext("evaluation run #%(run)s (scores)") % {"run": run.pk}, reverse("evaluation-run", args=[run.pk]))
             for run in EvaluationRun.objects.filter(job=job)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.utils.translation import gettext
+from django.utils.translation import gettext, gettext_lazy, pgettext_lazy
 from django.core.paginator import Paginator
 from django.db.models import Count, Max, Q
 from django.http import Http404, HttpResponse, JsonResponse
@@ -25,23 +25,38 @@ from apps.jobs.snapshot import job_snapshot
 from apps.leaderboards import board as boards
 from apps.leaderboards import charts, contamination, services
 from apps.leaderboards.forms import (
-    BenchmarkForm, BoardFilterForm, EvaluateForm, ImportForm, SuiteForm, attach, benchmark_initial, visible_dataset_versions)
+    BenchmarkForm, BoardFilterForm, EvaluateForm, ImportForm, SuiteForm, attach, benchmark_initial,
+    visible_dataset_versions)
 from apps.leaderboards.models import (
+    DIMENSIONS,
     Benchmark, BenchmarkScore, BenchmarkVersion, EvaluationRun, ImportedSummary, SampleResult, Suite,
     SuiteVersion)
 
+# A leaderboard row's kind of model (board.py: a version's kind, or how the run reached it).
+BOARD_KINDS = {"base": pgettext_lazy("leaderboard row", "base"), "adapter": pgettext_lazy("leaderboard row", "adapter"),
+               "merged": pgettext_lazy("leaderboard row", "merged"),
+               "quantized": pgettext_lazy("leaderboard row", "quantized"),
+               "deployment": pgettext_lazy("leaderboard row", "deployment"),
+               "endpoint": pgettext_lazy("leaderboard row", "endpoint"),
+               "imported": pgettext_lazy("leaderboard row", "imported")}
+DIMENSION_LABELS = dict(DIMENSIONS)
 SAMPLES_PAGE = 50
 RUNS_PAGE = 100
 # The service's argument names → the evaluate form's fields.
 EVALUATE_FIELDS = {"model_version": "target", "alias": "target", "deployment": "target", "endpoint": "target",
                    "suite_version": "suite", "judge_deployment": "judge", "judge_endpoint": "judge"}
 CONTAMINATION = {
-    "clean": ("✓", "Every training dataset in this version's lineage was decontaminated against this benchmark's data."),
-    "contaminated": ("⚠", "A training dataset in this version's lineage was not decontaminated against this benchmark's "
-                          "data: the score may be inflated by training on the test."),
-    "unknown": ("unknown", "This version has no training lineage in the studio (imported, or trained elsewhere), so "
-                           "contamination cannot be checked."),
+    "clean": ("✓", gettext_lazy("Every training dataset in this version's lineage was decontaminated against this "
+                                "benchmark's data.")),
+    "contaminated": ("⚠", gettext_lazy("A training dataset in this version's lineage was not decontaminated against this "
+                                       "benchmark's data: the score may be inflated by training on the test.")),
+    "unknown": (pgettext_lazy("contamination", "unknown"),
+                gettext_lazy("This version has no training lineage in the studio (imported, or trained elsewhere), so "
+                             "contamination cannot be checked.")),
 }
+CONTAMINATION_STATES = {"clean": pgettext_lazy("contamination", "clean"),
+                        "contaminated": pgettext_lazy("contamination", "contaminated"),
+                        "unknown": pgettext_lazy("contamination", "unknown")}
 
 
 # ---- lookups ------------------------------------------------------------------------------------
@@ -74,7 +89,8 @@ def _score(run: EvaluationRun, bv_id: int) -> BenchmarkScore:
 
 def contamination_badge(state: str) -> dict:
     mark, why = CONTAMINATION.get(state or "unknown", CONTAMINATION["unknown"])
-    return {"state": state or "unknown", "mark": mark, "why": why}
+    state = state or "unknown"
+    return {"state": state, "label": CONTAMINATION_STATES.get(state, state), "mark": mark, "why": why}
 
 
 def score_text(score, low=None, high=None, metric: str = "") -> str:
@@ -188,6 +204,7 @@ def _decorate(data: dict) -> dict:
             row["cells"].append(cell)
         row["dimension_cells"] = [_mean_text((row.get("dimensions") or {}).get(d)) for d in dimensions]
         row["size_shown"] = parameters_text(row.get("size"))
+        row["kind_label"] = BOARD_KINDS.get(row.get("kind"), row.get("kind"))
         row["overall_shown"] = _mean_text(row.get("overall"))
         row["weighted_shown"] = _mean_text(row.get("overall_weighted"))
     return data
@@ -202,7 +219,8 @@ def leaderboard(request, suite_id: int):
     lower = set(data.get("lower_is_better") or ())
     bench_columns = [{"bv": bv, "lower_is_better": bv.pk in lower, **_sort_link(request, f"bench:{bv.pk}", sort, descending)}
                      for bv in data["benchmarks"]]
-    dim_columns = [{"name": d, **_sort_link(request, d, sort, descending)} for d in data["dimensions"]]
+    dim_columns = [{"name": d, "label": DIMENSION_LABELS.get(d, d), **_sort_link(request, d, sort, descending)}
+                   for d in data["dimensions"]]
     chosen_ids = _ids(request.GET.getlist("runs"))
     radar = None
     if chosen_ids:
@@ -268,16 +286,18 @@ def compare(request):
 def p_value_words(test: dict | None) -> str:
     """A paired test's p-value as a sentence a reader can act on."""
     if not test or test.get("p_value") is None:
-        return "No test: the two runs share no scored samples of this benchmark."
+        return gettext("No test: the two runs share no scored samples of this benchmark.")
     p = float(test["p_value"])
-    name = {"mcnemar": "McNemar's exact test", "paired_bootstrap": "a paired bootstrap"}.get(test.get("name"), test.get("name", "the test"))
+    names = {"mcnemar": gettext("McNemar's exact test"), "paired_bootstrap": gettext("a paired bootstrap")}
+    name = names.get(test.get("name"), test.get("name", gettext("the test")))
     if p < 0.001:
-        return f"p < 0.001 ({name}): a clear difference; chance alone would almost never produce it."
+        return gettext("p < 0.001 (%(test)s): a clear difference; chance alone would almost never produce it.") % {"test": name}
     if p < 0.01:
-        return f"p = {p:.3f} ({name}): a significant difference (at the 1% level)."
+        return gettext("p = %(p)s (%(test)s): a significant difference (at the 1%% level).") % {"p": f"{p:.3f}", "test": name}
     if p < 0.05:
-        return f"p = {p:.3f} ({name}): a significant difference at the 5% level, though not a strong one."
-    return f"p = {p:.2f} ({name}): no significant difference; the gap could be chance."
+        return (gettext("p = %(p)s (%(test)s): a significant difference at the 5%% level, though not a strong one.")
+                % {"p": f"{p:.3f}", "test": name})
+    return gettext("p = %(p)s (%(test)s): no significant difference; the gap could be chance.") % {"p": f"{p:.2f}", "test": name}
 
 
 def paired_test_detail(test: dict | None) -> str:
@@ -285,9 +305,11 @@ def paired_test_detail(test: dict | None) -> str:
     if not test:
         return ""
     if test.get("name") == "mcnemar" and test.get("only_a") is not None:
-        return f"A right where B is wrong: {test['only_a']}; B right where A is wrong: {test['only_b']}."
+        return (gettext("A right where B is wrong: %(only_a)s; B right where A is wrong: %(only_b)s.")
+                % {"only_a": test["only_a"], "only_b": test["only_b"]})
     if test.get("name") == "paired_bootstrap" and test.get("difference") is not None:
-        return f"Mean difference A − B: {test['difference']:+.4f}, 95% interval [{test['low']:+.4f}, {test['high']:+.4f}]."
+        return (gettext("Mean difference A − B: %(difference)s, 95%% interval [%(low)s, %(high)s].")
+                % {"difference": f"{test['difference']:+.4f}", "low": f"{test['low']:+.4f}", "high": f"{test['high']:+.4f}"})
     return test.get("reason", "")
 
 
@@ -394,13 +416,16 @@ def benchmark_progress(run: EvaluationRun) -> list[dict]:
     for row in rows:
         remaining += max(0, row["total"] - row["done"])
         if job.is_finished:
-            row["state"] = "done" if row["done"] >= row["total"] and row["total"] else job.get_status_display().lower()
+            row["state"] = "done" if row["done"] >= row["total"] and row["total"] else job.status.lower()
         elif row["done"] >= row["total"] and row["total"]:
             row["state"] = "done"
         else:
             row["state"] = "running" if row["done"] else "waiting"
             if pace:
                 row["eta"] = _duration(remaining / pace)
+    for row in rows:
+        label = PROGRESS_STATES.get(row["state"]) or JobStatus(row["state"].upper()).label
+        row["state_label"] = label if row["state"] in PROGRESS_STATES else str(label).lower()
     return rows
 
 
@@ -416,7 +441,11 @@ def run_scores(run: EvaluationRun, lineage=None) -> list[dict]:
     return rows
 
 
-AGENT_METRICS = (("tool_call_accuracy", "tool calls"), ("argument_accuracy", "arguments"))
+AGENT_METRICS = (("tool_call_accuracy", gettext_lazy("tool calls")), ("argument_accuracy", gettext_lazy("arguments")))
+# A benchmark's state in a run's progress table (the CSS class is the state itself).
+PROGRESS_STATES = {"done": pgettext_lazy("benchmark progress", "done"),
+                   "running": pgettext_lazy("benchmark progress", "running"),
+                   "waiting": pgettext_lazy("benchmark progress", "waiting")}
 
 
 def agent_metrics_text(extra: dict) -> str:

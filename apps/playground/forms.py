@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 
 from django import forms
-from django.utils.translation import gettext_lazy
 from django.conf import settings
+from django.utils.text import format_lazy
+from django.utils.translation import gettext, gettext_lazy
 
 from apps.accounts.system import SYSTEM_USERNAME
 from apps.accounts.visibility import visible_to
 from apps.registry.services import STARTER_ALIAS
 from apps.serving.models import Deployment, DeploymentState
+from apps.studio.widgets import CodeCheckboxSelectMultiple, CodeRadioSelect
 
 MAX_SYSTEM_PROMPT = 8_000
 MAX_MESSAGE = 32_000  # as the agent core's MAX_MESSAGE_CHARS (workers/core/agents/job.py)
@@ -27,17 +29,17 @@ MAX_SELECTED = 1000  # conversations in one feedback export
 # The agent core's built-in tools (workers/core/agents/tools/__init__.py BUILTIN_TOOLS), as the
 # form offers them; the core refuses an unknown name, so a stale entry here fails loudly.
 BUILTIN_TOOLS = [
-    ("calculator", "Calculator — exact arithmetic (+ − × ÷, powers, parentheses), never eval"),
-    ("python", "Python — runs a short program in the sandbox (no network, time and memory limits)"),
-    ("datetime", "Date and time — the current date and time, in any time zone"),
-    ("unit_converter", "Units — length, mass, temperature, volume, time, data size"),
-    ("document_search", "Document search — the documents you attach to this conversation (hybrid BM25 + embeddings, "
-                        "cited)"),
+    ("calculator", gettext_lazy("Calculator — exact arithmetic (+ − × ÷, powers, parentheses), never eval")),
+    ("python", gettext_lazy("Python — runs a short program in the sandbox (no network, time and memory limits)")),
+    ("datetime", gettext_lazy("Date and time — the current date and time, in any time zone")),
+    ("unit_converter", gettext_lazy("Units — length, mass, temperature, volume, time, data size")),
+    ("document_search", gettext_lazy("Document search — the documents you attach to this conversation (hybrid BM25 + "
+                                     "embeddings, cited)")),
 ]
 PROTOCOLS = [
-    ("auto", "auto — native where the deployment's chat template renders tools, else ReAct"),
-    ("native", "native — OpenAI tool calls (the model writes <tool_call> blocks its template knows)"),
-    ("react", "ReAct — Thought / Action / Action Input / Observation as text; works with any chat model"),
+    ("auto", gettext_lazy("auto — native where the deployment's chat template renders tools, else ReAct")),
+    ("native", gettext_lazy("native — OpenAI tool calls (the model writes <tool_call> blocks its template knows)")),
+    ("react", gettext_lazy("ReAct — Thought / Action / Action Input / Observation as text; works with any chat model")),
 ]
 HTTP_METHODS = [("GET", "GET"), ("POST", "POST")]
 
@@ -82,8 +84,9 @@ class SamplingMixin(forms.Form):
                   "0.9 cuts the unlikely tail. Default 1, range 0.01–1."))
     max_tokens = forms.IntegerField(
         label=gettext_lazy("Max tokens"), min_value=1, max_value=MAX_TOKENS, initial=512,
-        help_text=f"The longest answer, in tokens (about ¾ of a word each); the answer stops there. Default 512, "
-                  f"range 1–{MAX_TOKENS:,}. With tools: per model call.")
+        help_text=format_lazy(gettext_lazy(
+            "The longest answer, in tokens (about ¾ of a word each); the answer stops there. Default 512, range 1–{max}. "
+            "With tools: per model call."), max=f"{MAX_TOKENS:,}"))
 
     def sampling(self) -> dict:
         data = self.cleaned_data
@@ -94,7 +97,7 @@ class ConversationForm(SamplingMixin):
     """A new chat (and, with `editing`, a conversation's settings: its deployment stays)."""
 
     deployment = forms.ChoiceField(
-        label=gettext_lazy("Deployment"), error_messages={"invalid_choice": "choose a ready deployment you may use"},
+        label=gettext_lazy("Deployment"), error_messages={"invalid_choice": gettext_lazy("choose a ready deployment you may use")},
         help_text=gettext_lazy("The model that answers: one of the deployments you may use that is ready now. Start one on the "
                   "Serving page."))
     title = forms.CharField(
@@ -103,17 +106,18 @@ class ConversationForm(SamplingMixin):
     system_prompt = forms.CharField(
         label=gettext_lazy("System prompt"), max_length=MAX_SYSTEM_PROMPT, required=False,
         widget=forms.Textarea(attrs={"rows": 3, "placeholder": gettext_lazy("You are a helpful assistant.")}),
-        help_text=f"Instructions the model sees before the conversation. Blank: none (the chat template's own "
-                  f"default, if it has one). At most {MAX_SYSTEM_PROMPT:,} characters.")
+        help_text=format_lazy(gettext_lazy(
+            "Instructions the model sees before the conversation. Blank: none (the chat template's own default, if it "
+            "has one). At most {max} characters."), max=f"{MAX_SYSTEM_PROMPT:,}"))
     tools = forms.MultipleChoiceField(
-        label=gettext_lazy("Tools"), choices=BUILTIN_TOOLS, required=False, widget=forms.CheckboxSelectMultiple,
+        label=gettext_lazy("Tools"), choices=BUILTIN_TOOLS, required=False, widget=CodeCheckboxSelectMultiple,
         help_text=gettext_lazy("With tools, each answer runs as an agent turn on a worker (queue agent): the model may call them, "
                   "and every step shows in the trace. Without tools the answer streams straight from the deployment."))
     http_tools = forms.MultipleChoiceField(
         label=gettext_lazy("Your HTTP tools"), required=False, widget=forms.CheckboxSelectMultiple,
         help_text=gettext_lazy("Endpoints you described on the HTTP tools page; calls go only to hosts on the administrator's allowlist."))
     protocol = forms.ChoiceField(
-        label=gettext_lazy("Tool protocol"), choices=PROTOCOLS, initial="auto", widget=forms.RadioSelect,
+        label=gettext_lazy("Tool protocol"), choices=PROTOCOLS, initial="auto", widget=CodeRadioSelect,
         help_text=gettext_lazy("How the model is told about tools and asks for them. Only used with tools."))
 
     field_order = ["deployment", "title", "system_prompt", "temperature", "top_p", "max_tokens", "tools", "http_tools",
@@ -127,7 +131,7 @@ class ConversationForm(SamplingMixin):
             del self.fields["deployment"]  # a conversation keeps the deployment it was started with
         else:
             ready = list(ready_deployments(user)[:MAX_CHOICES])
-            self.fields["deployment"].choices = [("", "— choose a deployment —")] + [
+            self.fields["deployment"].choices = [("", gettext("— choose a deployment —"))] + [
                 (str(d.pk), deployment_label(d)) for d in ready]
             # A new studio opens on the starter model's deployment (made on first run, see
             # apps/registry/services.py queue_starter) unless the page asked for another.
@@ -171,20 +175,21 @@ def conversation_initial(conversation) -> dict:
 class DocumentForm(forms.Form):
     document = forms.FileField(
         label=gettext_lazy("Attach a document"),
-        help_text=f"A .txt, .md or .pdf file of at most {settings.PLAYGROUND_MAX_DOCUMENT_BYTES // 2**20} MiB: the "
-                  f"document search tool finds passages in it and cites them."
+        help_text=format_lazy(gettext_lazy(
+            "A .txt, .md or .pdf file of at most {max} MiB: the document search tool finds passages in it and cites them."),
+            max=settings.PLAYGROUND_MAX_DOCUMENT_BYTES // 2**20)
         if hasattr(settings, "PLAYGROUND_MAX_DOCUMENT_BYTES") else
-        "A .txt, .md or .pdf file: the document search tool finds passages in it and cites them.")
+        gettext_lazy("A .txt, .md or .pdf file: the document search tool finds passages in it and cites them."))
 
 
 class SideBySideForm(SamplingMixin):
     deployments = forms.MultipleChoiceField(
         label=gettext_lazy("Deployments"), widget=forms.CheckboxSelectMultiple,
-        error_messages={"invalid_choice": "choose ready deployments you may use"},
+        error_messages={"invalid_choice": gettext_lazy("choose ready deployments you may use")},
         help_text=gettext_lazy("Two to four ready deployments: each answers the same message in its own column, at the same time."))
     content = forms.CharField(
         label=gettext_lazy("Message"), max_length=MAX_MESSAGE, widget=forms.Textarea(attrs={"rows": 4}),
-        help_text=f"What every model is asked. At most {MAX_MESSAGE:,} characters.")
+        help_text=format_lazy(gettext_lazy("What every model is asked. At most {max} characters."), max=f"{MAX_MESSAGE:,}"))
     system_prompt = forms.CharField(
         label=gettext_lazy("System prompt"), max_length=MAX_SYSTEM_PROMPT, required=False, widget=forms.Textarea(attrs={"rows": 2}),
         help_text=gettext_lazy("The same instructions for every model. Blank: none."))
@@ -224,7 +229,7 @@ class VoteForm(forms.Form):
 
 class FeedbackExportForm(forms.Form):
     kind = forms.ChoiceField(help_text=gettext_lazy('preference: chosen/rejected pairs for DPO; sft: the rated-up answers as chat data'), 
-        label=gettext_lazy("Dataset kind"), widget=forms.RadioSelect, initial="preference",
+        label=gettext_lazy("Dataset kind"), widget=CodeRadioSelect, initial="preference",
         choices=[("preference", gettext_lazy("Preference pairs (chosen / rejected) — for DPO: every \"this one is better\", and a "
                                 "thumbs-up answer against a thumbs-down sibling")),
                  ("sft", gettext_lazy("SFT chats — every conversation path that ends in a thumbs-up answer, for supervised fine-tuning"))])
@@ -242,7 +247,7 @@ class FeedbackExportForm(forms.Form):
     def clean_conversations(self):
         ids = [int(v) for v in self.cleaned_data["conversations"] if v.isdigit()]
         if len(ids) > MAX_SELECTED:
-            raise forms.ValidationError(f"tick at most {MAX_SELECTED} conversations")
+            raise forms.ValidationError(gettext("tick at most %(n)s conversations") % {"n": MAX_SELECTED})
         return ids or None
 
 
@@ -253,7 +258,7 @@ SCHEMA_EXAMPLE = json.dumps({"type": "object", "properties": {"city": {"type": "
 class HttpToolForm(forms.Form):
     name = forms.RegexField(
         label=gettext_lazy("Name"), max_length=64, regex=r"^[a-zA-Z][a-zA-Z0-9_]*$",
-        error_messages={"invalid": "letters, digits and _, starting with a letter"},
+        error_messages={"invalid": gettext_lazy("letters, digits and _, starting with a letter")},
         help_text=gettext_lazy("How the model calls it, e.g. get_weather (letters, digits and _; not a built-in tool's name)."))
     description = forms.CharField(
         label=gettext_lazy("Description"), max_length=1000, widget=forms.Textarea(attrs={"rows": 2}),
@@ -262,7 +267,7 @@ class HttpToolForm(forms.Form):
                                help_text=gettext_lazy("GET sends the arguments in the URL template; POST also sends them as a JSON body."))
     url_template = forms.CharField(
         label=gettext_lazy("URL template"), max_length=2000,
-        widget=forms.TextInput(attrs={"placeholder": gettext_lazy("https://api.example.org/weather?city={city}")}),
+        widget=forms.TextInput(attrs={"placeholder": "https://api.example.org/weather?city={city}", "translate": "no"}),
         help_text=gettext_lazy("https:// or http:// URL on an allowlisted host; {name} is replaced by that argument (URL-encoded)."))
     parameters_schema = forms.CharField(
         label=gettext_lazy("Arguments (JSON schema)"), max_length=MAX_SCHEMA_CHARS,
@@ -273,7 +278,7 @@ class HttpToolForm(forms.Form):
         try:
             schema = json.loads(self.cleaned_data["parameters_schema"])
         except ValueError as exc:
-            raise forms.ValidationError(f"is not JSON ({exc})") from None
+            raise forms.ValidationError(gettext("is not JSON (%(error)s)") % {"error": exc}) from None
         if not isinstance(schema, dict):
             raise forms.ValidationError(gettext_lazy("must be a JSON object (a schema with \"type\": \"object\")"))
         return schema

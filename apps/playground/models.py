@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 
 class ConversationKind(models.TextChoices):
-    CHAT = "chat", "Chat"
-    COMPARISON = "comparison", "Side-by-side"
-    BATTLE = "battle", "Arena battle"
+    CHAT = "chat", _("Chat")
+    COMPARISON = "comparison", _("Side-by-side")
+    BATTLE = "battle", _("Arena battle")
 
 
 class Protocol(models.TextChoices):
@@ -72,16 +73,16 @@ class Conversation(models.Model):
 
 
 class MessageRole(models.TextChoices):
-    USER = "user", "User"
-    ASSISTANT = "assistant", "Assistant"
-    TOOL = "tool", "Tool"
+    USER = "user", _("User")
+    ASSISTANT = "assistant", _("Assistant")
+    TOOL = "tool", _("Tool")
 
 
 class MessageStatus(models.TextChoices):
-    STREAMING = "streaming", "Streaming"
-    DONE = "done", "Done"
-    STOPPED = "stopped", "Stopped"
-    FAILED = "failed", "Failed"
+    STREAMING = "streaming", _("Streaming")
+    DONE = "done", _("Done")
+    STOPPED = "stopped", _("Stopped")
+    FAILED = "failed", _("Failed")
 
 
 class Message(models.Model):

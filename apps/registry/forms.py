@@ -5,8 +5,10 @@ from apps.accounts.visibility import visible_to
 from apps.registry.models import ModelVersion, RegisteredModel
 from apps.registry.services import import_choices
 
-SOURCES = [("folder", "A folder in the import directory"), ("archive", "An uploaded archive (.zip, .tar, .tar.gz)"),
-           ("starter", "The packaged starter model (SmolLM2-135M-Instruct)"), ("hub", "A model hub id (needs a network)")]
+SOURCES = [("folder", gettext_lazy("A folder in the import directory")),
+           ("archive", gettext_lazy("An uploaded archive (.zip, .tar, .tar.gz)")),
+           ("starter", gettext_lazy("The packaged starter model (SmolLM2-135M-Instruct)")),
+           ("hub", gettext_lazy("A model hub id (needs a network)"))]
 
 
 class ImportForm(forms.Form):

@@ -3,6 +3,7 @@ left to right by generation with plotly (served locally, no CDN)."""
 from __future__ import annotations
 
 from django.urls import reverse
+from django.utils.translation import gettext
 
 from apps.accounts.visibility import visible_to
 from apps.registry.models import ModelVersion
@@ -21,15 +22,16 @@ def lineage_nodes(version: ModelVersion, user) -> tuple[dict, list[tuple[str, st
     def add(v: ModelVersion, column: int) -> str:
         key = f"v{v.pk}"
         if key not in nodes:
-            nodes[key] = (f"{v.model.name} v{v.number}<br>{v.kind}", reverse("version-detail", args=[v.pk]), column)
+            nodes[key] = (f"{v.model.name} v{v.number}<br>{v.get_kind_display().lower()}",
+                          reverse("version-detail", args=[v.pk]), column)
         return key
 
     def walk_up(v: ModelVersion, column: int) -> None:
         key = add(v, column)
         if v.source_job_id:
             job_key = f"j{v.source_job_id}"
-            nodes.setdefault(job_key, (f"job #{v.source_job_id}<br>{v.source_job.get_kind_display()}",
-                                       reverse("job-detail", args=[v.source_job_id]), column - 1))
+            label = gettext("job #%(id)s") % {"id": v.source_job_id} + f"<br>{v.source_job.get_kind_display()}"
+            nodes.setdefault(job_key, (label, reverse("job-detail", args=[v.source_job_id]), column - 1))
             edges.append((job_key, key))
         for ancestor in (v.parent, v.adapter):
             if ancestor is not None and len(nodes) < MAX_NODES and visible.filter(pk=ancestor.pk).exists():

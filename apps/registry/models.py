@@ -7,6 +7,8 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 
 class RegisteredModel(models.Model):
@@ -26,10 +28,10 @@ class RegisteredModel(models.Model):
 
 
 class VersionKind(models.TextChoices):
-    BASE = "base", "Base"
-    ADAPTER = "adapter", "Adapter"
-    MERGED = "merged", "Merged"
-    QUANTIZED = "quantized", "Quantized"
+    BASE = "base", _("Base")
+    ADAPTER = "adapter", _("Adapter")
+    MERGED = "merged", _("Merged")
+    QUANTIZED = "quantized", _("Quantized")
 
 
 class ModelVersion(models.Model):
@@ -65,6 +67,12 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model.name} v{self.number}"
+
+    @property
+    def choice_label(self) -> str:
+        """"smollm v2 (adapter, 135,000,000 parameters)": the version among a form's choices."""
+        return gettext("%(version)s (%(kind)s, %(parameters)s parameters)") % {
+            "version": self, "kind": self.get_kind_display().lower(), "parameters": f"{self.parameter_count:,}"}
 
     @property
     def path(self):

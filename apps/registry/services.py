@@ -9,6 +9,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
+from django.utils.translation import gettext
 
 from apps.accounts.visibility import PermissionDenied, require_manager  # noqa: F401  (views catch services.PermissionDenied)
 from apps.jobs import services as jobs
@@ -266,9 +267,9 @@ def update_notes(user, version: ModelVersion, notes: str) -> None:
 
 def usage_blockers(version: ModelVersion) -> list[str]:
     """Why a version may not be deleted now (empty when it may)."""
-    blockers = [f"alias {a.name!r} points to it" for a in version.aliases.all()]
-    blockers += [f"{child} was derived from it" for child in version.children.all()]
-    blockers += [f"{merged} was merged from it" for merged in version.merged_into.all()]
+    blockers = [gettext("alias %(alias)s points to it") % {"alias": repr(a.name)} for a in version.aliases.all()]
+    blockers += [gettext("%(child)s was derived from it") % {"child": child} for child in version.children.all()]
+    blockers += [gettext("%(merged)s was merged from it") % {"merged": merged} for merged in version.merged_into.all()]
     blockers += jobs.active_use_blockers(version.uses)
     return blockers
 
@@ -279,7 +280,8 @@ def delete_version(user, version: ModelVersion) -> None:
     with transaction.atomic():
         blockers = usage_blockers(version)
         if blockers:
-            raise RegistryError("version", f"{version} is in use: " + "; ".join(blockers))
+            raise RegistryError("version", gettext("%(version)s is in use: %(reasons)s")
+                                % {"version": version, "reasons": "; ".join(blockers)})
         try:
             version.delete()
         except IntegrityError as exc:  # a use appeared between the check and the delete
@@ -292,5 +294,5 @@ def created_versions(job: Job) -> list[tuple[str, str]]:
     """The model versions a finished import, merge, quantize or training job registered (its page links them)."""
     from django.urls import reverse
 
-    return [(f"model version {v}", reverse("version-detail", args=[v.pk]))
+    return [(gettext("model version %(version)s") % {"version": v}, reverse("version-detail", args=[v.pk]))
             for v in ModelVersion.objects.filter(source_job=job).select_related("model")]

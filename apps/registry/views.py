@@ -115,7 +115,7 @@ def _act(request, version_id, action, success):
 
 @require_POST
 def version_merge(request, version_id: int):
-    return _act(request, version_id, lambda v: services.start_merge(request.user, v), "Merge started.")
+    return _act(request, version_id, lambda v: services.start_merge(request.user, v), gettext("Merge started."))
 
 
 @require_POST
@@ -126,7 +126,8 @@ def version_quantize(request, version_id: int):
         messages.error(request, "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
         return redirect("version-detail", version_id=version_id)
     return _act(request, version_id, lambda v: services.start_quantize(request.user, v, form.cleaned_data["method"],
-                                                                      form.cleaned_data["eval_text"]), "Quantization started.")
+                                                                      form.cleaned_data["eval_text"]),
+                gettext("Quantization started."))
 
 
 @require_POST
@@ -135,12 +136,13 @@ def version_delete(request, version_id: int):
         services.delete_version(request.user, v)
         return "deleted"
 
-    return _act(request, version_id, delete, "Version deleted; its files are removed.")
+    return _act(request, version_id, delete, gettext("Version deleted; its files are removed."))
 
 
 @require_POST
 def version_notes(request, version_id: int):
-    return _act(request, version_id, lambda v: services.update_notes(request.user, v, request.POST.get("notes", "")), "Notes saved.")
+    return _act(request, version_id, lambda v: services.update_notes(request.user, v, request.POST.get("notes", "")),
+                gettext("Notes saved."))
 
 
 @require_POST

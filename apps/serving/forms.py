@@ -1,10 +1,11 @@
 from django import forms
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext, gettext_lazy
 from django.conf import settings
 
 from apps.accounts.visibility import visible_to
 from apps.registry.models import ModelAlias, ModelVersion
 from apps.serving import slots
+from apps.studio.labels import queue_label
 
 
 def serve_choices(user) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -13,9 +14,11 @@ def serve_choices(user) -> list[tuple[str, list[tuple[str, str]]]]:
     aliases = visible_to(ModelAlias.objects.select_related("model", "version"), user, "model__owner").order_by("model__name", "name")
     groups: dict[str, list[tuple[str, str]]] = {}
     for alias in aliases:
-        groups.setdefault(alias.model.name, []).append((f"a{alias.pk}", f"follow @{alias.name} (now v{alias.version.number})"))
+        label = gettext("follow @%(alias)s (now v%(number)s)") % {"alias": alias.name, "number": alias.version.number}
+        groups.setdefault(alias.model.name, []).append((f"a{alias.pk}", label))
     for version in versions:
-        groups.setdefault(version.model.name, []).append((f"v{version.pk}", f"v{version.number} ({version.get_kind_display()})"))
+        label = gettext("v%(number)s (%(kind)s)") % {"number": version.number, "kind": version.get_kind_display()}
+        groups.setdefault(version.model.name, []).append((f"v{version.pk}", label))
     return [(name, options) for name, options in groups.items()]
 
 
@@ -36,7 +39,8 @@ class DeploymentForm(forms.Form):
         self.fields["serves"].choices = [("", "—")] + serve_choices(user)
         # Free slots per queue, before the user submits (the free ones go to queued jobs first).
         self.queue_slots = {q: slots.queue_slots(q) for q in settings.JOB_QUEUES}
-        self.fields["queue"].choices = [(q, f"{q}: {self.queue_slots[q].summary(user)}") for q in settings.JOB_QUEUES]
+        self.fields["queue"].choices = [(q, gettext("%(queue)s: %(summary)s") % {
+            "queue": queue_label(q), "summary": self.queue_slots[q].summary(user)}) for q in settings.JOB_QUEUES]
 
     def target(self):
         """(model, version, alias name) for the chosen option."""

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from apps.jobs.models import JobMetric
 from apps.serving import services, slots
-from apps.serving.models import ACTIVE_STATES, Deployment, UsageDay
+from apps.serving.models import ACTIVE_STATES, Deployment, Replica, UsageDay
 from workers.tasks import serving_protocol as protocol
 
 LIVE_FIELDS = ("running", "waiting", "ttft_p50_s", "tpot_p50_s", "tokens_per_s", "kv_cache_used", "requests_total", "tokens_total")
@@ -72,7 +72,8 @@ def live(deployment: Deployment, viewer=None) -> dict:
         live_hash = hashes.get(replica.replica_id) or {}
         state = replica.state if replica.state in ENDED_STATES else services.live_state(replica, live_hash)
         metrics = _parse(live_hash.get("metrics")) if state not in ENDED_STATES else {}
-        rows.append({"replica_id": replica.replica_id, "state": state, "live_state": live_hash.get("state"),
+        rows.append({"replica_id": replica.replica_id, "state": state, "state_display": str(Replica.STATES.get(state, state)),
+                     "live_state": live_hash.get("state"),
                      "job_id": replica.job_id, "job_status": replica.job.status,
                      "job_status_display": str(replica.job.get_status_display()),
                      "job_url": reverse("job-detail", args=[replica.job_id]), "version": str(replica.version),
@@ -89,7 +90,8 @@ def live(deployment: Deployment, viewer=None) -> dict:
         # claimed by a replica (the page's chart, beside running and waiting in a replica).
         "queue_length": queue_length, "queued": queued,
     }
-    return {"t": timezone.now().isoformat(), "state": deployment.state, "state_reason": deployment.state_reason,
+    return {"t": timezone.now().isoformat(), "state": deployment.state,
+            "state_display": str(deployment.get_state_display()).lower(), "state_reason": deployment.state_reason,
             "waiting_reason": next(iter(reasons.values()), ""), "restarts": deployment.restarts, "replicas": rows,
             "totals": totals}
 

@@ -11,6 +11,8 @@ from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 # One hash for every secret the studio issues (API tokens and serving keys).
 from apps.accounts.models import hash_token
@@ -19,11 +21,11 @@ KEY_PREFIX = "sk-puyu-"
 
 
 class DeploymentState(models.TextChoices):
-    STARTING = "starting", "Starting"
-    READY = "ready", "Ready"
-    DRAINING = "draining", "Draining"
-    STOPPED = "stopped", "Stopped"
-    FAILED = "failed", "Failed"
+    STARTING = "starting", _("Starting")
+    READY = "ready", _("Ready")
+    DRAINING = "draining", _("Draining")
+    STOPPED = "stopped", _("Stopped")
+    FAILED = "failed", _("Failed")
 
 
 ACTIVE_STATES = (DeploymentState.STARTING, DeploymentState.READY, DeploymentState.DRAINING)
@@ -76,6 +78,10 @@ class Replica(models.Model):
     replica_id = models.CharField(max_length=40)
     # queued | starting | loading | ready | draining | stopped | failed (job state + the Redis hash)
     state = models.CharField(max_length=10, default="queued")
+    STATES = {"queued": pgettext_lazy("replica state", "queued"), "starting": pgettext_lazy("replica state", "starting"),
+              "loading": pgettext_lazy("replica state", "loading"), "ready": pgettext_lazy("replica state", "ready"),
+              "draining": pgettext_lazy("replica state", "draining"), "stopped": pgettext_lazy("replica state", "stopped"),
+              "failed": pgettext_lazy("replica state", "failed")}
     # Why the studio drains it ("stopped by alice", "scaled down to 1 replica(s)"): set, its job's
     # end is the normal one (SUCCEEDED); blank, a cancel of the job itself (CANCELLED).
     stop_reason = models.CharField(max_length=200, blank=True)

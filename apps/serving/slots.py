@@ -19,13 +19,16 @@ from operator import or_
 
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext
+from django.utils.translation import gettext_noop
 
 from apps.accounts.visibility import visible_to
 from apps.jobs.models import Job, JobStatus
 from apps.serving.models import Deployment, Replica
+from apps.studio.labels import queue_label
 from apps.training.services import online_workers
 
-ANOTHER_USERS = "another user's deployment"
+ANOTHER_USERS = gettext_noop("another user's deployment")
 MAX_NAMES = 6  # named holders in a reason; the rest are counted
 MAX_QUEUED = 500  # queued jobs read to place a replica; one further back waits behind all of them
 
@@ -65,10 +68,11 @@ class QueueSlots:
         """One line for the deploy form: "1 of 3 serve slots free (used by alice/smollm2, a train job)"."""
         if not self.workers:
             return no_worker_reason(self.queue)
-        text = f"{self.free_for_new} of {self.capacity} {self.queue} slots free"
-        details = [f"used by {describe(self.holders, viewer)}"] if self.holders else []
+        text = gettext("%(free)s of %(capacity)s %(queue)s slots free") % {
+            "free": self.free_for_new, "capacity": self.capacity, "queue": queue_label(self.queue)}
+        details = [gettext("used by %(holders)s") % {"holders": describe(self.holders, viewer)}] if self.holders else []
         if self.queued:
-            details.append(f"{len(self.queued)} queued")
+            details.append(gettext("%(n)s queued") % {"n": len(self.queued)})
         return text + (f" ({'; '.join(details)})" if details else "")
 
     def as_dict(self, viewer) -> dict:
@@ -120,8 +124,8 @@ def names_visible_to(viewer, holders) -> set[int]:
 
 def name_of(holder: Holder, visible: set[int]) -> str:
     if holder.deployment_id is None:
-        return f"a {holder.kind} job"
-    return holder.served_name if holder.deployment_id in visible else ANOTHER_USERS
+        return gettext("a %(kind)s job") % {"kind": holder.kind}
+    return holder.served_name if holder.deployment_id in visible else gettext(ANOTHER_USERS)
 
 
 def describe(holders, viewer) -> str:
@@ -130,12 +134,13 @@ def describe(holders, viewer) -> str:
     counts = Counter(name_of(h, visible) for h in holders)
     parts = [name if n == 1 else f"{name} ×{n}" for name, n in counts.items()]
     if len(parts) > MAX_NAMES:
-        parts = parts[:MAX_NAMES] + [f"{len(parts) - MAX_NAMES} more"]
+        parts = parts[:MAX_NAMES] + [gettext("%(n)s more") % {"n": len(parts) - MAX_NAMES}]
     return ", ".join(parts)
 
 
 def no_worker_reason(queue: str) -> str:
-    return f"no {queue} worker is running: start the studio with `make run`, or a worker for queue {queue}"
+    return gettext("no %(queue)s worker is running: start the studio with `make run`, or a worker for queue %(queue)s") % {
+        "queue": queue_label(queue)}
 
 
 def waiting_reason(replica: Replica, viewer, slots: QueueSlots | None = None) -> str:
@@ -152,11 +157,12 @@ def waiting_reason(replica: Replica, viewer, slots: QueueSlots | None = None) ->
     # The free slots go to the jobs queued before it.
     taking = slots.holders + slots.queued[:slots.free]
     behind = position - slots.free
-    reason = (f"waiting for a free {slots.queue} slot: {min(len(taking), slots.capacity)} of {slots.capacity} "
-              f"used by {describe(taking, viewer)}")
+    reason = gettext("waiting for a free %(queue)s slot: %(used)s of %(capacity)s used by %(holders)s") % {
+        "queue": queue_label(slots.queue), "used": min(len(taking), slots.capacity), "capacity": slots.capacity,
+        "holders": describe(taking, viewer)}
     if behind:
-        reason += f"; {behind} more queued before it"
-    return reason + "; stop one or add a worker"
+        reason += gettext("; %(n)s more queued before it") % {"n": behind}
+    return reason + gettext("; stop one or add a worker")
 
 
 def replica_reasons(replicas, viewer, cache: dict | None = None) -> dict[str, str]:

@@ -11,6 +11,7 @@ from django.contrib import messages
 from django.db.models import Sum
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext
 from django.views.decorators.http import require_POST
 
 from apps.accounts.visibility import can_manage, get_visible_or_404, visible_to
@@ -47,7 +48,7 @@ def deployment_new(request):
             field = exc.field.split(".")[0]
             form.add_error(field if field in form.fields else None, f"{exc.field}: {exc.reason}")
         else:
-            messages.success(request, f"Deployment {deployment.served_name} is starting.")
+            messages.success(request, gettext("Deployment %(name)s is starting.") % {"name": deployment.served_name})
             return redirect("deployment-detail", deployment_id=deployment.pk)
     serve_slots = form.queue_slots["serve"].summary(request.user)
     return render(request, "serving/deployment_new.html", {"form": form, "serve_slots": serve_slots})
@@ -81,20 +82,21 @@ def deployment_action(request, deployment_id: int, action: str):
     try:
         if action == "stop":
             services.stop(request.user, deployment)
-            messages.info(request, f"{deployment.served_name} is draining: replicas finish what they run, then stop.")
+            messages.info(request, gettext("%(name)s is draining: replicas finish what they run, then stop.")
+                          % {"name": deployment.served_name})
         elif action == "start":
             services.start(request.user, deployment)
-            messages.success(request, f"{deployment.served_name} is starting.")
+            messages.success(request, gettext("%(name)s is starting.") % {"name": deployment.served_name})
         elif action == "scale":
             try:
                 replicas = int(request.POST.get("replicas", ""))
             except ValueError:
                 raise services.ServingError("replicas", "must be a whole number") from None
             services.scale(request.user, deployment, replicas)
-            messages.success(request, f"{deployment.served_name} scaled to {replicas} replica(s).")
+            messages.success(request, gettext("%(name)s scaled to %(n)s replica(s).") % {"name": deployment.served_name, "n": replicas})
         elif action == "delete":
             services.delete(request.user, deployment)
-            messages.info(request, f"Deployment {deployment.served_name} deleted.")
+            messages.info(request, gettext("Deployment %(name)s deleted.") % {"name": deployment.served_name})
             return redirect("deployment-list")
         else:
             return HttpResponse(status=404)
@@ -130,7 +132,7 @@ def keys(request):
     new_key = None
     if request.method == "POST" and form.is_valid():
         key, new_key = ApiKey.issue(request.user, **form.cleaned_data)
-        messages.success(request, f"Key “{key.name}” created. Copy it now: it is not shown again.")
+        messages.success(request, gettext("Key “%(name)s” created. Copy it now: it is not shown again.") % {"name": key.name})
         form = KeyForm(staff=staff)
     context = {"form": form, "keys": ApiKey.objects.filter(user=request.user), "new_key": new_key,
                "base_url": request.build_absolute_uri("/v1"), "limits_by_staff": not staff}
@@ -141,7 +143,7 @@ def keys(request):
 def key_revoke(request, key_id: int):
     key = get_object_or_404(ApiKey, pk=key_id, user=request.user)
     key.revoke()
-    messages.info(request, f"Key “{key.name}” revoked: requests with it are refused from now on.")
+    messages.info(request, gettext("Key “%(name)s” revoked: requests with it are refused from now on.") % {"name": key.name})
     return redirect("serving-keys")
 
 

@@ -4,12 +4,13 @@ again (pre-flight), and its errors are attached to the field they name."""
 from __future__ import annotations
 
 from django import forms
-from django.utils.translation import gettext_lazy
 from django.conf import settings
+from django.utils.translation import gettext, gettext_lazy, pgettext_lazy
 
 from apps.accounts.visibility import visible_to
 from apps.datasets.models import DatasetVersion
 from apps.registry.models import ModelAlias, ModelVersion, VersionKind
+from apps.studio.labels import queue_label
 from apps.training import presets
 from apps.training.services import FINETUNES, METHODS, TrainingError, TrainingRequest
 
@@ -20,8 +21,18 @@ MAIN_FIELDS = {
     "lora_r": forms.IntegerField, "lora_alpha": forms.IntegerField, "lora_dropout": forms.FloatField,
     "save_every": forms.IntegerField, "eval_every": forms.IntegerField, "seed": forms.IntegerField,
 }
-METHOD_LABELS = {"pretrain": "pretraining from scratch", "cpt": "continued pretraining", "sft": "supervised fine-tuning",
-                 "dpo": "DPO", "orpo": "ORPO"}
+FIELD_LABELS = {
+    "learning_rate": gettext_lazy("Learning rate"), "batch_size": gettext_lazy("Batch size"),
+    "grad_accum": gettext_lazy("Grad accum"), "max_steps": gettext_lazy("Max steps"), "epochs": gettext_lazy("Epochs"),
+    "max_length": gettext_lazy("Max length"), "lora_r": gettext_lazy("Lora r"), "lora_alpha": gettext_lazy("Lora alpha"),
+    "lora_dropout": gettext_lazy("Lora dropout"), "save_every": gettext_lazy("Save every"),
+    "eval_every": gettext_lazy("Eval every"), "seed": gettext_lazy("Seed"),
+}
+METHOD_CHOICES = {"pretrain": gettext_lazy("pretrain — pretraining from scratch"),
+                  "cpt": gettext_lazy("cpt — continued pretraining"), "sft": gettext_lazy("sft — supervised fine-tuning"),
+                  "dpo": gettext_lazy("dpo — DPO"), "orpo": gettext_lazy("orpo — ORPO")}
+FINETUNE_CHOICES = {"full": pgettext_lazy("finetune", "full"), "lora": pgettext_lazy("finetune", "lora"),
+                    "qlora": pgettext_lazy("finetune", "qlora")}
 
 
 def parse_advanced(text: str) -> dict:
@@ -44,14 +55,14 @@ def parse_advanced(text: str) -> dict:
 def base_choices(user) -> list[tuple[str, str]]:
     versions = visible_to(ModelVersion.objects.select_related("model"), user, "model__owner").exclude(kind=VersionKind.ADAPTER)
     aliases = visible_to(ModelAlias.objects.select_related("model", "version"), user, "model__owner")
-    return ([("", "— none: pretrain from scratch —")]
+    return ([("", gettext("— none: pretrain from scratch —"))]
             + [(f"a:{a.pk}", f"{a.model.name}@{a.name} (→ v{a.version.number})") for a in aliases[:200]]
-            + [(f"v:{v.pk}", f"{v} ({v.kind}, {v.parameter_count:,} parameters)") for v in versions[:500]])
+            + [(f"v:{v.pk}", v.choice_label) for v in versions[:500]])
 
 
 def dataset_choices(user) -> list[tuple[str, str]]:
     versions = visible_to(DatasetVersion.objects.select_related("dataset"), user, "dataset__owner")
-    return [(str(v.pk), f"{v} ({v.canonical}, {v.rows:,} rows)") for v in versions[:500]]
+    return [(str(v.pk), v.choice_label) for v in versions[:500]]
 
 
 def spec_defaults() -> dict:
@@ -76,22 +87,24 @@ def queue_help() -> str:
         described = []
         for node in nodes:
             gpus = (node.devices or {}).get("gpus") or []
-            described.append(f"{node.name} ({', '.join(g.get('name', 'GPU') for g in gpus) or 'CPU only'})")
-        parts.append(f"{queue}: {', '.join(described) or 'no worker online'}")
+            devices = ", ".join(g.get("name", "GPU") for g in gpus) or gettext("CPU only")
+            described.append(f"{node.name} ({devices})")
+        parts.append(gettext("%(queue)s: %(workers)s") % {"queue": queue_label(queue),
+                                                          "workers": ", ".join(described) or gettext("no worker online")})
     return "; ".join(parts)
 
 
 class TrainingForm(forms.Form):
     preset = forms.ChoiceField(label=gettext_lazy("Preset"), required=False, help_text=gettext_lazy("fills the hyperparameters; you can still edit them"))
-    method = forms.ChoiceField(label=gettext_lazy("Method"), help_text=gettext_lazy("pretrain (raw text, from scratch), cpt (continued pretraining on raw text), sft (chat or instructions), dpo (preference pairs)"), choices=[(m, f"{m} — {METHOD_LABELS[m]}") for m in METHODS], initial="sft")
-    finetune = forms.ChoiceField(label=gettext_lazy("Finetune"), help_text=gettext_lazy('lora: small adapters, little memory (default); full: every weight, most memory; qlora: LoRA on 4-bit weights (GPU)'), choices=[(f, f) for f in FINETUNES], initial="lora")
+    method = forms.ChoiceField(label=gettext_lazy("Method"), help_text=gettext_lazy("pretrain (raw text, from scratch), cpt (continued pretraining on raw text), sft (chat or instructions), dpo (preference pairs)"), choices=[(m, METHOD_CHOICES[m]) for m in METHODS], initial="sft")
+    finetune = forms.ChoiceField(label=gettext_lazy("Finetune"), help_text=gettext_lazy('lora: small adapters, little memory (default); full: every weight, most memory; qlora: LoRA on 4-bit weights (GPU)'), choices=[(f, FINETUNE_CHOICES[f]) for f in FINETUNES], initial="lora")
     base = forms.ChoiceField(help_text=gettext_lazy('the model version (or the alias it follows) to start from; empty with pretrain trains from scratch'), required=False, label=gettext_lazy("Base model (version or alias)"))
     train_versions = forms.MultipleChoiceField(help_text=gettext_lazy('one or more dataset versions whose format fits the method'), label=gettext_lazy("Dataset version(s)"))
     eval_versions = forms.MultipleChoiceField(required=False, label=gettext_lazy("Eval version (optional)"),
                                               help_text=gettext_lazy("blank: a held-out fraction of the training data"))
     model_name = forms.CharField(required=False, max_length=100, label=gettext_lazy("Register into model"),
                                  help_text=gettext_lazy("blank: the base version's model"))
-    queue = forms.ChoiceField(label=gettext_lazy("Queue"), help_text=gettext_lazy('which workers run it: gpu (training and evaluation workers) or cpu'), choices=[(q, q) for q in settings.JOB_QUEUES], initial="gpu")
+    queue = forms.ChoiceField(label=gettext_lazy("Queue"), help_text=gettext_lazy('which workers run it: gpu (training and evaluation workers) or cpu'), choices=[(q, queue_label(q)) for q in settings.JOB_QUEUES], initial="gpu")
     advanced = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false"}),
                                label=gettext_lazy("Advanced (YAML)"), help_text=gettext_lazy("any other spec field, e.g. `warmup_ratio: 0.05`"))
     dry_run = forms.BooleanField(label=gettext_lazy("Dry run"), required=False, help_text=gettext_lazy("with Start training: run a few measured steps, estimate the "
@@ -100,7 +113,7 @@ class TrainingForm(forms.Form):
     def __init__(self, user, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.user = user
-        self.fields["preset"].choices = [("", "— none —")] + [
+        self.fields["preset"].choices = [("", gettext("— none —"))] + [
             (p["key"], p["name"] + ("" if p["owner"] is None else f" ({p['owner']})")) for p in presets.choices(user)]
         self.fields["base"].choices = base_choices(user)
         options = dataset_choices(user)
@@ -109,8 +122,8 @@ class TrainingForm(forms.Form):
         self.fields["queue"].help_text = queue_help()
         defaults = spec_defaults()
         for name, field_class in MAIN_FIELDS.items():
-            placeholder = {"placeholder": f"default {defaults[name]}"} if name in defaults else {}
-            self.fields[name] = field_class(required=False, widget=field_class.widget(attrs=placeholder))
+            placeholder = {"placeholder": gettext("default %(value)s") % {"value": defaults[name]}} if name in defaults else {}
+            self.fields[name] = field_class(label=FIELD_LABELS[name], required=False, widget=field_class.widget(attrs=placeholder))
         # Keep the advanced textarea last, after the main hyperparameters.
         self.order_fields([*[f for f in self.fields if f not in ("advanced", "dry_run")], "advanced", "dry_run"])
 

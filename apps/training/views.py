@@ -3,7 +3,7 @@ charts through the job page's code, samples, checkpoints, spec), compare, and pr
 from __future__ import annotations
 
 from django.contrib import messages
-from django.utils.translation import gettext
+from django.utils.translation import gettext, gettext_lazy
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -66,14 +66,20 @@ def _preset_initial(request, form_data) -> dict:
     return initial
 
 
+# The parts of the pre-flight's memory estimate, in the bar's order, as its legend names them.
+MEMORY_PARTS = (("weights", gettext_lazy("weights")), ("gradients", gettext_lazy("gradients")),
+                ("optimizer", gettext_lazy("optimizer")), ("activations", gettext_lazy("activations")),
+                ("runtime", gettext_lazy("runtime (trainer, data, libraries)")))
+
+
 def with_memory_bar(report: dict | None) -> dict | None:
     """Adds `memory_bar`: each part's share of max(budget, total) in percent, for the bar."""
     if not report or not report.get("memory"):
         return report
     memory = report["memory"]
     scale = max(float(memory.get("budget") or 0), float(memory.get("total") or 0), 1.0)
-    parts = [{"name": name, "percent": round(100 * float(memory.get(name) or 0) / scale, 2)}
-             for name in ("weights", "gradients", "optimizer", "activations", "runtime")]
+    parts = [{"name": name, "label": label, "percent": round(100 * float(memory.get(name) or 0) / scale, 2)}
+             for name, label in MEMORY_PARTS]
     return {**report, "memory_bar": parts, "memory_percent": round(100 * float(memory.get("total") or 0) / float(memory["budget"]), 1)
             if memory.get("budget") else None}
 
@@ -118,8 +124,9 @@ def run_new(request):
         report = with_memory_bar(report)
         if checking and report is not None and form.is_valid() and form.cleaned_data.get("dry_run"):
             # Check only validates: say what the ticked box will do, so it does not look ignored.
-            report["dry_run_note"] = ("Dry run is ticked: Check only validates. Start training then runs a few measured "
-                                      "steps, estimates the whole run's time and peak memory, and registers nothing.")
+            report["dry_run_note"] = gettext("Dry run is ticked: Check only validates. Start training then runs a few "
+                                             "measured steps, estimates the whole run's time and peak memory, and registers "
+                                             "nothing.")
         if checking and request.htmx:
             return render(request, "training/_preflight.html", {"report": report, "form": form})
         return render(request, "training/run_new.html", {"form": form, "report": report}, status=200 if checking else 422)

@@ -14,7 +14,8 @@
     const button = document.createElement("button");
     button.type = "button";
     button.className = "flash-close link";
-    button.setAttribute("aria-label", "close");
+    // The catalogue (jsi18n) is loaded for signed-in pages only; the login page keeps English.
+    button.setAttribute("aria-label", typeof gettext === "function" ? gettext("close") : "close");
     button.textContent = "×";
     button.addEventListener("click", () => close(flash));
     flash.append(button);

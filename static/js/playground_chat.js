@@ -125,7 +125,7 @@
       const message = event.message;
       if (message.status === "streaming") streaming.add(message.id);
       place(message);
-      if (message.role === "assistant" && message.status === "streaming") setStatus(message.job_id ? "the agent is working…" : "writing…");
+      if (message.role === "assistant" && message.status === "streaming") setStatus(message.job_id ? gettext("the agent is working…") : gettext("writing…"));
       syncBusy(false);
       scrollDown();
     } else if (event.event === "delta") {
@@ -144,15 +144,17 @@
   }
 
   function onState(state, code) {
-    if (state === "reconnecting") setStatus("connection lost: reconnecting…", true);
-    else if (state === "open" && statusText().startsWith("connection lost")) setStatus("");
-    else if (state === "closed") setStatus(code === 4404 ? "this conversation is gone, or you may no longer see it" : "you can read this conversation, not write in it", true);
+    const lost = gettext("connection lost: reconnecting…");
+    if (state === "reconnecting") setStatus(lost, true);
+    else if (state === "open" && statusText() === lost) setStatus("");
+    else if (state === "closed") setStatus(code === 4404 ? gettext("this conversation is gone, or you may no longer see it")
+                                                 : gettext("you can read this conversation, not write in it"), true);
   }
 
   const socket = P.connect(config.ws, onEvent, onState);
 
   function send(action, pending) {
-    if (!socket.send(action)) { setStatus("not sent: the connection is closed or too many actions are waiting; reload the page", true); return false; }
+    if (!socket.send(action)) { setStatus(gettext("not sent: the connection is closed or too many actions are waiting; reload the page"), true); return false; }
     syncBusy(true);
     setStatus(pending);
     return true;
@@ -166,7 +168,7 @@
     // After the branch this page shows (not the one another tab may have moved to).
     const action = {action: "send", content};
     if (last && last.dataset.role === "assistant") action.parent_id = Number(last.dataset.messageId);
-    if (send(action, "sending…")) { input.value = ""; stick = true; }
+    if (send(action, gettext("sending…"))) { input.value = ""; stick = true; }
   }
 
   function edit(node) {
@@ -190,7 +192,7 @@
     save.addEventListener("click", () => {
       if (!area.value.trim()) return;
       // A new sibling of the edited message: the old branch stays, the switcher shows both.
-      if (send({action: "send", content: area.value, edit_of: Number(node.dataset.messageId)}, "sending…")) {
+      if (send({action: "send", content: area.value, edit_of: Number(node.dataset.messageId)}, gettext("sending…"))) {
         editor.remove();
         body.hidden = false;
       }
@@ -201,7 +203,7 @@
     const button = event.target.closest("button[data-action]");
     if (!button) return;
     const node = button.closest("article.msg");
-    if (button.dataset.action === "regenerate") send({action: "regenerate", message_id: Number(node.dataset.messageId)}, "regenerating…");
+    if (button.dataset.action === "regenerate") send({action: "regenerate", message_id: Number(node.dataset.messageId)}, gettext("regenerating…"));
     else if (button.dataset.action === "edit") edit(node);
   });
 
@@ -211,7 +213,7 @@
       // Enter sends; Shift+Enter is a new line; Enter that confirms an input method's candidate is not a send.
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) { event.preventDefault(); sendMessage(); }
     });
-    stopButton.addEventListener("click", () => { socket.send({action: "stop"}); setStatus("stopping…"); });
+    stopButton.addEventListener("click", () => { socket.send({action: "stop"}); setStatus(gettext("stopping…")); });
   }
   // Deleting takes the whole tree with it: ask first (on the click, so no submit event starts).
   const deleteButton = document.querySelector("#delete-form button[type=submit]");

@@ -87,8 +87,9 @@
   }
 
   function onState(state) {
-    if (state === "reconnecting") setStatus("connection lost: reconnecting…", true);
-    else if (state === "open" && statusText().startsWith("connection lost")) setStatus("");
+    const lost = gettext("connection lost: reconnecting…");
+    if (state === "reconnecting") setStatus(lost, true);
+    else if (state === "open" && statusText() === lost) setStatus("");
   }
 
   const socket = P.connect(config.ws, onEvent, onState);
@@ -96,16 +97,16 @@
   if (form) {
     const sendMessage = () => {
       if (!input.value.trim() || streaming.size) return;
-      if (!socket.send({action: "send", content: input.value})) { setStatus("not sent: the connection is closed or too many actions are waiting; reload the page", true); return; }
+      if (!socket.send({action: "send", content: input.value})) { setStatus(gettext("not sent: the connection is closed or too many actions are waiting; reload the page"), true); return; }
       input.value = "";
-      setStatus("sending…");
+      setStatus(gettext("sending…"));
       syncBusy(true);
     };
     form.addEventListener("submit", (event) => { event.preventDefault(); sendMessage(); });
     input.addEventListener("keydown", (event) => {
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) { event.preventDefault(); sendMessage(); }
     });
-    stopButton.addEventListener("click", () => { socket.send({action: "stop"}); setStatus("stopping…"); });
+    stopButton.addEventListener("click", () => { socket.send({action: "stop"}); setStatus(gettext("stopping…")); });
   }
   columns.querySelectorAll("article.msg[data-status=streaming]").forEach((node) => streaming.add(Number(node.dataset.messageId)));
   syncBusy(false);

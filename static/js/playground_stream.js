@@ -109,21 +109,21 @@
     if (step.turn) head.appendChild(el("span", "muted", interpolate(gettext("turn %(turn)s"), {turn: step.turn}, true)));
     if (step.duration_ms !== undefined && step.duration_ms !== null) head.appendChild(el("span", "muted step-duration", `${step.duration_ms} ms`));
     const tokens = step.tokens ? (step.tokens.prompt_tokens || 0) + (step.tokens.completion_tokens || 0) : 0;
-    if (tokens) head.appendChild(el("span", "muted step-tokens", `${tokens} tokens`));
+    if (tokens) head.appendChild(el("span", "muted step-tokens", interpolate(gettext("%(tokens)s tokens"), {tokens}, true)));
     if (step.stopped) head.appendChild(el("span", "muted", interpolate(gettext("stopped: %(stopped)s"), {stopped: step.stopped}, true)));
     item.appendChild(head);
     if (step.type === "model") {
       if (step.output) item.appendChild(el("pre", "step-output", step.output));
       for (const call of step.tool_calls || []) {
-        const line = el("div", "step-call", "calls ");
+        const line = el("div", "step-call", gettext("calls") + " ");
         line.appendChild(el("code", null, call.name));
         line.appendChild(el("pre", "step-arguments", pretty(call.arguments)));
         item.appendChild(line);
       }
     } else if (step.type === "tool") {
-      item.appendChild(el("div", "step-label", "arguments"));
+      item.appendChild(el("div", "step-label", gettext("arguments")));
       item.appendChild(el("pre", "step-arguments", pretty(step.arguments)));
-      item.appendChild(el("div", "step-label", "observation"));
+      item.appendChild(el("div", "step-label", gettext("observation")));
       item.appendChild(el("pre", "step-observation", pretty(step.observation)));
     } else if (step.answer) {
       item.appendChild(el("pre", "step-output", step.answer));
@@ -140,7 +140,7 @@
       panel.dataset.traceFor = article.dataset.messageId;
       const summary = el("summary", null, gettext("Agent trace ·") + " ");
       summary.appendChild(el("span", "trace-count", "0"));
-      summary.appendChild(document.createTextNode(" steps"));
+      summary.appendChild(document.createTextNode(" " + gettext("steps")));
       panel.appendChild(summary);
       panel.appendChild(el("ol", "trace-steps"));
       const actions = article.querySelector(".msg-actions");

@@ -96,7 +96,7 @@
       if (previous) previous.after(row); else body.prepend(row);
       previous = row;
       const cell = row.querySelector(".replica-state");
-      cell.textContent = replica.state; cell.className = "status replica-state " + replica.state;
+      cell.textContent = replica.state_display || replica.state; cell.className = "status replica-state " + replica.state;
       row.querySelector(".replica-reason").textContent = replica.waiting_reason || "";
       row.querySelector(".replica-job-status").textContent = (replica.job_status_display || "").toLowerCase();
     }
@@ -118,7 +118,7 @@
       }
     }
     const badge = document.getElementById("deployment-state");
-    badge.textContent = snapshot.state;
+    badge.textContent = snapshot.state_display || snapshot.state;
     badge.className = "status " + snapshot.state;
     document.getElementById("deployment-reason").textContent = snapshot.waiting_reason || snapshot.state_reason || "—";
     document.getElementById("deployment-restarts").textContent = snapshot.restarts;
@@ -138,17 +138,17 @@
     const form = event.target;
     const output = document.getElementById("try-output");
     const status = document.getElementById("try-status");
-    output.hidden = false; output.textContent = ""; status.textContent = "waiting for a replica…";
+    output.hidden = false; output.textContent = ""; status.textContent = gettext("waiting for a replica…");
     const body = {messages: [{role: "user", content: form.message.value}], max_tokens: Number(form.max_tokens.value),
                   temperature: Number(form.temperature.value)};
     const response = await fetch(urls.try, {method: "POST", body: JSON.stringify(body),
                                             headers: {"Content-Type": "application/json", "X-CSRFToken": urls.csrf}});
     if (!response.ok) {
       const error = await response.json().catch(() => ({error: {message: response.statusText}}));
-      status.textContent = `error ${response.status}: ${error.error.message}`;
+      status.textContent = interpolate(gettext("error %(status)s: %(message)s"), {status: response.status, message: error.error.message}, true);
       return;
     }
-    status.textContent = "streaming…";
+    status.textContent = gettext("streaming…");
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
@@ -162,8 +162,9 @@
         buffer = buffer.slice(cut + 2);
         if (line === "[DONE]") continue;
         const chunk = JSON.parse(line);
-        if (chunk.error) { status.textContent = "error: " + chunk.error.message; continue; }
-        if (chunk.usage) status.textContent = `done: ${chunk.usage.prompt_tokens} prompt + ${chunk.usage.completion_tokens} completion tokens`;
+        if (chunk.error) { status.textContent = interpolate(gettext("error: %(message)s"), {message: chunk.error.message}, true); continue; }
+        if (chunk.usage) status.textContent = interpolate(gettext("done: %(prompt)s prompt + %(completion)s completion tokens"),
+                                                   {prompt: chunk.usage.prompt_tokens, completion: chunk.usage.completion_tokens}, true);
         for (const choice of chunk.choices || []) {
           if (choice.delta && choice.delta.content) output.textContent += choice.delta.content;
           if (choice.delta && choice.delta.tool_calls) output.textContent += JSON.stringify(choice.delta.tool_calls);

@@ -7,7 +7,7 @@
     document.querySelectorAll(".compare-chart").forEach((el) => {
       const series = curves[el.dataset.metric] || [];
       const traces = series.map((s) => ({ x: s.steps, y: s.values, name: s.label, mode: "lines", type: "scatter" }));
-      Plotly.newPlot(el, traces, { margin: { t: 10, r: 20, b: 45, l: 60 }, height: 300, xaxis: { title: { text: "step" } },
+      Plotly.newPlot(el, traces, { margin: { t: 10, r: 20, b: 45, l: 60 }, height: 300, xaxis: { title: { text: gettext("step") } },
                                    legend: { orientation: "h", y: -0.25 } }, { displaylogo: false, responsive: true });
       el.dataset.traces = String(traces.length);
     });
