@@ -278,3 +278,22 @@ def test_a_succeeded_job_drops_its_in_flight_message_and_eta_but_a_failed_one_ke
         each.refresh_from_db()
     assert (job.progress_message, job.eta_seconds, job.progress) == ("", None, 1.0)
     assert (other.progress_message, other.eta_seconds) == ("step 5/8", None)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_shutting_down_publishes_a_message_it_takes_again_without_claiming_the_job(owner, monkeypatch):
+    """A threads pool keeps taking messages until its consumer stops: a replica handed back by one
+    slot came straight back to another slot of the same stopping worker, loaded, drained again
+    and counted an attempt."""
+    from workers.tasks import base, reporter
+    from workers.tasks.jobs import probe
+
+    job = services.submit_job(owner, "probe", {"seconds": 0})
+    message = Job.objects.get(pk=job.pk).celery_task_id
+    monkeypatch.setitem(reporter._suspend, "requested", True)
+    monkeypatch.setattr(base, "HAND_BACK_PAUSE_SECONDS", 0)
+    assert probe.run(job.pk) == "handed back"
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.started_at) == (JobStatus.QUEUED, 0, None)
+    assert job.celery_task_id != message  # published again, for the next worker
+    assert not job.log_lines.exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import traceback
 
 from celery import Task
@@ -30,13 +31,14 @@ from workers.core.kinds import run_core_job
 from workers.core.modelstore.errors import ModelFolderError
 from workers.core.reporting import JobCancelled, JobSuspended
 from workers.core.specs import SpecError
-from workers.tasks.reporter import DatabaseReporter, request_suspend
+from workers.tasks.reporter import DatabaseReporter, request_suspend, shutting_down
 
 log = logging.getLogger(__name__)
 # The core's own refusals of a user's input already say what and where ("train.jsonl: line 3: ...");
 # a class name in front ("DataFileError: ...") tells the user nothing. Anything else keeps its
 # type: it is a defect or an environment problem, and the type helps whoever reads the log.
 INPUT_ERRORS = (DataFileError, ModelFolderError)
+HAND_BACK_PAUSE_SECONDS = 0.5
 
 
 def failure_text(exc: Exception) -> str:
@@ -103,6 +105,19 @@ class JobTask(Task):
         """After the job refused its input (an INPUT_ERRORS failure): drop what only that input
         needed (e.g. an upload's raw file), so a refused input leaves nothing behind."""
 
+    def hand_back_unclaimed(self, job_id: int) -> str:
+        """A message taken while this worker shuts down (a threads pool keeps taking them until its
+        consumer stops; a replica handed back by one slot came straight back to another, loaded its
+        model again and drained again): leave the job unclaimed, with no attempt counted, and
+        publish it again for the next worker. The pause keeps a worker that is still consuming
+        from passing the message to itself in a tight loop."""
+        from apps.jobs.services import dispatch  # here: services imports the task catalog
+
+        time.sleep(HAND_BACK_PAUSE_SECONDS)
+        dispatch(job_id)
+        log.info("job %s: not started, this worker is shutting down; published again", job_id)
+        return "handed back"
+
     def record(self, job: Job, result: dict) -> dict:
         """Store what the job produced (e.g. register a model version). Runs in the same
         transaction as the SUCCEEDED transition, so both happen or neither; keep it idempotent."""
@@ -110,6 +125,8 @@ class JobTask(Task):
 
     def run(self, job_id: int):
         close_old_connections()
+        if shutting_down():
+            return self.hand_back_unclaimed(int(job_id))
         worker = self.worker_name()
         job = lifecycle.claim(int(job_id), worker)
         if job is None:

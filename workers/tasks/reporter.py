@@ -38,6 +38,11 @@ def request_suspend() -> None:
     _suspend["requested"] = True
 
 
+def shutting_down() -> bool:
+    """Whether this worker process is in warm shutdown (request_suspend was called)."""
+    return _suspend["requested"]
+
+
 class DatabaseReporter:
     def __init__(self, job: Job, worker: str) -> None:
         self.job_id = job.pk
