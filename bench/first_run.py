@@ -19,7 +19,15 @@ process (what every studio process pays before doing anything). Each figure is p
 ratio to that baseline and the phases of its clock (web up, logged in, starter offered, first token).
 Nothing asserts (the machine is shared); one JSON line ends the output.
 
-Measured here (2 shared cores, 2026-12-04, other helpers' jobs running; seconds from `make run`):
+Measured here, 2 quiet cores, 2026-12-04 (baseline import 2.2-2.4 s; seconds from `make run`):
+                   fresh        used        cold
+  before (096f75a)  25.3        17.5          -     web answering 11.9 / 10.4
+  staged start      20.7, 22.1  13.5, 17.3  44.7    web answering 9.1-11.2 / 6.0-8.5
+(the staged start: web, serve and control workers and beat first, the others once the web answers;
+a ready replica reconciles its deployment itself; the starter's import queued before the built-in
+benchmarks). Used case, where the rest goes: start-up steps 3 s, the serve worker ready 5 s after
+its spawn, the replica's torch import and SmolLM2 load 5 s, the browser's log-in and polling.
+Earlier, with other helpers' jobs on the same two cores:
                  fresh   used   cold    (baseline import 3.5-4.7 s)
   HEAD launcher   64.0   49.3     -     start-up steps (4 manage.py processes) 16.7 s of the used case
   one-process     64.1   37.7   122.7   start-up steps (Redis + 1 process, checks once) 6.3 s
