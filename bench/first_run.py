@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 from puyu_site.redis_server import free_port  # noqa: E402
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from tests.stack import wait_for  # noqa: E402
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 PASSWORD = "bench-first-run-password"
@@ -129,16 +130,6 @@ class Platform:
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
 
-def poll(check, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def first_token(page, platform: Platform) -> dict:
     """Start the platform and drive the browser to the first token; the phases in seconds from
     the start."""
@@ -159,7 +150,7 @@ def first_token(page, platform: Platform) -> dict:
             time.sleep(0.2)
             return False
 
-    poll(login_page, CASE_TIMEOUT_S, "the log-in page")
+    wait_for(login_page, CASE_TIMEOUT_S, message="the log-in page")
     mark("web_up")
     page.fill("#id_username", "admin")
     page.fill("#id_password", PASSWORD)
@@ -179,7 +170,7 @@ def first_token(page, platform: Platform) -> dict:
             time.sleep(0.5)
         return value
 
-    deployment = poll(starter_offered, CASE_TIMEOUT_S, "the Playground to offer the starter deployment")
+    deployment = wait_for(starter_offered, CASE_TIMEOUT_S, message="the Playground to offer the starter deployment")
     mark("starter_offered")
     page.select_option("#id_deployment", deployment)
     page.fill("#new-chat-form #id_temperature", "0")
@@ -189,9 +180,9 @@ def first_token(page, platform: Platform) -> dict:
     page.fill("#composer-input", PROMPT)
     page.press("#composer-input", "Enter")
     mark("sent")
-    poll(lambda: page.evaluate(
+    wait_for(lambda: page.evaluate(
         "(Array.from(document.querySelectorAll('#thread article.msg.assistant .msg-body')).pop()?.textContent.trim().length || 0)"),
-        CASE_TIMEOUT_S, "the first token of the answer", 0.02)
+        CASE_TIMEOUT_S, 0.02, "the first token of the answer")
     mark("first_token")
     return phases
 

@@ -15,8 +15,10 @@ launcher.worker_plan). What the replicas of one process share, and how that is h
 from __future__ import annotations
 
 import logging
+import threading
 
 from django.conf import settings
+from django.db import connection
 
 from apps.jobs.models import Job
 from apps.serving import services
@@ -44,10 +46,17 @@ class ReplicaReporter:
         return self._reporter.should_stop() or self._reporter.should_suspend()
 
     def ready(self) -> None:
+        # In a thread of its own: the replica serves at once, even while a busy SQLite makes the
+        # reconcile wait for its write lock.
+        threading.Thread(target=self._reconcile, name="replica-ready", daemon=True).start()
+
+    def _reconcile(self) -> None:
         try:
             services.reconcile(self._deployment_id)
         except Exception:  # noqa: BLE001  (the beat's reconcile records it in a moment anyway)
             log.exception("reconcile of deployment %s after its replica was ready failed", self._deployment_id)
+        finally:
+            connection.close()  # this thread's own connection
 
     def __getattr__(self, name):
         return getattr(self._reporter, name)
