@@ -52,6 +52,14 @@ per group send -> receive measured alone) against one with the default layer, ba
 an unlocked test run loaded the machine: replica delta -> browser 12.2 vs 19.8 ms, agent
 finished -> browser end 21.0 vs 52.5 ms, plain overhead 64.3 vs 78.1 ms, agent 187.3 vs 230.6 ms.
 Both targets are still missed by 2-3x.
+2026-12-04, the same machine quiet (nothing else running), the list layer: plain overhead 26.8 ms
+(send -> engine request 16.6 ms, replica delta -> browser 6.1 ms), agent 68.1 ms (send -> job
+started 20.6 ms, job run 42.7 ms, finished -> browser end 14.1 ms). Then with the pub/sub layer,
+which the studio now uses (puyu_site/settings.py), two runs: plain 20.7 / 21.9 ms (delta ->
+browser 3.0 / 3.7 ms), agent 64.5 / 58.4 ms (finished -> browser end 8.1 / 6.0 ms). The plain
+target holds on a quiet machine; the agent's is missed by ~10 ms, most of it the job's own
+bookkeeping (in-process, one turn's task body spends ~8 ms in its five log lines' transactions,
+~6 ms recording the answer and ~3 ms claiming).
 """
 from __future__ import annotations
 

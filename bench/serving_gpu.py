@@ -6,11 +6,15 @@ Model: a Qwen2.5-0.5B-shaped Llama (hidden 896, 24 layers, 14 heads, 2 KV heads,
 4864, vocab 151936), random init, bf16. Prompt 128 tokens (random ids), 128 new tokens, greedy
 (the end token is never produced on purpose, but a random model may: tokens are counted).
 Measured:
-  roofline   = measured device copy bandwidth / weight bytes (tokens/s at batch 1 if every
-               step only streamed the weights once);
+  roofline   = read bandwidth / weight bytes (tokens/s at batch 1 if every step only streamed
+               the weights once), read bandwidth = half the measured read+write copy rate, as
+               on CPU (bench/serving.py); the strict roofline counts all of the copy rate;
   generate   = plain `model.generate`, batch 1, on a separate copy of the weights;
-  engine x1  = the serving engine (workers.core.inference.engine), one request;
-  engine x32 = 32 concurrent requests through the engine (total tokens/s).
+  stock x32  = transformers' own continuous batching (`model.generate_batch`, its defaults), the
+               same 32 prompts: the baseline the engine's 32-request figure is divided by;
+  engine x1  = the serving engine (workers.core.inference.engine), one request, per runner
+               (--runners: the manager, the CUDA default, and the plain runner);
+  engine x32 = 32 concurrent requests through the engine (total tokens/s), per runner.
 Each is printed with its fraction of the roofline; the last line is one JSON summary.
 Guards: transformers older than 5.24 (the GPU machines may have 5.17) are handled by the
 engine's version checks; nothing here needs flash-attention.
@@ -99,6 +103,17 @@ def run_generate(model, prompt, new_tokens, device, eos):
     return (out.shape[1] - ids.shape[1]) / (time.perf_counter() - start)
 
 
+def run_stock_batching(model, prompts, new_tokens, eos):
+    """transformers' continuous batching as a user gets it: `generate_batch` with its defaults."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos)
+    start = time.perf_counter()
+    outputs = model.generate_batch(inputs=prompts, generation_config=config, progress_bar=False)
+    elapsed = time.perf_counter() - start
+    return sum(len(o.generated_tokens) for o in outputs.values()) / elapsed
+
+
 def run_engine(engine, prompts, new_tokens):
     from workers.core.inference.engine import EngineRequest
     from workers.core.inference.sampling import SamplingParams
@@ -120,6 +135,8 @@ def main():
     parser.add_argument("--concurrent", type=int, default=32)
     parser.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
                         help="the engine's CUDA graphs (auto: on for CUDA)")
+    parser.add_argument("--runners", default="manager,plain", help="the engine runners to measure, in order")
+    parser.add_argument("--no-stock", action="store_true", help="skip transformers' own continuous batching")
     args = parser.parse_args()
 
     import random
@@ -140,42 +157,59 @@ def main():
     model, eos = build_model(shape, dtype, device)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bandwidth = copy_bandwidth(device, 64 * 1024**2 if args.smoke else 1024**3)
-    roofline = bandwidth / weight_bytes
+    # As on CPU (bench/serving.py): read bandwidth = half the read+write copy rate. The stricter
+    # figure (all of the copy rate as read bandwidth) is printed beside it.
+    roofline = bandwidth / 2 / weight_bytes
+    strict = bandwidth / weight_bytes
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     print(f"device {name}; torch {torch.__version__}; transformers {transformers.__version__}")
-    print(f"weights {weight_bytes / 1e9:.3f} GB; copy bandwidth {bandwidth / 1e9:.0f} GB/s; roofline {roofline:,.0f} tok/s at batch 1")
+    print(f"weights {weight_bytes / 1e9:.3f} GB; copy bandwidth {bandwidth / 1e9:.0f} GB/s (read+write); roofline "
+          f"{roofline:,.0f} tok/s at batch 1 (strict: {strict:,.0f})")
 
     rng = random.Random(0)
     prompts = [[rng.randrange(1, shape["vocab_size"] - 1) for _ in range(prompt_len)] for _ in range(args.concurrent)]
 
-    plain = copy.deepcopy(model)  # generate never runs on the engine's model
-    run_generate(plain, prompts[0], 8, device, eos)  # warm-up
-    generate_tps = run_generate(plain, prompts[0], new_tokens, device, eos)
+    reference = copy.deepcopy(model)  # generate and stock batching never run on the engine's model
+    run_generate(reference, prompts[0], 8, device, eos)  # warm-up
+    generate_tps = run_generate(reference, prompts[0], new_tokens, device, eos)
     print(f"generate   batch 1: {generate_tps:8.1f} tok/s  ({generate_tps / roofline:.1%} of roofline)", flush=True)
-    del plain
-
-    config = EngineConfig(device=device, dtype="fp32" if args.smoke else "bf16", exclusive_lane="off",
-                          kv_cache_bytes=(32 if args.smoke else 4096) * 1024**2, block_size=32 if args.smoke else 256,
-                          max_concurrent=max(32, args.concurrent), max_new_tokens_cap=4096,
-                          cuda_graphs=args.cuda_graphs)
-    engine = Engine.from_model(config, model, IdsOnlyTokenizer(shape["vocab_size"], eos))
-    start = time.perf_counter()
-    engine.start()
-    print(f"engine started in {time.perf_counter() - start:.1f} s (KV {engine.capacity_tokens} tokens)", flush=True)
-    run_engine(engine, prompts[:2], 8)  # warm-up (graphs, kernels)
-    one = run_engine(engine, prompts[:1], new_tokens)
-    print(f"engine     batch 1: {one:8.1f} tok/s  ({one / roofline:.1%} of roofline)", flush=True)
-    many = run_engine(engine, prompts, new_tokens)
-    print(f"engine {args.concurrent:>3} concurrent: {many:8.1f} tok/s in total  ({many / roofline:.2f}x the batch-1 roofline, "
-          f"{many / args.concurrent / roofline:.1%} of it per request)", flush=True)
-    engine.close()
     summary = {
-        "device": name, "transformers": transformers.__version__, "cuda_graphs": args.cuda_graphs, "weights_gb": round(weight_bytes / 1e9, 3),
+        "device": name, "torch": torch.__version__, "transformers": transformers.__version__,
+        "cuda_graphs": args.cuda_graphs, "weights_gb": round(weight_bytes / 1e9, 3),
         "bandwidth_gbps": round(bandwidth / 1e9, 1), "roofline_tps": round(roofline, 1),
-        "generate_b1_tps": round(generate_tps, 1), "engine_b1_tps": round(one, 1),
-        f"engine_c{args.concurrent}_tps": round(many, 1), "engine_b1_fraction": round(one / roofline, 4),
-        "generate_b1_fraction": round(generate_tps / roofline, 4), "seconds": round(time.perf_counter() - t0, 1),
+        "strict_roofline_tps": round(strict, 1), "generate_b1_tps": round(generate_tps, 1), "generate_b1_fraction": round(generate_tps / roofline, 4),
     }
+    stock = None
+    if not args.no_stock:
+        run_stock_batching(reference, prompts[:2], 8, eos)  # warm-up
+        stock = run_stock_batching(reference, prompts, new_tokens, eos)
+        summary[f"stock_c{args.concurrent}_tps"] = round(stock, 1)
+        print(f"stock  {args.concurrent:>3} concurrent: {stock:8.1f} tok/s in total (transformers' generate_batch)", flush=True)
+    del reference
+
+    for runner in [r for r in args.runners.split(",") if r]:
+        config = EngineConfig(device=device, dtype="fp32" if args.smoke else "bf16", exclusive_lane="off",
+                              kv_cache_bytes=(32 if args.smoke else 4096) * 1024**2, block_size=32 if args.smoke else 256,
+                              max_concurrent=max(32, args.concurrent), max_new_tokens_cap=4096,
+                              cuda_graphs=args.cuda_graphs, runner=runner)
+        engine = Engine.from_model(config, model, IdsOnlyTokenizer(shape["vocab_size"], eos))
+        start = time.perf_counter()
+        engine.start()
+        print(f"[{runner}] engine started in {time.perf_counter() - start:.1f} s (KV {engine.capacity_tokens} tokens)", flush=True)
+        run_engine(engine, prompts[:2], 8)  # warm-up (graphs, kernels)
+        one = run_engine(engine, prompts[:1], new_tokens)
+        print(f"[{runner}] engine     batch 1: {one:8.1f} tok/s  ({one / roofline:.1%} of roofline, {one / strict:.1%} of "
+              f"the strict one)", flush=True)
+        many = run_engine(engine, prompts, new_tokens)
+        versus = f", {many / stock:.2f}x stock batching" if stock else ""
+        print(f"[{runner}] engine {args.concurrent:>3} concurrent: {many:8.1f} tok/s in total  "
+              f"({many / args.concurrent / roofline:.1%} of the roofline per request{versus})", flush=True)
+        engine.close()
+        summary.update({f"{runner}_b1_tps": round(one, 1), f"{runner}_b1_fraction": round(one / roofline, 4),
+                        f"{runner}_c{args.concurrent}_tps": round(many, 1)})
+        if stock:
+            summary[f"{runner}_c{args.concurrent}_vs_stock"] = round(many / stock, 2)
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(summary))
 
 

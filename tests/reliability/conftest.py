@@ -27,8 +27,14 @@ def losses(job) -> dict[int, float]:
 
 
 def finished(job, stack, timeout=240, worker="gpu0"):
-    wait_for(lambda: status_of(job) in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED), timeout, 0.25,
-             f"job {job.pk} to finish\n{stack.log(worker)[-3000:]}")
+    try:
+        wait_for(lambda: status_of(job) in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED), timeout, 0.25,
+                 f"job {job.pk} to finish")
+    except AssertionError as exc:  # say where it stuck: the job's row, its worker, the reaper
+        row = Job.objects.filter(pk=job.pk).values("status", "attempts", "max_attempts", "lease_owner",
+                                                   "lease_expires_at", "dispatched_at", "progress_message").get()
+        logs = "\n".join(f"--- {name}.log\n{stack.log(name)[-2500:]}" for name in (worker, "control", "beat"))
+        raise AssertionError(f"{exc}\n{row}\n{logs}") from None
     job.refresh_from_db()
     return job
 

@@ -261,7 +261,7 @@ def _embedder():
 
     folder = model_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+    model = AutoModel.from_pretrained(str(folder), local_files_only=True, use_kernels=False)  # see MODEL_LOAD_OPTIONS
     model.eval()
     return tokenizer, model
 

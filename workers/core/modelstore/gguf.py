@@ -53,7 +53,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path, reporter: Reporter, *, dtype=No
     tokenizer = AutoTokenizer.from_pretrained(**source)
     check_cancelled(reporter)
     reporter.progress(0.1, "Loading and dequantizing the GGUF weights (30-50 s)")
-    gguf_model = AutoModelForCausalLM.from_pretrained(**source)
+    gguf_model = AutoModelForCausalLM.from_pretrained(**source, use_kernels=False)  # see MODEL_LOAD_OPTIONS
     check_cancelled(reporter)
 
     # transformers refuses save_pretrained on a GGUF-loaded model (its quantizer is marked not

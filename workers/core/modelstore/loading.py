@@ -14,6 +14,9 @@ from .validation import ADAPTER, BASE, check_folder
 
 # Offline, no custom code, safetensors only: the same for every from_pretrained call here.
 SAFE_LOAD_OPTIONS = {"local_files_only": True, "trust_remote_code": False}
+# For models: transformers 5.25 kernelizes layers with kernels fetched from the hub by default
+# (use_kernels=None means on), which needs the network and the `kernels` package on CUDA hosts.
+MODEL_LOAD_OPTIONS = {**SAFE_LOAD_OPTIONS, "use_kernels": False}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
@@ -63,7 +66,7 @@ def _load_base_model(folder: Path, *, dtype, device: str):
 
     # device_map places the weights directly on the device (and is what bitsandbytes needs).
     model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=torch_dtype(dtype), device_map=device, use_safetensors=True, **SAFE_LOAD_OPTIONS
+        folder, dtype=torch_dtype(dtype), device_map=device, use_safetensors=True, **MODEL_LOAD_OPTIONS
     )
     return model.eval()
 

@@ -73,7 +73,7 @@ def quantize_4bit(src_dir: Path, out_dir: Path, reporter: Reporter) -> FolderFac
         raise ModelFolderError("bitsandbytes", "is not installed (pip install bitsandbytes)") from None
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from .loading import SAFE_LOAD_OPTIONS, load_tokenizer
+    from .loading import MODEL_LOAD_OPTIONS, load_tokenizer
 
     reporter.progress(0.0, "Loading and quantizing the model to NF4 (bitsandbytes)")
     config = BitsAndBytesConfig(
@@ -83,7 +83,7 @@ def quantize_4bit(src_dir: Path, out_dir: Path, reporter: Reporter) -> FolderFac
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
     model = AutoModelForCausalLM.from_pretrained(
-        src_dir, quantization_config=config, device_map="cuda", use_safetensors=True, **SAFE_LOAD_OPTIONS
+        src_dir, quantization_config=config, device_map="cuda", use_safetensors=True, **MODEL_LOAD_OPTIONS
     )
     check_cancelled(reporter)
     reporter.progress(0.7, "Saving the 4-bit model")

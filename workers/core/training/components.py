@@ -76,12 +76,12 @@ def load_model(spec, env: dict):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from workers.core.modelstore.loading import SAFE_LOAD_OPTIONS, load_tokenizer
+    from workers.core.modelstore.loading import MODEL_LOAD_OPTIONS, load_tokenizer
     from workers.core.modelstore.validation import check_folder
 
     check_folder(Path(spec.base_model_dir))
     tokenizer = load_tokenizer(Path(spec.base_model_dir))
-    kwargs = dict(use_safetensors=True, **SAFE_LOAD_OPTIONS)
+    kwargs = dict(use_safetensors=True, **MODEL_LOAD_OPTIONS)
     if spec.finetune == "qlora":
         if not env["cuda"]:
             raise SpecError("finetune", "QLoRA needs a CUDA GPU (bitsandbytes 4-bit)")
