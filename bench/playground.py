@@ -55,9 +55,9 @@ Both targets are still missed by 2-3x.
 2026-12-04, the same machine quiet (nothing else running), the list layer: plain overhead 26.8 ms
 (send -> engine request 16.6 ms, replica delta -> browser 6.1 ms), agent 68.1 ms (send -> job
 started 20.6 ms, job run 42.7 ms, finished -> browser end 14.1 ms). Then with the pub/sub layer,
-which the studio now uses (puyu_site/settings.py), two runs: plain 20.7 / 21.9 ms (delta ->
-browser 3.0 / 3.7 ms), agent 64.5 / 58.4 ms (finished -> browser end 8.1 / 6.0 ms). The plain
-target holds on a quiet machine; the agent's is missed by ~10 ms, most of it the job's own
+two runs: plain 20.7 / 21.9 ms (delta -> browser 3.0 / 3.7 ms), agent 64.5 / 58.4 ms (finished ->
+browser end 8.1 / 6.0 ms); it is not used (why: CHANNEL_LAYERS in puyu_site/settings.py). The plain
+target holds on a quiet machine; the agent's is missed by ~18 ms, most of it the job's own
 bookkeeping (in-process, one turn's task body spends ~8 ms in its five log lines' transactions,
 ~6 ms recording the answer and ~3 ms claiming).
 """

@@ -211,16 +211,17 @@ if PRODUCTION:
 
 CHANNEL_LAYERS = {
     "default": {
-        # Redis pub/sub: one PUBLISH per group send, where the list-based RedisChannelLayer reads
-        # the group's members and then writes to each one's queue; bench/playground.py measured a token's hop from
-        # the replica to the browser at 3-4 ms instead of 6, an agent turn's end at 6-8 ms instead
-        # of 14. It gives up a message published while a process is reconnecting to Redis; the
-        # pages recover from the database (a gap in a reply's text asks for a snapshot, a finished
-        # job re-reads its own, every reconnect gets one).
-        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        # Not the pub/sub layer (channels_redis.pubsub), though it is faster (bench/playground.py):
+        # redis-py writes SUBSCRIBE without waiting for Redis to read it, so a group send right
+        # after a group_add can miss the new member. Tried 2026-12-04: in a CI run the playground
+        # browser test's agent chat never showed the message it had sent.
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
             # redis-py 8 defaults to a 5 s socket timeout, which would close idle websockets.
             "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+            # The default capacity (100) silently drops messages of long token streams.
+            "capacity": 1000,
+            "expiry": 60,
         },
     }
 }

@@ -10,6 +10,13 @@ reports the peak RSS (VmHWM) minus the baseline, also as it stood before the fir
 step (loading can be the peak of a small run). The dry run's own timing comes back as seconds per
 step.
 
+Not counted: the pages of library files (shared objects, mostly torch's kernels) that the run maps
+for the first time, the growth of RssFile from the baseline. They are shared and the kernel may
+drop them at any time, so a job does not need them; and their number depends on how the page
+cache holds the files: a freshly installed environment (large folios) mapped 47 MiB for a tiny
+LoRA run where one installed weeks earlier mapped 25 MiB, which alone moved the tiny case's peak
+from 54 to 79 MiB (2026-12-04). Anonymous memory grew by 27 and 25 MiB in the two.
+
 Used by tests/core/training/test_preflight_calibration.py (the pre-flight estimate against it) and
 bench/train_memory.py (LoRA vs full fine-tuning). The spec's paths must lie in the data dir of the
 caller's environment (PUYU_DATA_DIR), which the child inherits.
@@ -26,7 +33,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def measure(params: dict, *, steps: int = 3, timeout: float = 1800, env: dict | None = None) -> dict:
-    """{"peak_above_imports", "peak_rss", "baseline_rss" (bytes), "seconds_per_step",
+    """{"peak_above_imports", "library_pages_mapped", "peak_rss", "baseline_rss" (bytes), "seconds_per_step",
     "gradient_checkpointing"} of `params` (TrainSpec fields) trained for `steps` steps, fresh process."""
     params = {**params, "dry_run_steps": steps}
     done = subprocess.run([sys.executable, "-m", "tests.core.training.peak_memory", json.dumps(params)], cwd=REPO,
@@ -52,30 +59,32 @@ def _child(params: dict) -> dict:
     from workers.core.training.recipes import DPORecipe, LMRecipe
     from workers.core.training.spec import TrainSpec
 
-    baseline = _rss_now()
+    baseline, baseline_files = _rss_now(), _status_bytes("RssFile")
     spec = build_spec(TrainSpec, params)
     recipe = (DPORecipe if spec.method == "dpo" else LMRecipe)(spec, ConsoleReporter())  # as run_recipe
     try:
         recipe.setup()
-        setup_peak = _peak_rss()  # the model loaded, the data rendered, nothing trained yet
+        # the model loaded, the data rendered, nothing trained yet
+        setup_peak, setup_files = _status_bytes("VmHWM"), _status_bytes("RssFile")
         result = recipe.train()
     finally:
         recipe.cleanup()
-    peak = _peak_rss()
-    return {"peak_above_imports": peak - baseline, "setup_peak_above_imports": setup_peak - baseline,
-            "peak_rss": peak, "baseline_rss": baseline, "seconds_per_step": result["dry_run"]["seconds_per_step"],
-            "gradient_checkpointing": spec.gradient_checkpointing}
+    peak, files = _status_bytes("VmHWM"), _status_bytes("RssFile")
+    return {"peak_above_imports": peak - baseline - (files - baseline_files),
+            "setup_peak_above_imports": setup_peak - baseline - (setup_files - baseline_files),
+            "library_pages_mapped": files - baseline_files, "peak_rss": peak, "baseline_rss": baseline,
+            "seconds_per_step": result["dry_run"]["seconds_per_step"], "gradient_checkpointing": spec.gradient_checkpointing}
 
 
-def _peak_rss() -> int:
-    """The high-water RSS of this process's own memory (VmHWM). Not getrusage's ru_maxrss: Linux
-    carries that over from the parent across vfork + exec, so a child of a large pytest process
-    reports the parent's size as its peak."""
+def _status_bytes(field: str) -> int:
+    """A size from /proc/self/status: VmHWM is the high-water RSS of this process's own memory (not
+    getrusage's ru_maxrss: Linux carries that over from the parent across vfork + exec, so a child
+    of a large pytest process reports the parent's size as its peak); RssFile its file pages."""
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("/proc/self/status has no VmHWM line: peak memory is measured on Linux only")
+    raise RuntimeError(f"/proc/self/status has no {field} line: peak memory is measured on Linux only")
 
 
 if __name__ == "__main__":
