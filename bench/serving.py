@@ -43,6 +43,11 @@ plain runner; other sessions' jobs queue on the same lock, so figures move by ~1
             (static 34.4); int8-dynamic 16.2 tok/s = 1.43x fp32, agreement 3%, 0/4 identical
             (per-tensor int8 flips SmolLM2's near-tie argmaxes on this text within a few tokens).
   Targets: all met but llama30m at 32 requests (5.49x, target 6x).
+Again 2026-12-04 on quiet cores (nothing else running; 6.5 minutes): llama30m 1.08x / 2.72x /
+5.34x at 1 / 8 / 32 requests, 45% of the roofline; smollm2 1.03x / 2.87x / 5.44x, 49% of the
+roofline. Quiet, `generate` ran faster (llama30m 53.5 vs 40.2 tok/s), which lowered the batched
+ratios, and the copy figure doubled (33.5-35.4 GB/s), which halved the roofline fractions: not met
+then are llama30m at 8 and 32 requests and smollm2's 60% of the roofline. Greedy identical: all levels.
 """
 from __future__ import annotations
 

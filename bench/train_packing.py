@@ -16,6 +16,9 @@ packed 272, random padding 156, grouped padding 235 real tokens/s (medians): pac
 padding (rounds 1.64 / 1.74 / 1.32; target 1.8: not met on this loaded machine, where every mode
 slowed round after round), 1.16x length-grouped padding; random padding wastes 53% of its tokens
 on pads, packing 0.4%.
+Again on quiet cores (2026-12-04, 3 minutes): packed 687, random padding 399, grouped padding 796
+real tokens/s: packing 1.72x random padding (rounds 1.86 / 1.72 / 1.72; target 1.8: not met), and
+0.86x length-grouped padding, which beats it here.
 Before (2026-11-28, totals instead of medians): 29M @ 512: 1.48x / 1.97x random padding in two
 runs, 0.75x / 1.22x length-grouped; 5M @ 256 (--quick): 2.13x and 2.41x. The decision this drove is in workers/core/training/recipes.py.
 """
