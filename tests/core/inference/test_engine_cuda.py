@@ -1,6 +1,6 @@
 """The engine on a CUDA device: greedy tokens equal `generate`'s on the same device, for the
 manager with CUDA graphs (the CUDA default) and for the plain runner, one request alone and eight
-at once. Needs a GPU, so it runs on a GPU host (README, "Speed"); on a machine without CUDA it is
+at once. Needs a GPU, so it runs on a GPU host (README, "Development"); on a machine without CUDA it is
 skipped with that reason. Self-contained (no conftest fixtures): on a GPU host with its own
 Python stack it runs with
     python3 -m pytest -c /dev/null --noconftest -o addopts= tests/core/inference/test_engine_cuda.py"""
