@@ -24,7 +24,6 @@ caller's environment (PUYU_DATA_DIR), which the child inherits.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,11 +42,6 @@ def measure(params: dict, *, steps: int = 3, timeout: float = 1800, env: dict | 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _rss_now() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def _child(params: dict) -> dict:
     import peft  # noqa: F401
     import torch  # noqa: F401
@@ -59,7 +53,7 @@ def _child(params: dict) -> dict:
     from workers.core.training.recipes import DPORecipe, LMRecipe
     from workers.core.training.spec import TrainSpec
 
-    baseline, baseline_files = _rss_now(), _status_bytes("RssFile")
+    baseline, baseline_files = _status_bytes("VmRSS"), _status_bytes("RssFile")
     spec = build_spec(TrainSpec, params)
     recipe = (DPORecipe if spec.method == "dpo" else LMRecipe)(spec, ConsoleReporter())  # as run_recipe
     try:
@@ -77,7 +71,7 @@ def _child(params: dict) -> dict:
 
 
 def _status_bytes(field: str) -> int:
-    """A size from /proc/self/status: VmHWM is the high-water RSS of this process's own memory (not
+    """A size from /proc/self/status: VmRSS the resident set now, VmHWM the high-water RSS of this process's own memory (not
     getrusage's ru_maxrss: Linux carries that over from the parent across vfork + exec, so a child
     of a large pytest process reports the parent's size as its peak); RssFile its file pages."""
     with open("/proc/self/status") as fh:

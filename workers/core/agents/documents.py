@@ -259,9 +259,11 @@ _EMBEDDER_LOCK = threading.Lock()
 def _embedder():
     from transformers import AutoModel, AutoTokenizer
 
+    from workers.core.modelstore.loading import MODEL_LOAD_OPTIONS
+
     folder = model_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    model = AutoModel.from_pretrained(str(folder), local_files_only=True, use_kernels=False)  # see MODEL_LOAD_OPTIONS
+    model = AutoModel.from_pretrained(str(folder), **MODEL_LOAD_OPTIONS)
     model.eval()
     return tokenizer, model
 

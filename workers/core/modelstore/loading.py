@@ -14,8 +14,9 @@ from .validation import ADAPTER, BASE, check_folder
 
 # Offline, no custom code, safetensors only: the same for every from_pretrained call here.
 SAFE_LOAD_OPTIONS = {"local_files_only": True, "trust_remote_code": False}
-# For models: transformers 5.25 kernelizes layers with kernels fetched from the hub by default
-# (use_kernels=None means on), which needs the network and the `kernels` package on CUDA hosts.
+# For every model load (registry, serving, training, quantizing, GGUF, the document embedder):
+# transformers 5.25 kernelizes layers with kernels fetched from the hub by default (use_kernels=None
+# means on), which needs the network, and on CUDA hosts the `kernels` package or the load fails.
 MODEL_LOAD_OPTIONS = {**SAFE_LOAD_OPTIONS, "use_kernels": False}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
