@@ -35,6 +35,11 @@ def database_from_url(url: str | None, default_sqlite_path: Path) -> dict:
             "timeout": 20,
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
+        # Keep each thread's connection (closed only when unusable): opening one costs ~1.1 ms
+        # here (the file, then the PRAGMAs), and Django's default (0) opened one per socket
+        # action, per job and per job thread; an agent turn paid it 4 times (bench/playground.py).
+        # PostgreSQL keeps the default: a shared server's connection count is the operator's call.
+        config["CONN_MAX_AGE"] = None
         # Tests run a real worker and web server in other processes: they must share a file,
         # not Django's default in-memory test database.
         name = Path(config["NAME"])

@@ -8,7 +8,7 @@ import redis
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ObjectDoesNotExist
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext
 
@@ -69,8 +69,10 @@ def _check_active_limit(owner, kind: str) -> None:
     if kind in LIMIT_EXEMPT_KINDS or owner.is_staff:
         return
     # Lock the owner's row so two submits at once cannot both pass the count (PostgreSQL; SQLite
-    # serialises writers anyway).
-    get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
+    # serialises writers anyway: its transactions take the write lock up front, and it has no
+    # FOR UPDATE, so the read would only cost a query on a chat turn's path).
+    if connection.features.has_select_for_update:
+        get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
     limit = settings.MAX_ACTIVE_JOBS_PER_USER
     active = (Job.objects.filter(owner=owner, status__in=(JobStatus.QUEUED, JobStatus.RUNNING))
               .exclude(kind__in=LIMIT_EXEMPT_KINDS).count())

@@ -730,11 +730,16 @@ def stop_reply(user, message: Message) -> Message:
 PENDING = "pending"  # request_id of a placeholder a stream has claimed, before its request exists
 
 
-def finish_turn(message_id: int, *, status: str, content: str = "", error: str = "", trace=None, usage=None) -> bool:
+TURN_RELATIONS = ("conversation__owner", "deployment__owner", "model_version__model")  # what an end event shows
+
+
+def finish_turn(message_id: int, *, status: str, content: str = "", error: str = "", trace=None, usage=None,
+                turn: Message | None = None) -> bool:
     """Store how an answer ended, once (only while it is still streaming). An agent turn's end is
     pushed to the conversation's group when this transaction commits, by whoever settled it (the
     agent worker, a reconcile): the page does not wait for the job's status to reach its socket
-    and the socket to read the answer back (consumers.py drops the second end)."""
+    and the socket to read the answer back (consumers.py drops the second end). `turn`: the
+    agent turn's message as its worker read it (with TURN_RELATIONS), so it is not read again."""
     fields = {"status": status, "content": content, "error": public_error(error), "request_id": ""}
     if trace is not None:
         fields["trace"] = _public(trace)
@@ -742,9 +747,12 @@ def finish_turn(message_id: int, *, status: str, content: str = "", error: str =
         fields["usage"] = usage
     if not Message.objects.filter(pk=message_id, status=MessageStatus.STREAMING).update(**fields):
         return False
-    turn = Message.objects.select_related("conversation", "deployment__owner", "model_version__model") \
-        .filter(pk=message_id, job__isnull=False).first()
-    if turn is not None:
+    if turn is not None and turn.pk == message_id:
+        for name, value in fields.items():
+            setattr(turn, name, value)
+    else:
+        turn = Message.objects.select_related(*TURN_RELATIONS).filter(pk=message_id).first()
+    if turn is not None and turn.job_id is not None:
         from apps.playground import replies  # the async side imports this module
 
         event = end_event(turn, hide_models=hides_models(turn.conversation))

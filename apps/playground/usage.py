@@ -3,6 +3,8 @@ box's), so a playground answer counts in the user's usage and daily quota like a
 Plain answers go through the gateway under it; an agent turn's model calls are counted here."""
 from __future__ import annotations
 
+from functools import cached_property
+
 import redis
 from django.conf import settings
 from django.db import transaction
@@ -45,22 +47,33 @@ class Quota:
     The tokens are the gateway's running counter of the key when it exists (what the database
     recorded plus the reservations of requests in flight: one Redis read instead of an aggregate
     over the day's rows on every send), else the database's count (`recorded`, which then also
-    seeds the counter)."""
+    seeds the counter). They are read when first needed: a key with no daily quota refuses
+    nothing, so its check reads none (an agent turn's send and its worker)."""
 
     def __init__(self, user) -> None:
         self.user = user
         self.key = playground_key(user)
+
+    @cached_property
+    def _counted(self) -> int | None:
         try:
             counted = _redis().get(_counter(self.key))
         except redis.RedisError:
-            counted = None  # the database has it
-        self.recorded = None if counted is not None else access.tokens_used_today(self.key.pk)
-        self.used = int(counted) if counted is not None else self.recorded
+            return None  # the database has it
+        return None if counted is None else int(counted)
+
+    @cached_property
+    def recorded(self) -> int | None:
+        return None if self._counted is not None else access.tokens_used_today(self.key.pk)
+
+    @property
+    def used(self) -> int:
+        return self._counted if self._counted is not None else self.recorded
 
     def refusal(self) -> str:
         """Why the quota refuses another answer today ("" while it does not)."""
         quota = self.key.token_quota_per_day
-        if quota and self.used >= quota:
+        if quota and self.used >= quota:  # read only for a key with a quota (an agent turn's check)
             return (f"you used your {quota:,} playground tokens for today (UTC); the quota renews at midnight UTC "
                     "(staff can raise it on the key in the admin)")
         return ""

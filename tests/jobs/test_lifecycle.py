@@ -4,7 +4,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.jobs import lifecycle, services
@@ -249,6 +249,28 @@ def test_the_log_tail_in_the_database_is_bounded_while_the_file_keeps_everything
     kept = list(JobLogLine.objects.filter(job=job).values_list("seq", flat=True))
     assert len(kept) <= 20 + 50 and kept[-1] == 150 and kept[0] > 1
     assert job.log_path.read_text().count("\n") == 150
+
+
+def test_a_batch_of_log_lines_and_its_progress_is_one_fenced_write_that_goes_on_from_the_claims_line(job):
+    from workers.tasks.reporter import DatabaseReporter
+
+    with transaction.atomic():  # as the task's run: the claim and its first line commit together
+        claimed = lifecycle.claim(job.pk, "w1")
+        first = lifecycle.append_log_line(job.pk, "info", "attempt 1 of 3 on w1")
+    reporter = DatabaseReporter(claimed, "w1", first)
+    reporter.log_batch(["step one", "step two"], progress=(0.5, "turn 1 of at most 2"))
+    reporter.log("step three")
+    job.refresh_from_db()
+    assert list(job.log_lines.order_by("seq").values_list("seq", "message")) == [
+        (1, "attempt 1 of 3 on w1"), (2, "step one"), (3, "step two"), (4, "step three")]
+    assert (job.progress, job.progress_message) == (0.5, "turn 1 of at most 2")
+    Job.objects.filter(pk=job.pk).update(lease_owner="w2")  # the reaper gave the job to another worker
+    reporter.log_batch(["late step"], progress=(0.9, "late"))
+    reporter.close()
+    job.refresh_from_db()
+    assert reporter.lost.is_set() and job.progress == 0.5 and not job.log_lines.filter(message="late step").exists()
+    assert [line.split(" ", 3)[-1].strip() for line in job.log_path.read_text().splitlines()[-4:]] == [
+        "attempt 1 of 3 on w1", "step one", "step two", "step three"]
 
 
 def test_progress_reports_an_eta(job):

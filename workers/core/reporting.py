@@ -39,6 +39,19 @@ def announce_ready(reporter) -> None:
         announce()
 
 
+def log_batch(reporter, messages: list[str], progress: tuple[float, str] | None = None) -> None:
+    """Log `messages` (info) and, when given, set (fraction, message) as progress: in one write
+    where the reporter offers `log_batch` (the studio's: one transaction), else call by call."""
+    batch = getattr(reporter, "log_batch", None)
+    if batch is not None:
+        batch(messages, progress=progress)
+        return
+    for message in messages:
+        reporter.log(message)
+    if progress is not None:
+        reporter.progress(*progress)
+
+
 @runtime_checkable
 class Reporter(Protocol):
     def progress(self, fraction: float, message: str = "") -> None: ...

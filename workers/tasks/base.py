@@ -128,13 +128,15 @@ class JobTask(Task):
         if shutting_down():
             return self.hand_back_unclaimed(int(job_id))
         worker = self.worker_name()
-        job = lifecycle.claim(int(job_id), worker)
+        with transaction.atomic():  # the claim and its log line: one write (a chat turn waits on it)
+            job = lifecycle.claim(int(job_id), worker)
+            first_line = None if job is None else lifecycle.append_log_line(
+                job.pk, "info", f"attempt {job.attempts} of {job.max_attempts} on {worker}")
         if job is None:
             log.info("job %s: not claimable (finished, cancelled, or held by another worker)", job_id)
             return "skipped"
         attempt = job.attempts
-        reporter = DatabaseReporter(job, worker)
-        reporter.log(f"attempt {attempt} of {job.max_attempts} on {worker}")
+        reporter = DatabaseReporter(job, worker, first_line)
         try:
             with LeaseHeartbeat(job.pk, worker, reporter.lost, attempt):
                 result = self.execute(job, reporter)

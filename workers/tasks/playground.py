@@ -32,12 +32,26 @@ class QuotaUsedUp(Exception):
 class AgentTurnTask(JobTask):
     abstract = True
 
+    @staticmethod
+    def turn_message(job) -> Message | None:
+        """The answer this job writes, read once per attempt (execute and record share the job
+        object), with what its end event shows."""
+        if not hasattr(job, "_turn_message"):
+            job._turn_message = Message.objects.select_related(*services.TURN_RELATIONS).filter(job=job).first()
+        return job._turn_message
+
+    @classmethod
+    def turn_owner(cls, job):
+        """The job's owner, as the turn's read has it (only a conversation's owner sends to it)."""
+        message = cls.turn_message(job)
+        return message.conversation.owner if message and message.conversation.owner_id == job.owner_id else job.owner
+
     def execute(self, job, reporter):
-        message = Message.objects.select_related("conversation__owner").filter(job=job).first()
-        refusal = services.quota_refusal(job.owner)
+        message = self.turn_message(job)
+        refusal = services.quota_refusal(self.turn_owner(job))
         if refusal:
             if message is not None:
-                services.finish_turn(message.pk, status=MessageStatus.FAILED, error=refusal)
+                services.finish_turn(message.pk, status=MessageStatus.FAILED, error=refusal, turn=message)
             raise QuotaUsedUp(refusal)
         # The broker URL and the admin's HTTP allowlist reach the core at run time only.
         spec = build_spec(CORE_JOBS[job.kind].spec_class, job.params)
@@ -45,16 +59,16 @@ class AgentTurnTask(JobTask):
                               redis_url=settings.REDIS_URL)
 
     def record(self, job, result):
-        message = Message.objects.select_related("conversation__owner").filter(job=job).first()
+        message = self.turn_message(job)
         trace = result.get("trace") or []
         usage = services.trace_usage(trace)
         if message is not None:
             failed = result.get("stopped") == "model_error"
             settled = services.finish_turn(message.pk, status=MessageStatus.FAILED if failed else MessageStatus.DONE,
                                            content=str(result.get("answer") or ""), trace=trace, usage=usage,
-                                           error=str(result.get("answer") or "") if failed else "")
+                                           error=str(result.get("answer") or "") if failed else "", turn=message)
             if settled and usage["total_tokens"] and message.deployment_id:  # once: a duplicate finds it settled
-                services.record_usage(job.owner, message.deployment_id, usage)
+                services.record_usage(self.turn_owner(job), message.deployment_id, usage)
         return {"stopped": result.get("stopped"), "turns": result.get("turns"), "usage": usage,
                 "message_id": message.pk if message else None}
 

@@ -9,6 +9,7 @@ the one-turn job.
     protocols.py   native tool calling (OpenAI tools/tool_calls) and ReAct text (Lagent's format)
     loop.py        run_agent: model -> tool calls -> observations, bounded by turns and a deadline
     job.py         AgentTurnSpec and run_agent_turn: one chat turn as a worker job
+    step_writer.py the turn's step reports, written in batches on a helper thread
 
 This package's import is light (no torch, no bm25s): the job registry imports the spec, and the
 data generator imports the evaluator; the ML libraries load when a document is first indexed.

@@ -21,8 +21,8 @@ hosts or host:port) by default; a spec's HTTP tool whose host is not on it is a 
 Each step is logged as one JSON line {"agent_step": {...}} (loop.py describes a step) as it
 happens, so the page can stream the trace from the job's live log; progress moves per turn and
 the reporter's cancel is honoured between steps. The reporter's writes for the steps run on one
-helper thread, in order, so the loop does not wait on them (under the studio's worker each is a
-database write and a push); every one is done before the turn returns or fails. The result:
+helper thread, in order and batched (step_writer.py), so the loop does not wait on them; every
+one is done before the turn returns or fails. The result:
 {"answer", "trace", "turns", "stopped"}.
 """
 from __future__ import annotations
@@ -31,7 +31,6 @@ import inspect
 import json
 import os
 import re
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from .documents import SUFFIXES as DOCUMENT_SUFFIXES
 from .documents import DocumentError, DocumentLibrary
 from .loop import MAX_TURNS, run_agent
 from .protocols import PROTOCOLS
+from .step_writer import StepWriter
 from .tools import BUILTIN_TOOLS, build_tools
 from .tools.http import Allowlist, check_definition
 
@@ -175,30 +175,6 @@ def deployment_chat(deployment_id: int, *, max_tokens: int, temperature: float, 
     return chat, client.close
 
 
-class InOrder:
-    """Calls run one at a time, in the order given, on one helper thread. A call that failed
-    raises from the next submit() or from close(), which waits for all of them."""
-
-    def __init__(self, name: str) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self._pending: list[Future] = []
-
-    def submit(self, function, *args) -> None:
-        self._raise_failure()
-        self._pending.append(self._pool.submit(function, *args))
-
-    def _raise_failure(self) -> None:
-        done = [future for future in self._pending if future.done()]
-        self._pending = [future for future in self._pending if not future.done()]
-        for future in done:
-            future.result()
-
-    def close(self, raise_failure: bool = True) -> None:
-        self._pool.shutdown(wait=True)
-        if raise_failure:
-            self._raise_failure()
-
-
 def run_agent_turn(spec: AgentTurnSpec, reporter: Reporter, chat=None, *, http_allowlist=None, resolve=None,
                    redis_url: str | None = None) -> dict:
     """Run one agent turn; `chat` defaults to the deployment's client (over `redis_url`, given at
@@ -225,13 +201,12 @@ def run_agent_turn(spec: AgentTurnSpec, reporter: Reporter, chat=None, *, http_a
     if chat is None:
         chat, close = deployment_chat(spec.deployment_id, max_tokens=spec.max_tokens, temperature=spec.temperature,
                                       timeout_s=spec.deadline_s, redis_url=redis_url)
-    reports = InOrder("agent-steps")
+    reports = StepWriter(reporter)
 
     def on_step(step: dict) -> None:
-        reports.submit(reporter.log, json.dumps({"agent_step": step}, ensure_ascii=False, default=str))
+        reports.log(json.dumps({"agent_step": step}, ensure_ascii=False, default=str))
         if step["type"] == "model":
-            reports.submit(reporter.progress, min(step["turn"] / spec.max_turns, 0.99),
-                           f"turn {step['turn']} of at most {spec.max_turns}")
+            reports.progress(min(step["turn"] / spec.max_turns, 0.99), f"turn {step['turn']} of at most {spec.max_turns}")
         check_cancelled(reporter)
 
     try:
@@ -242,6 +217,6 @@ def run_agent_turn(spec: AgentTurnSpec, reporter: Reporter, chat=None, *, http_a
     finally:
         if close is not None:
             close()
+    reports.progress(1.0, f"{result.stopped} after {result.turns} turn(s)")  # with the last steps' write
     reports.close()
-    reporter.progress(1.0, f"{result.stopped} after {result.turns} turn(s)")
     return result.as_dict()
