@@ -34,6 +34,7 @@ class FakeReplica:
             "state": self.state, "model": "fake", "version": "fake", "pid": 0, "started": time.time(), "heartbeat": time.time(),
             "metrics": json.dumps({"running": 1, "waiting": 0, "ttft_p50_s": 0.01, "tpot_p50_s": 0.002, "tokens_per_s": 50.0,
                                    "kv_cache_used": 0.25, "requests_total": 3, "tokens_total": 42})})
+        self.redis.sadd(protocol.replica_index(self.deployment_id), self.replica_id)
         try:
             self.redis.xgroup_create(protocol.requests_stream(self.deployment_id), protocol.REPLICA_GROUP, id="0", mkstream=True)
         except redis.ResponseError:
@@ -49,6 +50,7 @@ class FakeReplica:
         for thread in self._threads:
             thread.join(5)
         self.redis.delete(protocol.replica_key(self.deployment_id, self.replica_id))
+        self.redis.srem(protocol.replica_index(self.deployment_id), self.replica_id)
 
     def emit(self, request_id: str, event: dict) -> None:
         stream = protocol.events_stream(request_id)

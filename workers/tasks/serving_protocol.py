@@ -11,6 +11,6 @@ from workers.core.inference.protocol import (  # noqa: F401
     encode,
     events_stream,
     replica_key,
-    replica_pattern,
+    replica_index,
     requests_stream,
 )

@@ -227,6 +227,28 @@ def test_no_ready_replica_and_a_request_past_its_deadline_fail_clearly_and_the_l
     assert error.value.status == 504 and replica.cancelled == [replica.requests[0]["id"]]
 
 
+def test_the_client_finds_replicas_through_the_deployments_index_and_forgets_one_that_died_there(redis_server):
+    """No SCAN of the broker's keyspace: the replicas' set names them; a member whose hash expired
+    (a replica killed before it could leave the set) is dropped by the first reader."""
+    import os
+
+    import redis
+
+    from workers.core.inference import protocol
+
+    deployment = next(_deployments)
+    broker = redis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True)
+    broker.sadd(protocol.replica_index(deployment), "killed")  # its hash is gone
+    with FakeReplica(os.environ["REDIS_URL"], deployment, replica_id="alive", script=_answer("Hi")):
+        client = DeploymentClient(deployment, timeout_s=5)
+        try:
+            assert client.complete("p", max_tokens=2).text == "Hi"
+        finally:
+            client.close()
+        assert broker.smembers(protocol.replica_index(deployment)) == {"alive"}
+    assert broker.smembers(protocol.replica_index(deployment)) == set()
+
+
 def test_a_deployment_client_without_a_broker_url_says_so(monkeypatch):
     monkeypatch.delenv("REDIS_URL", raising=False)
     with pytest.raises(RemoteError) as error:

@@ -95,6 +95,7 @@ def test_two_replicas_share_the_requests_of_a_deployment(redis_client, deploymen
     try:
         wait_ready(redis_client, deployment_id, "r1")
         wait_ready(redis_client, deployment_id, "r2")
+        assert redis_client.smembers(protocol.replica_index(deployment_id)) == {"r1", "r2"}  # how clients find them
         ids = [push(redis_client, deployment_id, max_tokens=40) for _ in range(8)]
         runs = [events_of(redis_client, i) for i in ids]
     finally:
@@ -109,6 +110,7 @@ def test_two_replicas_share_the_requests_of_a_deployment(redis_client, deploymen
     assert {events[0]["replica"] for events in runs} == {"r1", "r2"}
     assert redis_client.xlen(protocol.requests_stream(deployment_id)) == 0
     assert not redis_client.exists(protocol.replica_key(deployment_id, "r1"))
+    assert not redis_client.smembers(protocol.replica_index(deployment_id))  # both left the index on stop
 
 
 def test_a_dead_replicas_pending_requests_are_taken_over(redis_client, deployment_id, serve_model_dir):

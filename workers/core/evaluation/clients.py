@@ -261,13 +261,26 @@ class DeploymentClient(_Client):
 
     def _wait_for_ready_replica(self, deadline: float) -> None:
         while True:
-            keys = list(self.redis.scan_iter(match=protocol.replica_pattern(self.deployment_id), count=100))
-            if any(self.redis.hget(key, "state") == "ready" for key in keys[:64]):
+            if self._a_replica_is_ready():
                 return
             if time.monotonic() > deadline:
                 raise RemoteError(f"no replica of deployment {self.deployment_id} is ready (is it running?)",
                                   status=503, retryable=True)
             time.sleep(0.5)
+
+    def _a_replica_is_ready(self) -> bool:
+        """Two round trips: the deployment's replica ids (protocol.replica_index), then their
+        states; ids whose hash expired (replicas killed before they could leave) are dropped."""
+        index = protocol.replica_index(self.deployment_id)
+        replica_ids = sorted(self.redis.smembers(index))[:64]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for replica_id in replica_ids:
+                pipe.hget(protocol.replica_key(self.deployment_id, replica_id), "state")
+            states = pipe.execute()
+        gone = [replica_id for replica_id, state in zip(replica_ids, states) if state is None]
+        if gone:
+            self.redis.srem(index, *gone)
+        return "ready" in states
 
     def _enqueue(self, item: dict) -> tuple[str, float]:
         request_id, now = uuid.uuid4().hex, time.time()

@@ -32,7 +32,7 @@ Cancel: the web SETs cancel_key(request_id) (TTL) and PUBLISHes the id on cancel
 replica stops the request and sends "end" with finish_reason "cancelled".
 
 Replicas: each keeps the hash replica_key(...) alive (EXPIRE REPLICA_TTL_SECONDS, renewed every
-heartbeat) with fields state ("loading" | "ready" | "draining"), model, version, pid, started,
+heartbeat, with its id in the set replica_index(...)) with fields state ("loading" | "ready" | "draining"), model, version, pid, started,
 heartbeat, consumer (this incarnation), heartbeat_seconds, and "metrics" (JSON: running, waiting, ttft_p50_s, tpot_p50_s, tokens_per_s,
 kv_cache_used, requests_total, tokens_total). A replica whose hash expired is dead: another
 replica XCLAIMs its pending requests; one that had not streamed yet is run again, one that had
@@ -48,6 +48,7 @@ import json
 REPLICA_GROUP = "replicas"
 EVENT_TTL_SECONDS = 300
 REPLICA_TTL_SECONDS = 10
+REPLICA_INDEX_TTL_SECONDS = 86_400  # a deployment's set outlives its replicas by a day at most
 CANCEL_TTL_SECONDS = 300
 
 
@@ -89,8 +90,11 @@ def replica_key(deployment_id: int, replica_id: str) -> str:
     return f"puyu:serve:{int(deployment_id)}:replica:{replica_id}"
 
 
-def replica_pattern(deployment_id: int) -> str:
-    return f"puyu:serve:{int(deployment_id)}:replica:*"
+def replica_index(deployment_id: int) -> str:
+    """The set of the deployment's replica ids (each replica adds itself at every heartbeat and
+    leaves on stop; one killed stays a member until its hash expired and a reader drops it), so
+    a client finds them without SCANning the broker's whole keyspace."""
+    return f"puyu:serve:{int(deployment_id)}:replicas"
 
 
 def events_stream(request_id: str) -> str:

@@ -141,6 +141,7 @@ class Replica:
         self.redis = redis.Redis.from_url(spec.broker_url(), decode_responses=True, socket_timeout=None)
         self.stream = protocol.requests_stream(spec.deployment_id)
         self.key = protocol.replica_key(spec.deployment_id, self.id)
+        self.index = protocol.replica_index(spec.deployment_id)
         self.active: dict[str, Active] = {}
         self.counters = Counters()
         self.backend = None
@@ -183,7 +184,10 @@ class Replica:
             heartbeat.join(timeout=5)
             if pubsub is not None:
                 pubsub.close()
-            self.redis.delete(self.key)
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.delete(self.key)
+                pipe.srem(self.index, self.id)
+                pipe.execute()
             if self.backend is not None:
                 self.backend.close()
 
@@ -507,6 +511,8 @@ class Replica:
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(self.key, mapping=fields)
             pipe.expire(self.key, protocol.REPLICA_TTL_SECONDS)
+            pipe.sadd(self.index, self.id)
+            pipe.expire(self.index, protocol.REPLICA_INDEX_TTL_SECONDS)
             pipe.execute()
 
     def _heartbeat_loop(self) -> None:
