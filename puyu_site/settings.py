@@ -69,7 +69,10 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
-DEBUG = env_bool("DEBUG", default=not PRODUCTION)
+# Off unless asked for, in development too: `make run` is what a newcomer uses, and Django's
+# debug pages (tracebacks, the URL list) would replace the studio's own 404 and 500 pages.
+# Static files do not need it (whitenoise serves them from the finders in development).
+DEBUG = env_bool("DEBUG", default=False)
 if PRODUCTION and DEBUG:
     raise SettingError("DEBUG=1 is refused when PUYU_ENV=production")
 

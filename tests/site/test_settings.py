@@ -12,11 +12,11 @@ from puyu_site.env import SettingError, env_bool, env_int, env_redis_url, requir
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start_django(tmp_path, **env):
-    """Load the settings in a fresh interpreter, as `manage.py` would."""
+def start_django(tmp_path, show="DATABASES['default']['ENGINE']", **env):
+    """Load the settings in a fresh interpreter, as `manage.py` would, and print `show` of them."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PUYU_", "DATABASE_URL", "SECRET_KEY", "ALLOWED_HOSTS", "DEBUG"))}
     base.update({"PUYU_DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "puyu_site.settings"}, **env)
-    return subprocess.run([sys.executable, "-c", "import django; django.setup(); from django.conf import settings; print(settings.DATABASES['default']['ENGINE'])"],
+    return subprocess.run([sys.executable, "-c", f"import django; django.setup(); from django.conf import settings; print(settings.{show})"],
                           cwd=ROOT, env=base, capture_output=True, text=True, timeout=60)
 
 
@@ -108,3 +108,8 @@ def test_redis_beyond_loopback_without_a_password_is_refused_naming_the_host(url
     with pytest.raises(SettingError, match="without a password") as refused:
         require_redis_password(url)
     assert "REDIS_URL points to" in str(refused.value)
+
+
+def test_debug_is_off_unless_asked_for_so_make_run_shows_the_studios_own_error_pages(tmp_path):
+    assert start_django(tmp_path, show="DEBUG").stdout.strip() == "False"
+    assert start_django(tmp_path, show="DEBUG", DEBUG="1").stdout.strip() == "True"
