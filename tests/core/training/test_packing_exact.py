@@ -47,6 +47,38 @@ def packed_batch(samples, pad_id):
     return collate_packed([dataset[i] for i in range(len(dataset))])
 
 
+def test_packed_attention_computes_the_same_loss_and_gradients_as_the_block_diagonal_mask(model_and_samples):
+    """packed_attention.py runs each sample's slice of a row alone instead of masking the row's
+    full scores: same numbers, and per-sample exact like the masked path."""
+    import copy
+
+    import torch
+
+    from workers.core.training import packed_attention
+
+    model, tokenizer, samples = model_and_samples
+    batch = packed_batch(samples, tokenizer.pad_token_id)
+    batch.pop("real_tokens")
+    masked, sliced = copy.deepcopy(model), copy.deepcopy(model)
+    assert packed_attention.use(sliced) and sliced.config._attn_implementation == packed_attention.ATTENTION
+    losses, grads = [], []
+    for each in (masked, sliced):
+        each.zero_grad()
+        loss = each(**batch, use_cache=False).loss
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in each.parameters() if p.grad is not None]))
+    assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+    assert losses[1] == pytest.approx(per_sample_loss(model, samples), abs=1e-4)
+    assert torch.allclose(grads[1], grads[0], atol=1e-5)
+    # Anything but a packed row (here: one sample, then generation with a cache) takes sdpa unchanged.
+    ids = torch.tensor([samples[0][0]])
+    with torch.no_grad():
+        assert torch.allclose(sliced(input_ids=ids).logits, masked(input_ids=ids).logits, atol=1e-5)
+        assert sliced.generate(ids, max_new_tokens=4, do_sample=False).tolist() == \
+            masked.generate(ids, max_new_tokens=4, do_sample=False).tolist()
+
+
 def test_packed_loss_equals_per_sample_loss(model_and_samples):
     import torch
 

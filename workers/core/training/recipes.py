@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from workers.core.reporting import JobCancelled, JobSuspended, check_cancelled
-from workers.core.training import checkpoints, components, data
+from workers.core.training import checkpoints, components, data, packed_attention
 from workers.core.training.loss import head_loss_for
 from workers.core.training.templates import template_for_records
 
@@ -244,6 +244,8 @@ class LMRecipe(Recipe):
 
         spec = self.spec
         extra = {} if spec.packing else components.length_grouped_sampling()
+        if spec.packing and packed_attention.use(self.model):
+            self.reporter.log("attention: each packed sample attends within itself only (packed_attention.py)")
         args = components.training_arguments(spec, self.env, staging=self._staging(),
                                              has_eval=self.eval_set is not None, **extra)
         head_loss, plain_because = head_loss_for(self.model, spec)
