@@ -2,9 +2,12 @@
 (the Trainer default) vs length-grouped padded batches, on the Alpaca SFT demo data, same model (a
 ~29M-parameter Llama from config, presets.ARCHITECTURES["llama-30m"]) and optimizer (AdamW).
 
-Rounds alternate A/B/C so that load drift on a shared machine hits every mode alike. Each mode uses
-the training path's own collators (workers/core/training/data.py) and the same forward the Trainer
-runs (use_cache=False; packed batches carry position_ids and no attention_mask).
+Rounds alternate the modes (forward, then reversed) so that load drift on a shared machine hits
+every mode alike. Each mode uses the training path's own collators (workers/core/training/data.py)
+and the same forward the Trainer runs (use_cache=False; packed batches carry position_ids and no
+attention_mask); "packed" attends as a packed training run does (packed_attention.py: each sample
+within itself), "packed_masked" runs the same batches through transformers' sdpa with the
+block-diagonal mask (what packing did before), to show what the attention saves.
 
     .venv/bin/python bench/train_packing.py            # full run (a few minutes on 2 cores)
     .venv/bin/python bench/train_packing.py --quick    # smoke run (tiny model, few steps)
@@ -19,6 +22,10 @@ on pads, packing 0.4%.
 Again on quiet cores (2026-12-04, 3 minutes): packed 687, random padding 399, grouped padding 796
 real tokens/s: packing 1.72x random padding (rounds 1.86 / 1.72 / 1.72; target 1.8: not met), and
 0.86x length-grouped padding, which beats it here.
+With packed_attention.py (2026-12-04, 2 cores with other sessions' tests queued beside it): packed
+788, random padding 403, grouped padding 836, packed with the mask 702 real tokens/s: packing
+1.96x random padding (rounds 2.06 / 1.95 / 1.95; target 1.8: met), 1.12x the masked packing,
+0.94x length-grouped padding.
 Before (2026-11-28, totals instead of medians): 29M @ 512: 1.48x / 1.97x random padding in two
 runs, 0.75x / 1.22x length-grouped; 5M @ 256 (--quick): 2.13x and 2.41x. The decision this drove is in workers/core/training/recipes.py.
 """
@@ -107,6 +114,7 @@ def main() -> int:
     import torch
 
     from workers.core.training.components import setup_torch
+    from workers.core.training import packed_attention
     from workers.core.training.loss import HeadLoss
 
     class Threads:
@@ -118,9 +126,13 @@ def main() -> int:
     params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
-    modes = ("packed", "padded_random", "padded_grouped")
-    streams = {m: batches(m, samples, args.batch_size, max_length, tokenizer.pad_token_id, random.Random(1))
-               for m in modes}
+    # "packed" is the training path (LMRecipe: packed_attention.py, each sample attends within
+    # itself); "packed_masked" the same batches under transformers' block-diagonal sdpa mask.
+    modes = ("packed", "padded_random", "padded_grouped", "packed_masked")
+    streams = {m: batches(m.removesuffix("_masked"), samples, args.batch_size, max_length, tokenizer.pad_token_id,
+                          random.Random(1)) for m in modes}
+    attention = {m: "sdpa" if m == "packed_masked" else packed_attention.ATTENTION for m in modes}
+    packed_attention.use(model)
     totals = {m: {"tokens": 0, "padded_tokens": 0} for m in modes}
     rounds_rate = {m: [] for m in modes}  # real tokens/s of each round
 
@@ -137,9 +149,11 @@ def main() -> int:
         return real
 
     for m in modes:  # warm-up
+        model.config._attn_implementation = attention[m]
         step(next(streams[m]))
     for r in range(rounds):
         for m in (modes if r % 2 == 0 else modes[::-1]):
+            model.config._attn_implementation = attention[m]
             tokens, seconds = 0, 0.0
             for _ in range(steps):
                 batch = next(streams[m])
@@ -163,6 +177,7 @@ def main() -> int:
         "pad_fraction": {m: round(1 - totals[m]["tokens"] / totals[m]["padded_tokens"], 3) for m in modes},
         "packed_vs_padded_random": round(rate["packed"] / rate["padded_random"], 3),
         "packed_vs_padded_grouped": round(rate["packed"] / rate["padded_grouped"], 3),
+        "packed_vs_packed_masked": round(rate["packed"] / rate["packed_masked"], 3),
         "target_packed_vs_padded_random": 1.8,
         "decision": ("packing beats length-grouped padding here: keep packing" if rate["packed"] >= rate["padded_grouped"]
                      else "length-grouped padding (packing: false) is faster on this device; packing still beats "

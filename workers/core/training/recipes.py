@@ -16,11 +16,12 @@ batches of samples of similar length (the Trainer's length-grouped sampler), nev
 padding, which is the slowest mode everywhere. Measured on the 2-core CPU here (shared with other
 jobs, so noisy), 29M Llama, max_length 512, batch 8, two runs: packing 1.48x / 1.97x random-order
 padding and 0.75x / 1.22x length-grouped padding (the issue measured 1.92x and 0.87x at 1024); a 5M
-model at 256: 2.1x and 2.4x. Packing vs grouping is within this machine's noise on CPU (sdpa with
-the block-diagonal mask still computes each row's full max_length x max_length scores, while
-grouped batches are short and nearly pad-free); on GPU packing wastes nothing. Decision: packing
-stays the default on every device (consistently faster than the Trainer default, exact, random
-data order, constant memory per step); `packing: false` gives the grouped mode.
+model at 256: 2.1x and 2.4x. sdpa with the block-diagonal mask computed each row's full
+max_length x max_length scores; a packed run now attends within each sample only
+(packed_attention.py): at 1024, 1.96x random padding and 1.12x the masked packing, 0.94x
+length-grouped padding (2026-12-04). Decision: packing stays the default on every device
+(consistently faster than the Trainer default, exact, random data order, constant memory per
+step); `packing: false` gives the grouped mode.
 """
 from __future__ import annotations
 
