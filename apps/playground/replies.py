@@ -19,6 +19,7 @@ request (or, before it exists, marks the placeholder stopped, which the stream n
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import threading
@@ -56,7 +57,12 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 
 
 def submit(coroutine) -> Future:
-    return asyncio.run_coroutine_threadsafe(coroutine, _event_loop())
+    """Run `coroutine` on the replies loop, in a fresh context: a send arrives from daphne's
+    database thread (asgiref's single-thread executor), and a task started from there would
+    inherit asgiref's "that executor is in use" mark, so the stream's own sync_to_async calls (the
+    usage write in openai_views.Exchange.settle) would refuse to run ("would deadlock"): playground
+    answers then counted no usage and settled no quota reservation."""
+    return contextvars.Context().run(asyncio.run_coroutine_threadsafe, coroutine, _event_loop())
 
 
 def group_name(conversation_id: int) -> str:

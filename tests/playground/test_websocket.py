@@ -74,6 +74,31 @@ def test_tokens_stream_in_order_to_the_owner_and_a_watching_teammate_and_the_ans
     assert (usage.requests, usage.prompt_tokens, usage.completion_tokens) == (1, 5, 2)
 
 
+def test_an_answer_sent_from_the_web_servers_database_thread_still_counts_its_usage(users, conversation, replica):
+    """daphne runs a socket's database calls in asgiref's single-thread executor (no outer sync
+    thread, unlike async_to_sync in the test above): the answer's stream must not inherit that
+    context, or its usage write refuses to run ("would deadlock") and the answer counts nothing."""
+    import asyncio
+    import threading
+
+    from asgiref.sync import sync_to_async
+
+    def as_daphne_does():
+        asyncio.run(sync_to_async(services.send)(users["owner"], conversation, content="Hi"))
+
+    with replica(conversation.deployment):
+        sender = threading.Thread(target=as_daphne_does)
+        sender.start()
+        sender.join(10)
+        deadline = time.monotonic() + 10
+        while not UsageDay.objects.filter(deployment=conversation.deployment).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    reply = Message.objects.get(conversation=conversation, role="assistant")
+    assert (reply.status, reply.content) == ("done", "Hello world")
+    usage = UsageDay.objects.get(key=services.playground_key(users["owner"]), deployment=conversation.deployment)
+    assert (usage.requests, usage.prompt_tokens, usage.completion_tokens) == (1, 5, 2)
+
+
 def test_stop_cancels_the_request_in_the_engine_and_keeps_the_partial_answer(users, conversation, replica, ws_headers):
     h = {name: ws_headers(user) for name, user in users.items()}
 
