@@ -137,7 +137,9 @@ class ConversationForm(SamplingMixin):
             # apps/registry/services.py queue_starter) unless the page asked for another.
             starter = next((d for d in ready if d.name == STARTER_ALIAS and d.owner.username == SYSTEM_USERNAME), None)
             if starter is not None and not self.initial.get("deployment"):
-                self.fields["deployment"].initial = str(starter.pk)
+                # The form's initial (the page passes deployment="" when none was asked for) wins over
+                # a field's initial when the select is drawn: set it there.
+                self.initial["deployment"] = str(starter.pk)
         choices = http_tool_choices(user)
         if choices:
             self.fields["http_tools"].choices = choices

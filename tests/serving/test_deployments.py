@@ -183,6 +183,27 @@ def test_the_replica_task_runs_the_spec_built_from_the_rows_and_skips_a_stopped_
     assert tasks.replica.run(second.job_id) == JobStatus.CANCELLED and not seen
 
 
+@pytest.mark.django_db(transaction=True)  # the task runs with a heartbeat thread
+def test_a_replica_given_back_at_a_warm_shutdown_leaves_its_deployment_starting_at_once(deployment, users, monkeypatch):
+    """Not at beat's next reconcile: a stack restarted within those seconds offered a "ready"
+    deployment whose answers failed with "no replica is ready"."""
+    from workers.core.reporting import JobSuspended
+    from workers.tasks import serving as tasks
+
+    [replica] = replicas(deployment)
+    Deployment.objects.filter(pk=deployment.pk).update(state="ready")  # served until the worker stopped
+    Replica.objects.filter(pk=replica.pk).update(state="ready")
+
+    def drained_by_the_shutdown(kind, params, reporter):
+        raise JobSuspended("the replica drained")
+
+    monkeypatch.setattr(tasks, "run_core_job", drained_by_the_shutdown)
+    assert tasks.replica.run(replica.job_id) == "suspended"
+    assert Job.objects.get(pk=replica.job_id).status == JobStatus.QUEUED  # back in the queue for the next worker
+    assert Deployment.objects.get(pk=deployment.pk).state == "starting"
+    assert Replica.objects.get(pk=replica.pk).state == "queued"
+
+
 def test_replica_jobs_stored_with_the_broker_url_lose_it_in_the_migration(deployment):
     import importlib
 

@@ -118,6 +118,10 @@ class JobTask(Task):
         log.info("job %s: not started, this worker is shutting down; published again", job_id)
         return "handed back"
 
+    def released(self, job: Job) -> None:
+        """After a warm shutdown gave the job back to the queue (e.g. tell what it served that it
+        is gone until another worker takes it)."""
+
     def record(self, job: Job, result: dict) -> dict:
         """Store what the job produced (e.g. register a model version). Runs in the same
         transaction as the SUCCEEDED transition, so both happen or neither; keep it idempotent."""
@@ -153,6 +157,7 @@ class JobTask(Task):
                 from apps.jobs.services import dispatch  # here: services imports the task catalog
 
                 dispatch(job.pk)
+                self.released(job)
             return "suspended"
         except SpecError as exc:
             reporter.log(f"invalid parameters: {exc}", "error")

@@ -101,6 +101,16 @@ class ReplicaTask(JobTask):
                 reporter.progress(1.0, f"Stopped: {reason}")
                 return {"outcome": "stopped", "reason": reason}
 
+    def released(self, job) -> None:
+        # Its deployment says "starting" now, not at beat's next reconcile (up to 10 s): a stack
+        # restarted within that time offered a "ready" deployment that answered 503 "no replica".
+        deployment_id = Replica.objects.filter(job_id=job.pk).values_list("deployment_id", flat=True).first()
+        if deployment_id is not None:
+            try:
+                services.reconcile(deployment_id)
+            except Exception:  # a shutting-down worker must not fail on it: beat reconciles anyway
+                log.exception("deployment %s: reconcile after a warm shutdown failed", deployment_id)
+
 
 def _cancel_requested(job_id: int) -> bool:
     return Job.objects.filter(pk=job_id, cancel_requested=True).exists()
