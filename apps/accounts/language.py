@@ -3,6 +3,8 @@ language cookie; a browser without the cookie (a new one, after signing in) gets
 choice; without either, LocaleMiddleware follows the browser's Accept-Language."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.http import HttpResponseRedirect
@@ -52,3 +54,12 @@ class UserLanguageMiddleware:
         if saved in CODES:
             _set_cookie(response, saved)
         return response
+
+
+def socket_language(scope) -> str:
+    """A websocket's language (a channels scope), picked as LocaleMiddleware picks a page's: the
+    language cookie (the switcher's, or the saved choice the page set), else Accept-Language."""
+    headers = dict(scope.get("headers") or [])
+    request = SimpleNamespace(COOKIES=scope.get("cookies") or {},
+                              META={"HTTP_ACCEPT_LANGUAGE": headers.get(b"accept-language", b"").decode("latin-1")})
+    return translation.get_language_from_request(request)

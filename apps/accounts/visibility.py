@@ -11,6 +11,7 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.db.models import Q, QuerySet
 from django.http import Http404
+from django.utils.translation import gettext, gettext_noop
 
 from apps.accounts.system import builtin_owner
 
@@ -44,6 +45,22 @@ class PermissionDenied(Exception):
     """The user may see the object but not act on it (a teammate, not the owner)."""
 
 
+# The refusal for each kind of object, one sentence each so that each reads naturally translated.
+REFUSALS = {
+    "battle": gettext_noop("only the battle's owner or staff can change it"),
+    "benchmark": gettext_noop("only the benchmark's owner or staff can change it"),
+    "conversation": gettext_noop("only the conversation's owner or staff can change it"),
+    "dataset": gettext_noop("only the dataset's owner or staff can change it"),
+    "deployment": gettext_noop("only the deployment's owner or staff can change it"),
+    "model": gettext_noop("only the model's owner or staff can change it"),
+    "preset": gettext_noop("only the preset's owner or staff can change it"),
+    "suite": gettext_noop("only the suite's owner or staff can change it"),
+    "HTTP tool": gettext_noop("only the HTTP tool's owner or staff can change it"),
+}
+
+
 def require_manager(user, obj, noun: str, owner_field: str = "owner") -> None:
     if not can_manage(user, obj, owner_field):
-        raise PermissionDenied(f"only the {noun}'s owner or staff can change it")
+        refusal = REFUSALS.get(noun)
+        raise PermissionDenied(gettext(refusal) if refusal else
+                               gettext("only the %(noun)s's owner or staff can change it") % {"noun": noun})

@@ -5,6 +5,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from django.utils.translation import gettext
 from ninja import File, Form, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
@@ -115,7 +116,7 @@ def upload(request, file: File[UploadedFile], dataset_name: Form[str] = "", data
     try:
         mapping = json.loads(column_map or "{}")
     except json.JSONDecodeError as exc:
-        raise HttpError(422, f"column_map: not valid JSON ({exc})") from None
+        raise HttpError(422, "column_map: " + gettext("not valid JSON (%(exc)s)") % {"exc": exc}) from None
     upload, job = _act(lambda: services.upload_file(request.auth, file, dataset=dataset, dataset_name=dataset_name,
                                                     description=description, fmt=format, column_map=mapping))
     upload.job = job

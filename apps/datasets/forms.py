@@ -1,5 +1,5 @@
 from django import forms
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext, gettext_lazy
 
 from apps.accounts.visibility import visible_to
 from apps.datasets.models import Dataset, DatasetVersion
@@ -23,7 +23,8 @@ def parse_column_map(text: str) -> dict[str, str]:
             continue
         field, sep, column = line.partition("=")
         if not sep or not field.strip() or not column.strip():
-            raise forms.ValidationError(f"line {number}: expected `field = column`, got {line.strip()!r}")
+            raise forms.ValidationError(gettext("line %(number)s: expected `field = column`, got %(line)s")
+                                                % {"number": number, "line": repr(line.strip())})
         mapping[field.strip()] = column.strip()
     return mapping
 
@@ -34,7 +35,8 @@ class UploadForm(forms.Form):
     dataset_name = forms.CharField(label=gettext_lazy("Dataset name"), help_text=gettext_lazy("the new dataset's name (up to 100 characters)"), max_length=100, required=False)
     description = forms.CharField(label=gettext_lazy("Description"), help_text=gettext_lazy('optional: where the data comes from and what it is for'), widget=forms.Textarea(attrs={"rows": 2}), required=False)
     format = forms.ChoiceField(label=gettext_lazy("Format"), help_text=gettext_lazy('leave on auto-detect unless detection picks the wrong one (alpaca, sharegpt, messages, qa, ...)'), choices=FORMAT_CHOICES, required=False)
-    column_map = forms.CharField(label=gettext_lazy("Column map"), widget=forms.Textarea(attrs={"rows": 3, "placeholder": gettext_lazy("instruction = prompt\noutput = response")}),
+    column_map = forms.CharField(label=gettext_lazy("Column map"), widget=forms.Textarea(attrs={"rows": 3, "placeholder": gettext_lazy("instruction = prompt\noutput = response"),
+                                                                                   "translate": "no"}),  # field = column: code
                                  required=False, help_text=gettext_lazy("only if your columns are named differently: one `field = column` per line"))
     tokenizer = forms.ModelChoiceField(label=gettext_lazy("Tokenizer"), queryset=ModelVersion.objects.none(), required=False, empty_label=gettext_lazy("— characters only —"),
                                        help_text=gettext_lazy("count tokens with this model's tokenizer"))

@@ -43,9 +43,10 @@ def target_dataset(user, dataset: Dataset | None, name: str = "", description: s
         return dataset
     name = (name or "").strip()
     if not name:
-        raise DatasetError("dataset_name", "name the new dataset (or choose an existing one)")
+        raise DatasetError("dataset_name", gettext("name the new dataset (or choose an existing one)"))
     if Dataset.objects.filter(owner=user, name=name).exists():
-        raise DatasetError("dataset_name", f"you already have a dataset named {name!r}; choose it instead")
+        raise DatasetError("dataset_name", gettext("you already have a dataset named %(name)s; choose it instead")
+                                                   % {"name": repr(name)})
     return Dataset.objects.create(owner=user, name=name, description=description)
 
 
@@ -66,7 +67,7 @@ def upload_file(user, uploaded, *, dataset: Dataset | None = None, dataset_name:
     """Store the upload and start its import job. A file whose records are all valid becomes a
     version at once; otherwise the job reports the errors and the user decides."""
     if column_map is not None and not (isinstance(column_map, dict) and all(isinstance(v, str) for v in column_map.values())):
-        raise DatasetError("column_map", "must map field names to column names (strings)")
+        raise DatasetError("column_map", gettext("must map field names to column names (strings)"))
     refuse_non_utf8(uploaded)
     with transaction.atomic():
         target = target_dataset(user, dataset, dataset_name, description)
@@ -102,9 +103,12 @@ def refuse_non_utf8(uploaded) -> None:
         except UnicodeDecodeError as exc:
             data = held + chunk
             line = lines - held.count(b"\n") + data[:exc.start].count(b"\n")
-            raise DatasetError("file", f"{uploaded.name[:80]}, line {line}: not valid UTF-8: byte 0x{data[exc.start]:02X} at "
-                                       f"byte offset {consumed - len(held) + exc.start} cannot be decoded; save the file "
-                                       "as UTF-8 and upload it again") from None
+            raise DatasetError("file", gettext("%(file)s, line %(line)s: not valid UTF-8: byte 0x%(byte)s at "
+                                               "byte offset %(offset)s cannot be decoded; save the file as UTF-8 and "
+                                               "upload it again")
+                                               % {"file": uploaded.name[:80], "line": line,
+                                                  "byte": format(data[exc.start], "02X"),
+                                                  "offset": consumed - len(held) + exc.start}) from None
         consumed += len(chunk)
         lines += chunk.count(b"\n")
 
@@ -140,10 +144,14 @@ def import_from_hub(user, hub_id: str, hub_file: str, *, dataset: Dataset | None
     clear error when the machine is offline)."""
     hub_id, hub_file = hub_id.strip(), hub_file.strip().lstrip("/")
     if "/" not in hub_id:
-        raise DatasetError("hub_id", f"expected a dataset id like 'org/name', got {hub_id!r}")
+        raise DatasetError("hub_id", gettext("expected a dataset id like 'org/name', got %(hub_id)s")
+                                             % {"hub_id": repr(hub_id)})
     suffix = next((s for s in sorted(UPLOAD_SUFFIXES, key=len, reverse=True) if hub_file.lower().endswith(s)), None)
     if suffix is None or ".." in hub_file.split("/"):
-        raise DatasetError("hub_file", f"{hub_file!r}: name a data file in the repository ({', '.join(UPLOAD_SUFFIXES)})")
+        raise DatasetError("hub_file", gettext("%(hub_file)s: name a data file in the repository "
+                                               "(%(suffixes)s)")
+                                               % {"hub_file": repr(hub_file),
+                                                  "suffixes": ', '.join(UPLOAD_SUFFIXES)})
     with transaction.atomic():
         target = target_dataset(user, dataset, dataset_name, f"from the hub dataset {hub_id}")
         upload = DatasetUpload.objects.create(dataset=target, filename=hub_file.rsplit("/", 1)[-1][:255],
@@ -157,7 +165,8 @@ def start_import(user, upload: DatasetUpload, *, exclude_invalid: bool, tokenize
                  retry_of=None, hub: tuple[str, str] | None = None) -> Job:
     _require_manager(user, upload.dataset)
     if hub is None and not upload.path.exists():
-        raise DatasetError("upload", "the uploaded file is gone (a version was already created from it); upload it again")
+        raise DatasetError("upload", gettext("the uploaded file is gone (a version was already created from it); "
+                                             "upload it again"))
     params = {"path": str(upload.path), "filename": upload.filename, "format": upload.format, "column_map": upload.column_map,
               "exclude_invalid": exclude_invalid, "tokenizer_dir": tokenizer_dir, "max_length": max_length}
     if hub:

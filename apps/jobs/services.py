@@ -10,12 +10,13 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import connection, transaction
 from django.utils import timezone
+from django.utils.text import get_text_list
 from django.utils.translation import gettext
 
 from apps.accounts.visibility import PermissionDenied, can_manage
 from apps.jobs import lifecycle
 from apps.jobs.models import FINISHED_STATUSES, Job, JobStatus
-from apps.studio.labels import use_role
+from apps.studio.labels import choice_word, use_role
 from puyu_site.celery import app as celery_app
 from workers.tasks.catalog import GENERIC_KINDS, KINDS, InvalidParams, check_generic_kind, task_name, validate_params
 
@@ -43,7 +44,8 @@ def submit_generic_job(owner, kind: str, params: dict | None = None, *, queue: s
     if queue is not None and queue not in GENERIC_QUEUES:
         # serve and agent workers hold long-lived replicas and chat turns: a probe there would
         # take a replica's slot or delay a reply.
-        raise InvalidParams("queue", f"{queue!r}: generic jobs run on {' or '.join(GENERIC_QUEUES)}")
+        raise InvalidParams("queue", gettext("%(queue)s: generic jobs run on %(queues)s")
+                                     % {"queue": repr(queue), "queues": get_text_list(GENERIC_QUEUES, gettext("or"))})
     return submit_job(owner, kind, params, queue=queue, title=title)
 
 
@@ -53,7 +55,8 @@ def submit_job(owner, kind: str, params: dict | None = None, *, queue: str | Non
     clean = validate_params(kind, params)
     queue = queue or KINDS[kind].default_queue
     if queue not in settings.JOB_QUEUES:
-        raise InvalidParams("queue", f"unknown queue {queue!r} (known: {', '.join(settings.JOB_QUEUES)})")
+        raise InvalidParams("queue", gettext("unknown queue %(queue)s (known: %(known)s)")
+                                     % {"queue": repr(queue), "known": ", ".join(settings.JOB_QUEUES)})
     with transaction.atomic():
         _check_active_limit(owner, kind)
         job = Job.objects.create(
@@ -77,8 +80,9 @@ def _check_active_limit(owner, kind: str) -> None:
     active = (Job.objects.filter(owner=owner, status__in=(JobStatus.QUEUED, JobStatus.RUNNING))
               .exclude(kind__in=LIMIT_EXEMPT_KINDS).count())
     if active >= limit:
-        raise TooManyJobs("jobs", f"you already have {active} queued or running jobs (the limit is {limit}); "
-                                  "wait for some to finish or cancel them")
+        raise TooManyJobs("jobs", gettext("you already have %(active)s queued or running jobs (the limit is "
+                                          "%(limit)s); wait for some to finish or cancel them")
+                                  % {"active": active, "limit": limit})
 
 
 def _new_task_id() -> str:
@@ -110,7 +114,7 @@ def _publish(job: Job) -> bool:
 
 def cancel_job(job: Job, user) -> str:
     if not can_manage(user, job):
-        raise PermissionDenied("only the owner or staff can cancel this job")
+        raise PermissionDenied(gettext("only the owner or staff can cancel this job"))
     status = lifecycle.request_cancel(job)
     if status == JobStatus.CANCELLED and job.celery_task_id:
         # Best effort: a revoked message is dropped by workers; if it still arrives, the claim
@@ -133,9 +137,10 @@ def retry_job(job: Job, user) -> Job:
     job without the app's records, e.g. one made by the generic API before it was restricted,
     is refused with a 422 instead of failing)."""
     if not can_manage(user, job):
-        raise PermissionDenied("only the owner or staff can retry this job")
+        raise PermissionDenied(gettext("only the owner or staff can retry this job"))
     if job.status not in FINISHED_STATUSES:
-        raise InvalidParams("status", f"only finished jobs can be retried; this one is {job.status}")
+        raise InvalidParams("status", gettext("only finished jobs can be retried; this one is %(status)s")
+                                      % {"status": choice_word(job, "status")})
     if job.kind in GENERIC_KINDS:
         return submit_job(user, job.kind, job.params, queue=job.queue, title=job.title, resources=job.resources, retry_of=job)
     handler = RETRY_HANDLERS.get(job.kind)
@@ -144,8 +149,8 @@ def retry_job(job: Job, user) -> Job:
     try:
         return handler(job, user)
     except ObjectDoesNotExist:
-        raise InvalidParams("kind", f"this {job.kind} job was not created by its app, so it cannot be retried; "
-                                    "start it again from its app") from None
+        raise InvalidParams("kind", gettext("this %(kind)s job was not created by its app, so it cannot be retried; "
+                                            "start it again from its app") % {"kind": job.kind}) from None
 
 
 def active_use_blockers(uses) -> list[str]:

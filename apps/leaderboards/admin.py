@@ -2,6 +2,7 @@
 PUYU_EVAL_ENDPOINT_ALLOWLIST, and their API key is never shown back); the rest is read-mostly."""
 from django import forms
 from django.contrib import admin
+from django.utils.translation import gettext
 
 from apps.leaderboards.models import (
     ArenaRatingSnapshot,
@@ -28,7 +29,7 @@ class EndpointForm(forms.ModelForm):
     def clean_base_url(self):
         url = self.cleaned_data["base_url"]
         if not endpoint_allowed(ExternalEndpoint(base_url=url)):
-            raise forms.ValidationError("This base URL is not on PUYU_EVAL_ENDPOINT_ALLOWLIST.")
+            raise forms.ValidationError(gettext("This base URL is not on PUYU_EVAL_ENDPOINT_ALLOWLIST."))
         return url
 
     def clean_api_key(self):

@@ -8,6 +8,7 @@ from datetime import date, datetime
 from typing import Any
 
 from django.http import HttpResponse
+from django.utils.translation import gettext
 from ninja import File, Query, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
@@ -353,7 +354,8 @@ def _dataset_version(request, version_id: int | None) -> DatasetVersion | None:
 
 def _benchmark_versions(request, items: list[SuiteItemIn]) -> list[tuple[BenchmarkVersion, float]]:
     if len(items) > services.MAX_SUITE_ITEMS:  # before one lookup per item
-        raise HttpError(422, f"items: at most {services.MAX_SUITE_ITEMS} benchmarks, got {len(items)}")
+        raise HttpError(422, "items: " + gettext("at most %(max)s benchmarks, got %(count)s")
+                                                 % {"max": services.MAX_SUITE_ITEMS, "count": len(items)})
     visible = services.visible_benchmark_versions(request.auth)
     return [(services._visible_or_404(visible, pk=item.benchmark_version_id), item.weight) for item in items]
 
@@ -406,7 +408,7 @@ def edit_benchmark(request, benchmark_id: int, payload: BenchmarkEditIn):
     if "dataset_version_id" in fields:
         fields["dataset_version"] = _dataset_version(request, fields.pop("dataset_version_id"))
         if fields["dataset_version"] is None:
-            raise HttpError(422, "dataset_version_id: a benchmark needs a dataset version")
+            raise HttpError(422, "dataset_version_id: " + gettext("a benchmark needs a dataset version"))
     if "fewshot_version_id" in fields:
         fields["fewshot_version"] = _dataset_version(request, fields.pop("fewshot_version_id"))
         if fields["fewshot_version"] is None:
@@ -475,7 +477,7 @@ def submit_evaluation(request, payload: EvaluationIn):
     suite version (or a suite's latest). The same request again answers 200 with the run that is
     queued, running or succeeded already."""
     if (payload.suite_version_id is None) == (payload.suite_id is None):
-        raise HttpError(422, "suite_version_id: give suite_version_id or suite_id (its latest version)")
+        raise HttpError(422, "suite_version_id: " + gettext("give suite_version_id or suite_id (its latest version)"))
     if payload.suite_id is not None:
         suite_version = services.latest_suite_version(_suite(request, payload.suite_id))
     else:
@@ -510,7 +512,7 @@ def compare(request, a: int, b: int):
 def radar(request, runs: list[int] = Query(...)):
     """Per-dimension averages of finished runs (plotly-ready)."""
     if len(runs) > board.MAX_RADAR_RUNS:
-        raise HttpError(422, f"runs: choose 1 to {board.MAX_RADAR_RUNS} runs")
+        raise HttpError(422, "runs: " + gettext("choose 1 to %(max)s runs") % {"max": board.MAX_RADAR_RUNS})
     return _act(lambda: board.radar(request.auth, [_run(request, pk) for pk in runs]))
 
 
@@ -555,11 +557,12 @@ def get_leaderboard(request, suite_id: int, format: str = "json", version: int |
     with per-benchmark scores, 95% intervals, hashes and contamination flags, per-dimension and
     overall averages; `format=csv` downloads it."""
     if format not in ("json", "csv"):
-        raise HttpError(422, "format: must be json or csv")
+        raise HttpError(422, "format: " + gettext("must be json or csv"))
     suite = _suite(request, suite_id)
     target = suite if version is None else suite.versions.filter(number=version).first()
     if target is None:
-        raise HttpError(404, f"{suite.name} has no version {version}")
+        raise HttpError(404, gettext("%(suite)s has no version %(version)s")
+                                     % {"suite": suite.name, "version": version})
     table = _act(lambda: board.leaderboard(request.auth, target, kind=kind or None, owner=owner or None,
                                            size_max=size_max, since=since, sort=sort, descending=descending))
     if format == "csv":

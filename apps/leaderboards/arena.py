@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 from django.conf import settings
+from django.utils.translation import gettext
 
 from apps.accounts.visibility import get_visible_or_404, teammate_ids, visible_to
 from apps.jobs import services as jobs
@@ -28,13 +29,16 @@ def record_vote(user, *, model_a, model_b, outcome, prompt="", battle="") -> Are
     a = get_visible_or_404(versions, user, "model__owner", pk=getattr(model_a, "pk", None))
     b = get_visible_or_404(versions, user, "model__owner", pk=getattr(model_b, "pk", None))
     if a.pk == b.pk:
-        raise RefusedInput("model_b", "must be another version than model_a (a model cannot battle itself)")
+        raise RefusedInput("model_b", gettext("must be another version than model_a (a model cannot battle itself)"))
     if outcome not in ArenaOutcome.values:
-        raise RefusedInput("outcome", f"must be one of {', '.join(ArenaOutcome.values)}, got {str(outcome)[:40]!r}")
+        raise RefusedInput("outcome", gettext("must be one of %(values)s, got %(outcome)s")
+                                              % {"values": ', '.join(ArenaOutcome.values),
+                                                 "outcome": repr(str(outcome)[:40])})
     if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT:
-        raise RefusedInput("prompt", f"must be text of at most {MAX_PROMPT:,} characters")
+        raise RefusedInput("prompt", gettext("must be text of at most %(max)s characters")
+                                             % {"max": format(MAX_PROMPT, ",")})
     if not isinstance(battle, str) or len(battle) > 64:
-        raise RefusedInput("battle", "must be at most 64 characters")
+        raise RefusedInput("battle", gettext("must be at most 64 characters"))
     return ArenaVote.objects.create(voter=user, model_a=a, model_b=b, outcome=outcome, prompt=prompt, battle=battle)
 
 
@@ -57,7 +61,7 @@ def start_ratings(user) -> Job:
     if active is not None:
         return active
     if not rated_votes(user).exists():
-        raise RefusedInput("votes", "there are no votes on versions you may see yet")
+        raise RefusedInput("votes", gettext("there are no votes on versions you may see yet"))
     path = settings.EVALUATION_DIR / "arena" / f"{uuid.uuid4().hex}.jsonl"
     return jobs.submit_job(user, "arena_ratings", {"votes_path": str(path)}, title="Arena ratings")
 

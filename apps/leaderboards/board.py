@@ -27,6 +27,7 @@ from datetime import date, datetime
 
 from django.db.models import Q
 from django.http import Http404
+from django.utils.translation import gettext
 
 from apps.accounts.system import builtin_owner
 from apps.accounts.visibility import teammate_ids, visible_to
@@ -49,6 +50,7 @@ from apps.leaderboards.services import (
     visible_runs,
     visible_suite_versions,
 )
+from apps.studio.labels import choice_word
 from workers.tasks import catalog
 
 DIMENSION_ORDER = [d for d, _ in DIMENSIONS]
@@ -191,8 +193,9 @@ def _sort_key(sort: str, columns: list[dict]):
     ident = sort.removeprefix("bench:")
     if ident.isdigit() and any(c["id"] == int(ident) for c in columns):
         return lambda row: (row["scores"].get(int(ident)) or {}).get("score")
-    raise RefusedInput("sort", f"must be one of {', '.join(SORTS)}, a dimension, or bench:<benchmark version id> of "
-                               f"this suite, got {sort[:40]!r}")
+    raise RefusedInput("sort", gettext("must be one of %(sorts)s, a dimension, or bench:<benchmark version id> of "
+                                       "this suite, got %(sort)s")
+                                       % {"sorts": ', '.join(SORTS), "sort": repr(sort[:40])})
 
 
 def leaderboard(user, suite, *, kind=None, owner=None, size_max=None, since=None, sort="overall",
@@ -282,7 +285,8 @@ def _finished_run(user, run, field: str) -> EvaluationRun:
     if found is None:
         raise Http404("No such evaluation, or you may not see it.")
     if found.job.status != JobStatus.SUCCEEDED:
-        raise RefusedInput(field, f"run {found.pk} is {found.job.status.lower()}; compare finished runs")
+        raise RefusedInput(field, gettext("run %(run)s is %(status)s; compare finished runs")
+                                          % {"run": found.pk, "status": choice_word(found.job, "status").lower()})
     return found
 
 
@@ -354,7 +358,7 @@ def radar(user, runs) -> dict:
     [...], "series": [{"label", "run_id", "values"}]} (None where a run has no such dimension)."""
     runs = list(runs)
     if not runs or len(runs) > MAX_RADAR_RUNS:
-        raise RefusedInput("runs", f"choose 1 to {MAX_RADAR_RUNS} runs")
+        raise RefusedInput("runs", gettext("choose 1 to %(max)s runs") % {"max": MAX_RADAR_RUNS})
     found = [_finished_run(user, run, "runs") for run in runs]
     series, dimensions = [], set()
     for run in found:

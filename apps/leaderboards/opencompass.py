@@ -15,6 +15,7 @@ import io
 import math
 
 from django.db import transaction
+from django.utils.translation import gettext
 
 from apps.leaderboards.models import ImportedScore, ImportedSummary
 from apps.leaderboards.services import RefusedInput
@@ -28,24 +29,26 @@ MISSING = "-"
 
 
 def _refuse(line: int, column: int | None, reason: str):
-    where = f"line {line}" + (f", column {column}" if column else "")
-    return RefusedInput("file", f"{where}: {reason}")
+    where = (gettext("line %(line)s, column %(column)s") % {"line": line, "column": column} if column else
+             gettext("line %(line)s") % {"line": line})
+    return RefusedInput("file", gettext("%(where)s: %(reason)s") % {"where": where, "reason": reason})
 
 
 def _read(uploaded) -> str:
     size = getattr(uploaded, "size", None)
     if size is not None and size > MAX_BYTES:
-        raise RefusedInput("file", f"is {size:,} bytes; an OpenCompass summary may be at most {MAX_BYTES:,}")
+        raise RefusedInput("file", gettext("is %(size)s bytes; an OpenCompass summary may be at most %(max)s")
+                                           % {"size": format(size, ","), "max": format(MAX_BYTES, ",")})
     data = uploaded.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
-        raise RefusedInput("file", f"is larger than {MAX_BYTES:,} bytes")
+        raise RefusedInput("file", gettext("is larger than %(max)s bytes") % {"max": format(MAX_BYTES, ",")})
     if not data.strip():
-        raise RefusedInput("file", "is empty")
+        raise RefusedInput("file", gettext("is empty"))
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
-        raise _refuse(line, None, "is not UTF-8 text") from None
+        raise _refuse(line, None, gettext("is not UTF-8 text")) from None
 
 
 def _header(row: list[str]) -> list[str]:
@@ -53,18 +56,21 @@ def _header(row: list[str]) -> list[str]:
     for i, name in enumerate(HEADER):
         if i >= len(cells) or cells[i].lower() != name:
             got = cells[i] if i < len(cells) else "nothing"
-            raise _refuse(1, i + 1, f"expected the column {name!r} (an OpenCompass summary starts with "
-                                    f"{', '.join(HEADER)}, then one column per model), got {got[:40]!r}")
+            raise _refuse(1, i + 1, gettext("expected the column %(name)s (an OpenCompass summary starts with "
+                                            "%(header)s, then one column per model), got %(got)s")
+                                            % {"name": repr(name), "header": ', '.join(HEADER),
+                                               "got": repr(got[:40])})
     models = cells[len(HEADER):]
     if not models:
-        raise _refuse(1, None, "names no model column after dataset, version, metric, mode")
+        raise _refuse(1, None, gettext("names no model column after dataset, version, metric, mode"))
     if len(models) > MAX_MODELS:
-        raise _refuse(1, None, f"names {len(models)} models; at most {MAX_MODELS}")
+        raise _refuse(1, None, gettext("names %(count)s models; at most %(max)s")
+                                       % {"count": len(models), "max": MAX_MODELS})
     for i, name in enumerate(models, start=len(HEADER) + 1):
         if not name or len(name) > 200:
-            raise _refuse(1, i, "a model column needs a name of 1-200 characters")
+            raise _refuse(1, i, gettext("a model column needs a name of 1-200 characters"))
         if models.index(name) != i - len(HEADER) - 1:
-            raise _refuse(1, i, f"names the model {name[:40]!r} twice")
+            raise _refuse(1, i, gettext("names the model %(name)s twice") % {"name": repr(name[:40])})
     return models
 
 
@@ -75,9 +81,11 @@ def _value(text: str, line: int, column: int, model: str) -> float | None:
     try:
         value = float(text)
     except ValueError:
-        raise _refuse(line, column, f"{text[:40]!r} for {model[:40]} is neither a number nor '-'") from None
+        raise _refuse(line, column, gettext("%(text)s for %(model)s is neither a number nor '-'")
+                                            % {"text": repr(text[:40]), "model": model[:40]}) from None
     if not math.isfinite(value):
-        raise _refuse(line, column, f"{text[:40]!r} for {model[:40]} is not a finite number")
+        raise _refuse(line, column, gettext("%(text)s for %(model)s is not a finite number")
+                                            % {"text": repr(text[:40]), "model": model[:40]})
     return value
 
 
@@ -95,26 +103,28 @@ def parse_summary(text: str) -> list[dict]:
                 continue
             rows += 1
             if rows > MAX_ROWS:
-                raise _refuse(line, None, f"more than {MAX_ROWS:,} rows")
+                raise _refuse(line, None, gettext("more than %(max)s rows") % {"max": format(MAX_ROWS, ",")})
             if len(row) != len(HEADER) + len(models):
-                raise _refuse(line, None, f"has {len(row)} columns; the header has {len(HEADER) + len(models)}")
+                raise _refuse(line, None, gettext("has %(count)s columns; the header has %(expected)s")
+                                                  % {"count": len(row), "expected": len(HEADER) + len(models)})
             fields = {name: row[i].strip() for i, name in enumerate(HEADER)}
             for i, name in enumerate(HEADER, start=1):
                 if len(fields[name]) > LIMITS[name]:
-                    raise _refuse(line, i, f"the {name} is longer than {LIMITS[name]} characters")
+                    raise _refuse(line, i, gettext("the %(name)s is longer than %(limit)s characters")
+                                                   % {"name": name, "limit": LIMITS[name]})
             if not fields["dataset"]:
-                raise _refuse(line, 1, "names no dataset")
+                raise _refuse(line, 1, gettext("names no dataset"))
             values = [_value(row[len(HEADER) + k], line, len(HEADER) + k + 1, model) for k, model in enumerate(models)]
             if all(v is None for v in values):
                 continue  # a category separator or a dataset without results
             fields = {k: ("" if v == MISSING else v) for k, v in fields.items()}
             scores += [{**fields, "model_name": model, "value": value} for model, value in zip(models, values)]
     except csv.Error as exc:
-        raise _refuse(reader.line_num, None, f"is not valid CSV ({exc})") from None
+        raise _refuse(reader.line_num, None, gettext("is not valid CSV (%(exc)s)") % {"exc": exc}) from None
     if models is None:
-        raise RefusedInput("file", "is empty")
+        raise RefusedInput("file", gettext("is empty"))
     if not scores:
-        raise RefusedInput("file", "holds no scores (every value is '-')")
+        raise RefusedInput("file", gettext("holds no scores (every value is '-')"))
     return scores
 
 

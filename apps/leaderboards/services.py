@@ -47,6 +47,7 @@ from apps.leaderboards.models import (
     SuiteVersion,
 )
 from apps.registry.models import ModelAlias, ModelVersion, VersionKind, VersionUse
+from apps.studio.labels import choice_word
 from workers.tasks import catalog
 
 __all__ = ["RefusedInput", "PermissionDenied", "visible_benchmarks", "visible_suites", "visible_runs", "create_benchmark",
@@ -54,6 +55,9 @@ __all__ = ["RefusedInput", "PermissionDenied", "visible_benchmarks", "visible_su
 
 STARTER_SUITE = "starter"
 AGENT_SUITE = "agent"
+# The built-in suites' descriptions (stored in English; the pages show them translated, labels.py).
+BUILTIN_SUITES = {STARTER_SUITE: "Every built-in benchmark, each at weight 1.",
+                  AGENT_SUITE: "The built-in agent benchmarks (calculator tool use)."}
 MAX_SUITE_ITEMS = 64
 MAX_FEWSHOT = 32
 MAX_DESCRIPTION = 20_000
@@ -133,7 +137,8 @@ def metric_of(definition: dict) -> str:
 
 def _text(field: str, value, limit: int) -> str:
     if not isinstance(value, str) or len(value) > limit:
-        raise RefusedInput(field, f"must be text of at most {limit:,} characters")
+        raise RefusedInput(field, gettext("must be text of at most %(limit)s characters")
+                                          % {"limit": format(limit, ",")})
     return value.strip()
 
 
@@ -150,22 +155,29 @@ def _fewshot_rows(version: DatasetVersion | None, indices, shape: str) -> list[d
     indices = list(indices or ())
     if version is None:
         if indices:
-            raise RefusedInput("fewshot_version", "choose the dataset version the few-shot rows come from")
+            raise RefusedInput("fewshot_version", gettext("choose the dataset version the few-shot rows come from"))
         return []
     if not indices:
-        raise RefusedInput("fewshot_rows", f"name at least one row of {version} (or choose no few-shot version)")
+        raise RefusedInput("fewshot_rows", gettext("name at least one row of %(version)s (or choose no few-shot "
+                                                   "version)") % {"version": version})
     if len(indices) > MAX_FEWSHOT:
-        raise RefusedInput("fewshot_rows", f"at most {MAX_FEWSHOT} rows, got {len(indices)}")
+        raise RefusedInput("fewshot_rows", gettext("at most %(max)s rows, got %(count)s")
+                                                   % {"max": MAX_FEWSHOT, "count": len(indices)})
     for i, index in enumerate(indices):
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < version.rows:
-            raise RefusedInput(f"fewshot_rows[{i}]", f"must be a row number from 0 to {version.rows - 1}, got {index!r:.40}")
+            raise RefusedInput(f"fewshot_rows[{i}]", gettext("must be a row number from 0 to %(last)s, got "
+                                                             "%(index)s")
+                                                             % {"last": version.rows - 1,
+                                                                "index": format(repr(index), ".40")})
     if len(set(indices)) != len(indices):
-        raise RefusedInput("fewshot_rows", "names a row twice")
+        raise RefusedInput("fewshot_rows", gettext("names a row twice"))
     if shape not in FEWSHOT_FIELDS:
-        raise RefusedInput("fewshot_version", f"a {shape} benchmark has no few-shot rows")
+        raise RefusedInput("fewshot_version", gettext("a %(shape)s benchmark has no few-shot rows")
+                                                      % {"shape": shape})
     if version.canonical != shape:
         raise RefusedInput("fewshot_version",
-                           f"{version} holds {version.canonical} records; a {shape} benchmark needs {shape} rows")
+                           gettext("%(version)s holds %(canonical)s records; a %(shape)s benchmark needs %(shape)s "
+                                   "rows") % {"version": version, "canonical": version.canonical, "shape": shape})
     wanted, last = set(indices), max(indices)
     found: dict[int, dict] = {}
     try:
@@ -177,10 +189,12 @@ def _fewshot_rows(version: DatasetVersion | None, indices, shape: str) -> list[d
                 if number >= last:
                     break
     except (OSError, ValueError):
-        raise RefusedInput("fewshot_version", f"the rows of {version} cannot be read") from None
+        raise RefusedInput("fewshot_version", gettext("the rows of %(version)s cannot be read")
+                                                      % {"version": version}) from None
     missing = [i for i in indices if i not in found]
     if missing:
-        raise RefusedInput("fewshot_rows", f"{version} has no row {missing[0]}")
+        raise RefusedInput("fewshot_rows", gettext("%(version)s has no row %(missing)s")
+                                                   % {"version": version, "missing": missing[0]})
     return [found[i] for i in indices]
 
 
@@ -199,8 +213,11 @@ def _definition(*, name: str, dataset_version: DatasetVersion, shape, template, 
         raw["chat_template"] = chat_template
     checked = _check(raw, dataset_version)
     if dataset_version.canonical != checked["shape"]:
-        raise RefusedInput("dataset_version", f"{dataset_version} holds {dataset_version.canonical} records; a "
-                                              f"{checked['shape']} benchmark needs a {checked['shape']} version")
+        raise RefusedInput("dataset_version", gettext("%(dataset_version)s holds %(canonical)s records; a %(shape)s "
+                                                      "benchmark needs a %(shape)s version")
+                                                      % {"dataset_version": dataset_version,
+                                                         "canonical": dataset_version.canonical,
+                                                         "shape": checked['shape']})
     rows = _fewshot_rows(fewshot_version, fewshot_rows, checked["shape"])
     if rows:
         checked = _check({**raw, "fewshot": rows}, dataset_version)
@@ -211,7 +228,7 @@ def _visible_dataset(user, version: DatasetVersion | None, field: str) -> Datase
     if version is None:
         return None
     if not isinstance(version, DatasetVersion):
-        raise RefusedInput(field, "must be a dataset version")
+        raise RefusedInput(field, gettext("must be a dataset version"))
     return get_visible_or_404(DatasetVersion.objects.select_related("dataset"), user, "dataset__owner", pk=version.pk)
 
 
@@ -230,7 +247,7 @@ def create_benchmark(user, *, name, dataset_version, shape, template="", answer_
     title, description = _text("title", title, 200), _text("description", description, MAX_DESCRIPTION)
     dataset_version = _visible_dataset(user, dataset_version, "dataset_version")
     if dataset_version is None:
-        raise RefusedInput("dataset_version", "choose the dataset version the benchmark is made of")
+        raise RefusedInput("dataset_version", gettext("choose the dataset version the benchmark is made of"))
     fewshot_version = _visible_dataset(user, fewshot_version, "fewshot_version")
     definition = _definition(name=name, dataset_version=dataset_version, shape=shape, template=template,
                              answer_template=answer_template, fewshot_version=fewshot_version, fewshot_rows=fewshot_rows,
@@ -239,12 +256,14 @@ def create_benchmark(user, *, name, dataset_version, shape, template="", answer_
     try:
         with transaction.atomic():
             if Benchmark.objects.filter(owner=user, name=definition["name"]).exists():
-                raise RefusedInput("name", f"you already have a benchmark named {definition['name']!r}; edit it instead")
+                raise RefusedInput("name", gettext("you already have a benchmark named %(name)s; edit it instead")
+                                                   % {"name": repr(definition['name'])})
             benchmark = Benchmark.objects.create(owner=user, name=definition["name"], title=title, description=description,
                                                  dimension=definition["dimension"])
             return _add_version(benchmark, user, dataset_version, fewshot_version, fewshot_rows, definition)
     except IntegrityError:  # created at the same moment by another request
-        raise RefusedInput("name", f"you already have a benchmark named {definition['name']!r}; edit it instead") from None
+        raise RefusedInput("name", gettext("you already have a benchmark named %(name)s; edit it instead")
+                                           % {"name": repr(definition['name'])}) from None
 
 
 def edit_benchmark(user, benchmark: Benchmark, *, dataset_version=KEEP, shape=KEEP, template=KEEP, answer_template=KEEP,
@@ -291,24 +310,28 @@ def edit_benchmark(user, benchmark: Benchmark, *, dataset_version=KEEP, shape=KE
 
 def _suite_items(user, items) -> list[tuple[BenchmarkVersion, float]]:
     if not isinstance(items, (list, tuple)) or not items:
-        raise RefusedInput("items", "list at least one benchmark version with its weight")
+        raise RefusedInput("items", gettext("list at least one benchmark version with its weight"))
     if len(items) > MAX_SUITE_ITEMS:
-        raise RefusedInput("items", f"at most {MAX_SUITE_ITEMS} benchmarks, got {len(items)}")
+        raise RefusedInput("items", gettext("at most %(max)s benchmarks, got %(count)s")
+                                            % {"max": MAX_SUITE_ITEMS, "count": len(items)})
     visible = visible_benchmark_versions(user)
     checked, seen = [], set()
     for i, item in enumerate(items):
         try:
             version, weight = item
         except (TypeError, ValueError):
-            raise RefusedInput(f"items[{i}]", "must be a (benchmark version, weight) pair") from None
+            raise RefusedInput(f"items[{i}]", gettext("must be a (benchmark version, weight) pair")) from None
         if not isinstance(version, BenchmarkVersion):
-            raise RefusedInput(f"items[{i}]", "must name a benchmark version")
+            raise RefusedInput(f"items[{i}]", gettext("must name a benchmark version"))
         version = _visible_or_404(visible, pk=version.pk)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
                 or not 0 < weight <= MAX_WEIGHT:
-            raise RefusedInput(f"items[{i}].weight", f"must be a number above 0 and at most {MAX_WEIGHT:g}, got {weight!r:.40}")
+            raise RefusedInput(f"items[{i}].weight", gettext("must be a number above 0 and at most %(max)s, got "
+                                                             "%(weight)s")
+                                                             % {"max": format(MAX_WEIGHT, "g"),
+                                                                "weight": format(repr(weight), ".40")})
         if version.pk in seen:
-            raise RefusedInput(f"items[{i}]", f"lists {version} twice")
+            raise RefusedInput(f"items[{i}]", gettext("lists %(version)s twice") % {"version": version})
         seen.add(version.pk)
         checked.append((version, float(weight)))
     return checked
@@ -330,17 +353,19 @@ def _same_items(version: SuiteVersion | None, items) -> bool:
 def create_suite(user, *, name, items, description="") -> SuiteVersion:
     name = name.strip() if isinstance(name, str) else ""
     if not _SUITE_NAME.match(name):
-        raise RefusedInput("name", "must be 1-64 letters, digits, spaces, '.', '-' or '_'")
+        raise RefusedInput("name", gettext("must be 1-64 letters, digits, spaces, '.', '-' or '_'"))
     description = _text("description", description, MAX_DESCRIPTION)
     items = _suite_items(user, items)
     try:
         with transaction.atomic():
             if Suite.objects.filter(owner=user, name=name).exists():
-                raise RefusedInput("name", f"you already have a suite named {name!r}; edit it instead")
+                raise RefusedInput("name", gettext("you already have a suite named %(name)s; edit it instead")
+                                                   % {"name": repr(name)})
             suite = Suite.objects.create(owner=user, name=name, description=description)
             return _add_suite_version(suite, user, items)
     except IntegrityError:
-        raise RefusedInput("name", f"you already have a suite named {name!r}; edit it instead") from None
+        raise RefusedInput("name", gettext("you already have a suite named %(name)s; edit it instead")
+                                           % {"name": repr(name)}) from None
 
 
 def edit_suite(user, suite: Suite, items, description=None) -> SuiteVersion:
@@ -384,10 +409,10 @@ def _endpoint(endpoint, field: str) -> ExternalEndpoint:
     if found is None:
         raise Http404("No such endpoint.")
     if not found.enabled:
-        raise RefusedInput(field, f"{found} is disabled by the administrator")
+        raise RefusedInput(field, gettext("%(endpoint)s is disabled by the administrator") % {"endpoint": found})
     if not endpoint_allowed(found):
-        raise RefusedInput(field, f"{found}'s base URL is not on the allowlist of evaluation endpoints "
-                                  "(PUYU_EVAL_ENDPOINT_ALLOWLIST)")
+        raise RefusedInput(field, gettext("%(endpoint)s's base URL is not on the allowlist of evaluation endpoints "
+                                          "(PUYU_EVAL_ENDPOINT_ALLOWLIST)") % {"endpoint": found})
     return found
 
 
@@ -399,10 +424,12 @@ def _served(user, deployment, field: str):
     deployment = get_visible_or_404(Deployment.objects.select_related("owner", "model"), user,
                                     pk=getattr(deployment, "pk", None))
     if not deployment.is_active:
-        raise RefusedInput(field, f"{deployment} is {deployment.state}; start it first")
+        raise RefusedInput(field, gettext("%(deployment)s is %(state)s; start it first")
+                                  % {"deployment": deployment, "state": choice_word(deployment, "state")})
     version = resolve_version(deployment)
     if version is None:
-        raise RefusedInput(field, f"{deployment} serves no version now (its alias points nowhere)")
+        raise RefusedInput(field, gettext("%(deployment)s serves no version now (its alias points nowhere)")
+                                          % {"deployment": deployment})
     return deployment, version
 
 
@@ -410,13 +437,14 @@ def _local_model(version: ModelVersion, field: str) -> dict:
     """The spec fields that load `version`'s weights: its folder, or for a LoRA adapter its base's
     folder plus the adapter's (applied unmerged, as it was trained)."""
     if not version.path.is_dir():
-        raise RefusedInput(field, f"the files of {version} are missing from the model store")
+        raise RefusedInput(field, gettext("the files of %(version)s are missing from the model store")
+                                          % {"version": version})
     if version.kind != VersionKind.ADAPTER:
         return {"model_dir": str(version.path)}
     base = version.parent
     if base is None or base.kind == VersionKind.ADAPTER or not base.path.is_dir():
-        raise RefusedInput(field, f"{version} is an adapter whose base model is not in the store; evaluate a merged "
-                                  "version or a deployment that serves it")
+        raise RefusedInput(field, gettext("%(version)s is an adapter whose base model is not in the store; evaluate "
+                                          "a merged version or a deployment that serves it") % {"version": version})
     return {"model_dir": str(base.path), "adapter_dir": str(version.path)}
 
 
@@ -432,7 +460,8 @@ def _resolve_target(user, *, model_version, alias, deployment, endpoint) -> _Tar
     given = [name for name, value in (("model_version", model_version), ("alias", alias), ("deployment", deployment),
                                       ("endpoint", endpoint)) if value is not None]
     if len(given) != 1:
-        raise RefusedInput("target", "choose exactly one target: a model version, an alias, a deployment or an endpoint")
+        raise RefusedInput("target", gettext("choose exactly one target: a model version, an alias, a deployment or "
+                                             "an endpoint"))
     if model_version is not None:
         version = get_visible_or_404(ModelVersion.objects.select_related("model", "parent"), user, "model__owner",
                                      pk=getattr(model_version, "pk", None))
@@ -457,7 +486,7 @@ def _resolve_target(user, *, model_version, alias, deployment, endpoint) -> _Tar
 def _resolve_judge(user, judge_deployment, judge_endpoint) -> tuple[dict, list, dict]:
     """(spec fields, request identity, run settings) of the judge, if one is named."""
     if judge_deployment is not None and judge_endpoint is not None:
-        raise RefusedInput("judge", "name one judge: a deployment or an endpoint")
+        raise RefusedInput("judge", gettext("name one judge: a deployment or an endpoint"))
     if judge_deployment is not None:
         deployment, version = _served(user, judge_deployment, "judge_deployment")
         return ({"judge_deployment_id": deployment.pk, "judge_revision": str(version.uid)},
@@ -486,13 +515,15 @@ def _spec_benchmarks(user, suite_version: SuiteVersion) -> tuple[list[dict], dic
                 break
         data = bv.dataset_version
         if not data.path.is_file():
-            raise RefusedInput("suite_version", f"the data of {bv} ({data}) is missing from the data dir")
+            raise RefusedInput("suite_version", gettext("the data of %(benchmark)s (%(data)s) is missing from the data "
+                                                        "dir") % {"benchmark": bv, "data": data})
         names[name] = bv.pk
         definitions.append({**bv.definition, "name": name, "dimension": bv.benchmark.dimension, "data_path": str(data.path)})
         if data not in datasets:
             datasets.append(data)
     if not definitions:
-        raise RefusedInput("suite_version", f"{suite_version} lists no benchmarks")
+        raise RefusedInput("suite_version", gettext("%(suite_version)s lists no benchmarks")
+                                                    % {"suite_version": suite_version})
     return definitions, names, datasets
 
 
@@ -510,11 +541,12 @@ def submit_evaluation(user, *, suite_version, model_version=None, alias=None, de
     """Queue one evaluation run (module doc); the same request twice returns the run that is
     queued, running or succeeded already (its `reused` attribute says which happened)."""
     if not isinstance(suite_version, SuiteVersion):
-        raise RefusedInput("suite_version", "choose the suite version to evaluate on")
+        raise RefusedInput("suite_version", gettext("choose the suite version to evaluate on"))
     suite_version = _visible_or_404(visible_suite_versions(user), pk=suite_version.pk)
     for field, value in (("max_samples", max_samples), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise RefusedInput(field, f"must be a whole number, got {value!r:.40}")
+            raise RefusedInput(field, gettext("must be a whole number, got %(value)s")
+                                              % {"value": format(repr(value), ".40")})
     target = _resolve_target(user, model_version=model_version, alias=alias, deployment=deployment, endpoint=endpoint)
     judge_params, judge_identity, judge_settings = _resolve_judge(user, judge_deployment, judge_endpoint)
     definitions, names, datasets = _spec_benchmarks(user, suite_version)
@@ -560,7 +592,7 @@ def retry_evaluation(job: Job, user) -> Job:
     target = {RunTarget.MODEL: {"model_version": run.model_version}, RunTarget.DEPLOYMENT: {"deployment": run.deployment},
               RunTarget.ENDPOINT: {"endpoint": run.endpoint}}[run.target]
     if None in target.values():
-        raise RefusedInput("target", "the run's target is gone; start a new evaluation")
+        raise RefusedInput("target", gettext("the run's target is gone; start a new evaluation"))
     judge = {}
     if run.settings.get("judge_deployment_id"):
         from apps.serving.models import Deployment
@@ -634,14 +666,14 @@ def record_builtins(job: Job, result: dict) -> dict:
     builtins = Benchmark.objects.filter(owner=system).exclude(builtin_key="").order_by("name")
     items = [(latest_version(b), 1.0) for b in builtins]
     suite, _ = Suite.objects.get_or_create(owner=system, name=STARTER_SUITE,
-                                           defaults={"description": "Every built-in benchmark, each at weight 1."})
+                                           defaults={"description": BUILTIN_SUITES[STARTER_SUITE]})
     if items and not _same_items(latest_suite_version(suite), items):
         _add_suite_version(suite, system, items)
     # The agent benchmarks alone: what the Quick start evaluates base and fine-tuned on, in minutes.
     agent_items = [(version, weight) for version, weight in items if version.benchmark.dimension == "agent"]
     if agent_items:
         agent, _ = Suite.objects.get_or_create(owner=system, name=AGENT_SUITE,
-                                               defaults={"description": "The built-in agent benchmarks (calculator tool use)."})
+                                               defaults={"description": BUILTIN_SUITES[AGENT_SUITE]})
         if not _same_items(latest_suite_version(agent), agent_items):
             _add_suite_version(agent, system, agent_items)
     return {**result, "benchmarks": sorted(b.builtin_key for b in builtins)}

@@ -602,7 +602,8 @@ def benchmark_edit(request, benchmark_id: int):
     benchmark = _benchmark(request.user, benchmark_id)
     if not can_manage(request.user, benchmark):
         if request.method == "POST":
-            return HttpResponse("only the benchmark's owner or staff can change it", status=403, content_type="text/plain")
+            return HttpResponse(gettext("only the benchmark's owner or staff can change it"), status=403,
+                                content_type="text/plain; charset=utf-8")
         messages.error(request, gettext("Only the benchmark's owner can change it; make your own from it instead."))
         return redirect("benchmark-detail", benchmark_id=benchmark.pk)
     latest = benchmark.versions.order_by("-number").first()
@@ -611,7 +612,7 @@ def benchmark_edit(request, benchmark_id: int):
         try:
             version = services.edit_benchmark(request.user, benchmark, **form.service_kwargs())
         except PermissionDenied as exc:
-            return HttpResponse(str(exc), status=403, content_type="text/plain")
+            return HttpResponse(str(exc), status=403, content_type="text/plain; charset=utf-8")
         except services.RefusedInput as exc:
             attach(form, exc.field, exc.reason)
         else:
@@ -669,7 +670,8 @@ def suite_edit(request, suite_id: int):
     suite = _suite(request.user, suite_id)
     if not can_manage(request.user, suite):
         if request.method == "POST":
-            return HttpResponse("only the suite's owner or staff can change it", status=403, content_type="text/plain")
+            return HttpResponse(gettext("only the suite's owner or staff can change it"), status=403,
+                                content_type="text/plain; charset=utf-8")
         messages.error(request, gettext("Only the suite's owner can change it."))
         return redirect("suite-detail", suite_id=suite.pk)
     latest = suite.versions.order_by("-number").first()
@@ -681,7 +683,7 @@ def suite_edit(request, suite_id: int):
         try:
             version = services.edit_suite(request.user, suite, form.items())
         except PermissionDenied as exc:
-            return HttpResponse(str(exc), status=403, content_type="text/plain")
+            return HttpResponse(str(exc), status=403, content_type="text/plain; charset=utf-8")
         except services.RefusedInput as exc:
             attach(form, exc.field, exc.reason)
         else:

@@ -14,6 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.http import HttpResponse
+from django.utils.translation import gettext
 from ninja import File, Query, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
@@ -199,7 +200,8 @@ def list_conversations(request, kind: str = "chat", limit: int = 50, offset: int
     conversations = services.visible_conversations(request.auth).prefetch_related("http_tools")
     if kind != "all":
         if kind not in ConversationKind.values:
-            raise HttpError(422, f"kind: must be one of {', '.join(ConversationKind.values)} or all")
+            raise HttpError(422, "kind: " + gettext("must be one of %(values)s or all")
+                                                    % {"values": ', '.join(ConversationKind.values)})
         conversations = conversations.filter(kind=kind)
     return list(conversations.select_related("battle")[offset:offset + limit])
 
@@ -252,7 +254,7 @@ def list_messages(request, conversation_id: int, leaf: int | None = None):
     if leaf is not None:
         end = conversation.messages.filter(pk=leaf).first()
         if end is None:
-            raise HttpError(422, "leaf: is not a message of this conversation")
+            raise HttpError(422, "leaf: " + gettext("is not a message of this conversation"))
     shown = services.shown_messages(conversation, end) if end is None else services.path(conversation, end)
     current = end or services.current_leaf(conversation)
     return {"conversation_id": conversation.pk, "leaf_id": current.pk if current else None,
@@ -346,7 +348,7 @@ def export(request, conversation_id: int, fmt: str = Query("json", description="
     if fmt == "json":
         return exports.export_json(conversation)
     if fmt != "md":
-        raise HttpError(422, "fmt: must be json or md")
+        raise HttpError(422, "fmt: " + gettext("must be json or md"))
     response = HttpResponse(exports.export_markdown(conversation), content_type="text/markdown; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="conversation-{conversation.pk}.md"'
     return response
@@ -370,7 +372,7 @@ def list_documents(request, conversation_id: int):
 def attach_document(request, conversation_id: int, document: File[UploadedFile] = None):
     conversation = _conversation(request, conversation_id)
     if document is None:
-        raise HttpError(422, "document: attach a .txt, .md or .pdf file (multipart field \"document\")")
+        raise HttpError(422, "document: " + gettext("attach a .txt, .md or .pdf file (multipart field \"document\")"))
     return Status(201, _act(services.attach_document, request.auth, conversation, document))
 
 
@@ -420,7 +422,7 @@ def create_comparison(request, payload: ComparisonIn):
     """One message to 2–4 deployments; each column streams on the conversation's socket."""
     deployments = [services._deployment(request.auth, pk) for pk in payload.deployment_ids[:4]]
     if len(payload.deployment_ids) > 4:
-        raise HttpError(422, "deployment_ids: choose two to four deployments")
+        raise HttpError(422, "deployment_ids: " + gettext("choose two to four deployments"))
     comparison = _act(services.side_by_side, request.auth, deployments=deployments, content=payload.content,
                       system_prompt=payload.system_prompt, settings=payload.settings)
     return Status(201, _comparison_payload(comparison))

@@ -9,6 +9,7 @@ import random
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from apps.accounts.visibility import get_visible_or_404, require_manager, visible_to
 from apps.leaderboards import arena as leaderboard_arena
@@ -51,8 +52,9 @@ def candidates(user) -> list[tuple]:
 def pick_pair(pairs: list[tuple], choose=_random) -> tuple[tuple, tuple]:
     """Two pairs serving different versions, at random (and in random order)."""
     if len({version.pk for _, version in pairs}) < 2:
-        raise RefusedInput("deployments", "the arena needs two ready deployments serving different model versions that "
-                                          "you may use; deploy another model (or version) on the Serving page")
+        raise RefusedInput("deployments", gettext("the arena needs two ready deployments serving different model "
+                                                  "versions that you may use; deploy another model (or version) on "
+                                                  "the Serving page"))
     first = choose.choice(pairs)
     second = choose.choice([pair for pair in pairs if pair[1].pk != first[1].pk])
     return first, second
@@ -82,19 +84,23 @@ def vote(user, battle: Battle, outcome: str) -> ArenaVote:
     """Record the vote (once, after both answers ended) and reveal the names."""
     require_manager(user, battle, "battle", owner_field="user")
     if outcome not in ArenaOutcome.values:
-        raise RefusedInput("outcome", f"must be one of {', '.join(ArenaOutcome.values)}, got {str(outcome)[:40]!r}")
+        raise RefusedInput("outcome", gettext("must be one of %(values)s, got %(outcome)s")
+                                              % {"values": ', '.join(ArenaOutcome.values),
+                                                 "outcome": repr(str(outcome)[:40])})
     if battle.outcome:
-        raise RefusedInput("outcome", f"this battle was already decided ({battle.outcome})")
+        raise RefusedInput("outcome", gettext("this battle was already decided (%(outcome)s)")
+                                              % {"outcome": battle.outcome})
     replies = answers(battle)
     if any(reply is None or reply.role != MessageRole.ASSISTANT or reply.status == MessageStatus.STREAMING
            for reply in replies):
-        raise RefusedInput("outcome", "wait until both answers are finished")
+        raise RefusedInput("outcome", gettext("wait until both answers are finished"))
     if battle.version_a is None or battle.version_b is None:
-        raise RefusedInput("outcome", "a model version of this battle was deleted; start a new battle")
+        raise RefusedInput("outcome", gettext("a model version of this battle was deleted; start a new battle"))
     with transaction.atomic():
         locked = Battle.objects.select_for_update().get(pk=battle.pk)
         if locked.outcome:
-            raise RefusedInput("outcome", f"this battle was already decided ({locked.outcome})")
+            raise RefusedInput("outcome", gettext("this battle was already decided (%(outcome)s)")
+                                                  % {"outcome": locked.outcome})
         recorded = leaderboard_arena.record_vote(user, model_a=battle.version_a, model_b=battle.version_b,
                                                  outcome=outcome, prompt=battle.prompt[:leaderboard_arena.MAX_PROMPT],
                                                  battle=str(battle.pk))

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from apps.accounts.visibility import require_manager, visible_to
 from apps.playground.checks import BUILTIN_TOOLS, RefusedInput, require_owner, text
@@ -28,29 +29,35 @@ def attach_document(user, conversation: Conversation, uploaded) -> Document:
     stored under UPLOAD_DIR by a uuid name."""
     require_owner(user, conversation)
     if conversation.kind != ConversationKind.CHAT:
-        raise RefusedInput("document", "documents are for chats (with the document search tool)")
+        raise RefusedInput("document", gettext("documents are for chats (with the document search tool)"))
     if conversation.documents.count() >= settings.PLAYGROUND_MAX_DOCUMENTS:
-        raise RefusedInput("document", f"a conversation holds at most {settings.PLAYGROUND_MAX_DOCUMENTS} documents")
+        raise RefusedInput("document", gettext("a conversation holds at most %(max)s documents")
+                                               % {"max": settings.PLAYGROUND_MAX_DOCUMENTS})
     name = Path(str(uploaded.name or "")).name.strip()
     suffix = Path(name.lower()).suffix
     if suffix not in DOCUMENT_SUFFIXES:
-        raise RefusedInput("document", f"{name[:80]!r}: attach a {', '.join(DOCUMENT_SUFFIXES)} file")
+        raise RefusedInput("document", gettext("%(name)s: attach a %(suffixes)s file")
+                                               % {"name": repr(name[:80]),
+                                                  "suffixes": ', '.join(DOCUMENT_SUFFIXES)})
     if not name or len(name) > 200 or any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise RefusedInput("document", "the file name must be 1 to 200 printable characters")
+        raise RefusedInput("document", gettext("the file name must be 1 to 200 printable characters"))
     limit = settings.PLAYGROUND_MAX_DOCUMENT_BYTES
     if uploaded.size > limit:
-        raise RefusedInput("document", f"{name[:80]!r} is {uploaded.size:,} bytes; the limit is {limit:,}")
+        raise RefusedInput("document", gettext("%(name)s is %(size)s bytes; the limit is %(limit)s")
+                                               % {"name": repr(name[:80]), "size": format(uploaded.size, ","),
+                                                  "limit": format(limit, ",")})
     kind = DOCUMENT_SUFFIXES[suffix]
     head = next(iter(uploaded.chunks(65536)), b"")
     uploaded.seek(0)
     if kind == "pdf" and not head.startswith(b"%PDF-"):
-        raise RefusedInput("document", f"{name[:80]!r} is not a PDF file")
+        raise RefusedInput("document", gettext("%(name)s is not a PDF file") % {"name": repr(name[:80])})
     if kind != "pdf":
         try:
             head.decode("utf-8")
         except UnicodeDecodeError as exc:
             if exc.start < len(head) - 4:  # not just a character cut at the end of the sample
-                raise RefusedInput("document", f"{name[:80]!r} is not UTF-8 text") from None
+                raise RefusedInput("document", gettext("%(name)s is not UTF-8 text")
+                                   % {"name": repr(name[:80])}) from None
     try:
         stored = uploads.store_upload(uploaded, tuple(DOCUMENT_SUFFIXES), "document")
     except InvalidParams as exc:
@@ -101,16 +108,17 @@ def create_http_tool(user, *, name: str, description: str = "", method: str = "G
     """A user-described HTTP endpoint, checked by the agent core's own rules, whose host must be
     on the administrator's allowlist (PUYU_AGENT_HTTP_ALLOWLIST) now as when it is called."""
     if not isinstance(name, str) or not _NAME.match(name):
-        raise RefusedInput("name", "must be letters, digits and _ (at most 64, not starting with a digit)")
+        raise RefusedInput("name", gettext("must be letters, digits and _ (at most 64, not starting with a digit)"))
     if name in BUILTIN_TOOLS:
-        raise RefusedInput("name", f"{name!r} is a built-in tool's name")
+        raise RefusedInput("name", gettext("%(name)s is a built-in tool's name") % {"name": repr(name)})
     description = text("description", description, 1000)
     if method not in ("GET", "POST"):
-        raise RefusedInput("method", "must be GET or POST")
+        raise RefusedInput("method", gettext("must be GET or POST"))
     url_template = text("url_template", url_template, 500, required=True).strip()
     parameters_schema = {"type": "object", "properties": {}} if parameters_schema is None else parameters_schema
     if not isinstance(parameters_schema, dict) or len(json.dumps(parameters_schema)) > MAX_SCHEMA_CHARS:
-        raise RefusedInput("parameters_schema", f"must be a JSON schema object of at most {MAX_SCHEMA_CHARS:,} characters")
+        raise RefusedInput("parameters_schema", gettext("must be a JSON schema object of at most %(max)s characters")
+                                                        % {"max": format(MAX_SCHEMA_CHARS, ",")})
     definition = {"name": name, "description": description, "method": method, "url": url_template,
                   "parameters": parameters_schema}
     fields = {"url": "url_template", "parameters": "parameters_schema"}
@@ -125,11 +133,13 @@ def create_http_tool(user, *, name: str, description: str = "", method: str = "G
     host = _host(parts.hostname or "")
     allowed = _allowlist()
     if (host, None) not in allowed and (host, port) not in allowed:
-        raise RefusedInput("url_template", f"{host}:{port} is not on the administrator's allowlist of hosts agents may "
-                                           "call (PUYU_AGENT_HTTP_ALLOWLIST)" if allowed else
-                           "no host is allowlisted for HTTP tools; an administrator sets PUYU_AGENT_HTTP_ALLOWLIST")
+        raise RefusedInput("url_template", gettext("%(host)s:%(port)s is not on the administrator's allowlist of hosts "
+                                                   "agents may call (PUYU_AGENT_HTTP_ALLOWLIST)")
+                           % {"host": host, "port": port} if allowed else
+                           gettext("no host is allowlisted for HTTP tools; an administrator sets "
+                                   "PUYU_AGENT_HTTP_ALLOWLIST"))
     if HttpTool.objects.filter(owner=user, name=name).exists():
-        raise RefusedInput("name", f"you already have an HTTP tool named {name!r}")
+        raise RefusedInput("name", gettext("you already have an HTTP tool named %(name)s") % {"name": repr(name)})
     return HttpTool.objects.create(owner=user, name=name, description=description, method=method,
                                    url_template=url_template, parameters=parameters_schema)
 

@@ -1,6 +1,8 @@
 """What every playground module checks the same way: refusals, bounded text, who may act."""
 from __future__ import annotations
 
+from django.utils.translation import gettext
+
 from apps.accounts.visibility import require_manager
 from workers.tasks.catalog import InvalidParams
 
@@ -18,13 +20,13 @@ class QuotaExceeded(RefusedInput):
 
 def text(field: str, value, limit: int, *, required: bool = False) -> str:
     if not isinstance(value, str):
-        raise RefusedInput(field, "must be text")
+        raise RefusedInput(field, gettext("must be text"))
     if "\x00" in value:
-        raise RefusedInput(field, "must not contain NUL characters")
+        raise RefusedInput(field, gettext("must not contain NUL characters"))
     if len(value) > limit:
-        raise RefusedInput(field, f"is longer than {limit:,} characters")
+        raise RefusedInput(field, gettext("is longer than %(limit)s characters") % {"limit": format(limit, ",")})
     if required and not value.strip():
-        raise RefusedInput(field, "must not be empty")
+        raise RefusedInput(field, gettext("must not be empty"))
     return value
 
 

@@ -20,7 +20,10 @@ from __future__ import annotations
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.http import Http404
+from django.utils import translation
+from django.utils.translation import gettext
 
+from apps.accounts.language import socket_language
 from apps.accounts.visibility import PermissionDenied, can_manage
 from apps.jobs.events import group_name as job_group
 from apps.jobs.models import FINISHED_STATUSES, Job
@@ -67,21 +70,24 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         return None if conversation is None else can_manage(self.user, conversation)
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
-        if text_data is None or len(text_data) > MAX_FRAME_CHARS:
-            await self.send_json({"event": "error", "field": "frame", "error": f"send JSON text of at most "
-                                                                                f"{MAX_FRAME_CHARS:,} characters"})
-            return
-        try:
-            content = await self.decode_json(text_data)
-        except ValueError:
-            await self.send_json({"event": "error", "field": "frame", "error": "is not JSON"})
-            return
-        await self.receive_json(content, **kwargs)
+        # Refusals read in the page's language (the socket's cookie or Accept-Language).
+        with translation.override(socket_language(self.scope)):
+            if text_data is None or len(text_data) > MAX_FRAME_CHARS:
+                await self.send_json({"event": "error", "field": "frame", "error": gettext(
+                    "send JSON text of at most %(max)s characters") % {"max": format(MAX_FRAME_CHARS, ",")}})
+                return
+            try:
+                content = await self.decode_json(text_data)
+            except ValueError:
+                await self.send_json({"event": "error", "field": "frame", "error": gettext("is not JSON")})
+                return
+            await self.receive_json(content, **kwargs)
 
     async def receive_json(self, content, **kwargs):
         action = content.get("action") if isinstance(content, dict) else None
         if action not in ACTIONS:
-            await self.send_json({"event": "error", "field": "action", "error": f"must be one of {', '.join(ACTIONS)}"})
+            await self.send_json({"event": "error", "field": "action",
+                                  "error": gettext("must be one of %(values)s") % {"values": ", ".join(ACTIONS)}})
             return
         if action == "snapshot":
             await self._send_snapshot()
@@ -96,7 +102,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         except InvalidParams as exc:
             await self.send_json({"event": "error", "field": exc.field, "error": exc.reason})
         except Http404:
-            await self.send_json({"event": "error", "field": "message_id", "error": "no such message in this conversation (or the conversation is gone)"})
+            await self.send_json({"event": "error", "field": "message_id",
+                                  "error": gettext("no such message in this conversation (or the conversation is gone)")})
         except PermissionDenied:
             await self.close(code=CLOSE_FORBIDDEN)
 
@@ -109,7 +116,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         if value is None and not required:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
-            raise services.RefusedInput(key, "must be a message id (an integer)")
+            raise services.RefusedInput(key, gettext("must be a message id (an integer)"))
         message = services.visible_messages(self.user).filter(pk=value, conversation_id=self.conversation_id).first()
         if message is None:
             raise Http404

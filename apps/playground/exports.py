@@ -17,6 +17,7 @@ import uuid
 
 from django.conf import settings
 from django.db import transaction
+from django.utils.translation import gettext
 
 from apps.accounts.visibility import get_visible_or_404
 from apps.datasets import services as datasets
@@ -186,14 +187,16 @@ def _conversations(user, conversation_ids) -> list[Conversation]:
     if conversation_ids is None:
         return list(Conversation.objects.filter(owner=user).order_by("pk"))
     if not isinstance(conversation_ids, (list, tuple)) or len(conversation_ids) > MAX_EXPORT_CONVERSATIONS:
-        raise RefusedInput("conversation_ids", f"must be a list of at most {MAX_EXPORT_CONVERSATIONS} conversation ids")
+        raise RefusedInput("conversation_ids", gettext("must be a list of at most %(max)s conversation ids")
+                                                       % {"max": MAX_EXPORT_CONVERSATIONS})
     chosen = []
     for pk in dict.fromkeys(conversation_ids):
         if isinstance(pk, bool) or not isinstance(pk, int):
-            raise RefusedInput("conversation_ids", "must hold conversation ids (integers)")
+            raise RefusedInput("conversation_ids", gettext("must hold conversation ids (integers)"))
         conversation = get_visible_or_404(Conversation.objects.all(), user, pk=pk)
         if conversation.owner_id != user.pk:
-            raise RefusedInput("conversation_ids", f"conversation {pk} is a teammate's: export your own feedback")
+            raise RefusedInput("conversation_ids", gettext("conversation %(conversation)s is a teammate's: export your "
+                                                           "own feedback") % {"conversation": pk})
         chosen.append(conversation)
     return chosen
 
@@ -217,15 +220,16 @@ def export_feedback(user, *, kind: str, conversation_ids=None, dataset_name: str
     """Start a dataset import of the user's feedback (on their conversations, or the ones named)
     into `dataset_name` (a new dataset, or a new version of theirs of that name)."""
     if kind not in EXPORT_KINDS:
-        raise RefusedInput("kind", f"must be one of {', '.join(EXPORT_KINDS)}")
+        raise RefusedInput("kind", gettext("must be one of %(kinds)s")
+                                           % {"kinds": ', '.join(EXPORT_KINDS)})
     name = text("dataset_name", dataset_name, MAX_DATASET_NAME, required=True).strip()
     if any(ord(c) < 32 for c in name):
-        raise RefusedInput("dataset_name", "must be printable")
+        raise RefusedInput("dataset_name", gettext("must be printable"))
     conversations = _conversations(user, conversation_ids)
     records = preference_records(user, conversations) if kind == "preference" else sft_records(user, conversations)
     if not records:
-        raise RefusedInput("conversation_ids", "there is no feedback to export there: rate answers (thumbs up or down) "
-                                               "or mark one answer better than another first")
+        raise RefusedInput("conversation_ids", gettext("there is no feedback to export there: rate answers (thumbs "
+                                                       "up or down) or mark one answer better than another first"))
     sources = sorted({r["meta"]["conversation"] for r in records})
     stored = f"{uuid.uuid4().hex}.jsonl"
     path = settings.UPLOAD_DIR / stored

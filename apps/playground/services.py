@@ -27,6 +27,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.http import Http404
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from apps.accounts.visibility import PermissionDenied, can_manage, get_visible_or_404, visible_to
 from apps.jobs import services as jobs
@@ -67,6 +68,7 @@ from apps.serving import access
 from apps.serving import services as serving
 from apps.serving.models import Deployment, DeploymentState
 from apps.serving.openai_format import ApiError, parse_request
+from apps.studio.labels import choice_word
 from workers.tasks.catalog import InvalidParams, public_text, public_value
 
 log = logging.getLogger(__name__)
@@ -121,10 +123,11 @@ def _deployment(user, deployment) -> Deployment:
 
 def _answering(deployment: Deployment | None, field: str = "deployment") -> Deployment:
     if deployment is None:
-        raise RefusedInput(field, "the deployment of this conversation was deleted; start a new conversation")
+        raise RefusedInput(field, gettext("the deployment of this conversation was deleted; start a new conversation"))
     if deployment.state not in (DeploymentState.READY, DeploymentState.STARTING):
-        raise RefusedInput(field, f"{deployment.served_name} is {deployment.state}; start it on its page, or choose "
-                                  "another deployment")
+        raise RefusedInput(field, gettext("%(deployment)s is %(state)s; start it on its page, or choose another "
+                                          "deployment")
+                                  % {"deployment": deployment.served_name, "state": choice_word(deployment, "state")})
     return deployment
 
 
@@ -135,53 +138,63 @@ def clean_settings(value, base: dict | None = None) -> dict:
     if value is None:
         value = {}
     if not isinstance(value, dict):
-        raise RefusedInput("settings", "must be an object with temperature, top_p and max_tokens")
+        raise RefusedInput("settings", gettext("must be an object with temperature, top_p and max_tokens"))
     unknown = sorted(str(key) for key in value if key not in SETTING_RANGES)
     if unknown:
-        raise RefusedInput(f"settings.{unknown[0][:40]}", f"unknown setting (known: {', '.join(SETTING_RANGES)})")
+        raise RefusedInput(f"settings.{unknown[0][:40]}", gettext("unknown setting (known: %(known)s)")
+                                                                  % {"known": ', '.join(SETTING_RANGES)})
     clean = {**DEFAULT_SETTINGS, **(base or {})}
     for key, raw in value.items():
         low, high = SETTING_RANGES[key]
         integer = key == "max_tokens"
         if isinstance(raw, bool) or not isinstance(raw, int if integer else (int, float)):
-            raise RefusedInput(f"settings.{key}", f"must be {'an integer' if integer else 'a number'}")
+            raise RefusedInput(f"settings.{key}",
+                               gettext("must be an integer") if integer else gettext("must be a number"))
         if not low <= raw <= high:
-            raise RefusedInput(f"settings.{key}", f"must be between {low} and {high}, got {raw}")
+            raise RefusedInput(f"settings.{key}", gettext("must be between %(low)s and %(high)s, got %(raw)s")
+                                                          % {"low": low, "high": high, "raw": raw})
         clean[key] = int(raw) if integer else float(raw)
     return clean
 
 
 def _tools(value) -> list[str]:
     if not isinstance(value, (list, tuple)) or len(value) > len(BUILTIN_TOOLS):
-        raise RefusedInput("tools", f"must be a list of built-in tool names ({', '.join(BUILTIN_TOOLS)})")
+        raise RefusedInput("tools", gettext("must be a list of built-in tool names (%(tools)s)")
+                                            % {"tools": ', '.join(BUILTIN_TOOLS)})
     for i, name in enumerate(value):
         if name not in BUILTIN_TOOLS:
-            raise RefusedInput(f"tools[{i}]", f"unknown tool {str(name)[:40]!r} (built in: {', '.join(BUILTIN_TOOLS)})")
+            raise RefusedInput(f"tools[{i}]", gettext("unknown tool %(name)s (built in: %(tools)s)")
+                                                      % {"name": repr(str(name)[:40]),
+                                                         "tools": ', '.join(BUILTIN_TOOLS)})
         if name in value[:i]:
-            raise RefusedInput(f"tools[{i}]", f"repeats {name!r}")
+            raise RefusedInput(f"tools[{i}]", gettext("repeats %(name)s") % {"name": repr(name)})
     return list(value)
 
 
 def _protocol(value) -> str:
     if value not in Protocol.values:
-        raise RefusedInput("protocol", f"must be one of {', '.join(Protocol.values)}, got {str(value)[:40]!r}")
+        raise RefusedInput("protocol", gettext("must be one of %(values)s, got %(got)s")
+                                               % {"values": ', '.join(Protocol.values),
+                                                  "got": repr(str(value)[:40])})
     return value
 
 
 def _http_tools(user, ids) -> list[HttpTool]:
     if not isinstance(ids, (list, tuple)) or len(ids) > MAX_HTTP_TOOL_IDS:
-        raise RefusedInput("http_tool_ids", f"must be a list of at most {MAX_HTTP_TOOL_IDS} HTTP tool ids")
+        raise RefusedInput("http_tool_ids", gettext("must be a list of at most %(max)s HTTP tool ids")
+                                                    % {"max": MAX_HTTP_TOOL_IDS})
     tools = []
     for pk in ids:
         if isinstance(pk, bool) or not isinstance(pk, int):
-            raise RefusedInput("http_tool_ids", "must hold HTTP tool ids (integers)")
+            raise RefusedInput("http_tool_ids", gettext("must hold HTTP tool ids (integers)"))
         tool = get_visible_or_404(HttpTool.objects.all(), user, pk=pk)
         if tool.owner_id != user.pk:
-            raise RefusedInput("http_tool_ids", f"{tool.name} is a teammate's HTTP tool; describe your own")
+            raise RefusedInput("http_tool_ids", gettext("%(tool)s is a teammate's HTTP tool; describe your own")
+                                                        % {"tool": tool.name})
         tools.append(tool)
     names = [tool.name for tool in tools]
     if len(set(names)) != len(names):
-        raise RefusedInput("http_tool_ids", "lists the same tool twice")
+        raise RefusedInput("http_tool_ids", gettext("lists the same tool twice"))
     return tools
 
 
@@ -220,7 +233,7 @@ def update_conversation(user, conversation: Conversation, *, deployment=KEEP, ti
     changes: dict = {}
     if deployment is not KEEP:
         if conversation.kind != ConversationKind.CHAT:
-            raise RefusedInput("deployment", "a side-by-side or arena conversation keeps its deployments")
+            raise RefusedInput("deployment", gettext("a side-by-side or arena conversation keeps its deployments"))
         changes["deployment"] = _answering(_deployment(user, deployment))
     if title is not KEEP:
         changes["title"] = text("title", title, MAX_TITLE).strip()
@@ -234,7 +247,7 @@ def update_conversation(user, conversation: Conversation, *, deployment=KEEP, ti
         changes["protocol"] = _protocol(protocol)
     http = _http_tools(user, list(http_tool_ids)) if http_tool_ids is not KEEP else None
     if (changes.get("tools") or http) and conversation.kind != ConversationKind.CHAT:
-        raise RefusedInput("tools", "tools are for chats; side-by-side and arena answers stream without them")
+        raise RefusedInput("tools", gettext("tools are for chats; side-by-side and arena answers stream without them"))
     with transaction.atomic():
         for key, value in changes.items():
             setattr(conversation, key, value)
@@ -290,7 +303,7 @@ def path(conversation: Conversation, leaf: Message | None = None) -> list[Messag
     """The messages root → leaf of the shown branch (the current leaf by default)."""
     leaf = leaf or current_leaf(conversation)
     if leaf is not None and leaf.conversation_id != conversation.pk:
-        raise RefusedInput("leaf", "is not a message of this conversation")
+        raise RefusedInput("leaf", gettext("is not a message of this conversation"))
     return _walk_up(_messages_by_id(conversation), leaf)
 
 
@@ -318,7 +331,7 @@ def select_branch(user, conversation: Conversation, message: Message) -> Message
     ?leaf= instead). Returns the new leaf."""
     require_owner(user, conversation)
     if message.conversation_id != conversation.pk:
-        raise RefusedInput("message_id", "is not a message of this conversation")
+        raise RefusedInput("message_id", gettext("is not a message of this conversation"))
     leaf = leaf_of(message)
     Conversation.objects.filter(pk=conversation.pk).update(current_leaf=leaf)
     conversation.current_leaf = leaf
@@ -429,13 +442,13 @@ def _sending():
 
 def _check_room(messages: dict[int, Message], adding: int) -> None:
     if len(messages) + adding > MAX_MESSAGES_PER_CONVERSATION:
-        raise RefusedInput("content", f"this conversation holds {MAX_MESSAGES_PER_CONVERSATION:,} messages, the most "
-                                      "one may; start a new one")
+        raise RefusedInput("content", gettext("this conversation holds %(max)s messages, the most one may; start a "
+                                              "new one") % {"max": format(MAX_MESSAGES_PER_CONVERSATION, ",")})
 
 
 def _check_idle(messages: dict[int, Message]) -> None:
     if any(m.status == MessageStatus.STREAMING for m in messages.values()):
-        raise RefusedInput("content", "an answer is still being written: wait for it, or stop it first")
+        raise RefusedInput("content", gettext("an answer is still being written: wait for it, or stop it first"))
 
 
 def _fresh_leaf(conversation: Conversation, messages: dict[int, Message]) -> Message | None:
@@ -454,20 +467,22 @@ def _user_message(user, conversation: Conversation, messages: dict[int, Message]
     same point."""
     require_owner(user, conversation)
     if conversation.kind != ConversationKind.CHAT:
-        raise RefusedInput("content", "a side-by-side or arena conversation takes messages for every column at once")
+        raise RefusedInput("content", gettext("a side-by-side or arena conversation takes messages for every column "
+                                              "at once"))
     content = text("content", content, MAX_MESSAGE_CHARS, required=True)
     _check_idle(messages)
     _check_room(messages, 2)
     if edit_of is not None:
         if edit_of.conversation_id != conversation.pk or edit_of.role != MessageRole.USER:
-            raise RefusedInput("edit_of", "must be a user message of this conversation")
+            raise RefusedInput("edit_of", gettext("must be a user message of this conversation"))
         parent = (messages.get(edit_of.parent_id) or edit_of.parent) if edit_of.parent_id else None
     elif parent is not None:
         if parent.conversation_id != conversation.pk:
-            raise RefusedInput("parent_id", "is not a message of this conversation")
+            raise RefusedInput("parent_id", gettext("is not a message of this conversation"))
         parent = messages.get(parent.pk, parent)  # as this transaction reads it
         if parent.role != MessageRole.ASSISTANT or not parent.is_finished:
-            raise RefusedInput("parent_id", "a message follows a finished answer (to change a message, edit it)")
+            raise RefusedInput("parent_id", gettext("a message follows a finished answer (to change a message, edit "
+                                                    "it)"))
     else:
         parent = _fresh_leaf(conversation, messages)
     return Message(conversation=conversation, parent=parent, role=MessageRole.USER, content=content)
@@ -481,7 +496,8 @@ def send(user, conversation: Conversation, *, content: str, parent: Message | No
     with _sending() as sending:
         if conversation.kind != ConversationKind.CHAT:
             if parent is not None or edit_of is not None:
-                raise RefusedInput("parent_id", "side-by-side and arena conversations go on in every column at once")
+                raise RefusedInput("parent_id", gettext("side-by-side and arena conversations go on in every column "
+                                                        "at once"))
             return _send_to_columns(user, conversation, content, sending)
         messages = _messages_by_id(conversation)
         asked = _user_message(user, conversation, messages, content=content, parent=parent, edit_of=edit_of)
@@ -510,7 +526,7 @@ def _send_to_columns(user, conversation: Conversation, content: str, sending: _R
     content = text("content", content, MAX_MESSAGE_CHARS, required=True)
     battle = getattr(conversation, "battle", None) if conversation.kind == ConversationKind.BATTLE else None
     if battle is not None and battle.outcome:
-        raise RefusedInput("content", "this battle is decided; start a new one")
+        raise RefusedInput("content", gettext("this battle is decided; start a new one"))
     messages = _messages_by_id(conversation)
     _check_idle(messages)
     leaves = _column_leaves(messages)
@@ -547,9 +563,9 @@ def regenerate(user, message: Message) -> Message:
     conversation = message.conversation
     require_owner(user, conversation)
     if message.role != MessageRole.ASSISTANT or message.parent_id is None:
-        raise RefusedInput("message_id", "only an answer can be regenerated")
+        raise RefusedInput("message_id", gettext("only an answer can be regenerated"))
     if not message.is_finished:
-        raise RefusedInput("message_id", "this answer is still being written: stop it first")
+        raise RefusedInput("message_id", gettext("this answer is still being written: stop it first"))
     deployment = message.deployment if message.column is not None else conversation.deployment
     with _sending() as sending:
         messages = _messages_by_id(conversation)
@@ -574,7 +590,8 @@ def _new_reply(user, conversation: Conversation, asked: Message, deployment: Dep
     # Read with what the announcement and the admission show (owner, version and its model).
     visible = access.visible_by_pk(Deployment.objects.select_related("owner", "version__model"), user, deployment.pk)
     if visible is None:
-        raise RefusedInput("deployment", f"you may no longer use {deployment.served_name}")
+        raise RefusedInput("deployment", gettext("you may no longer use %(deployment)s")
+                                                 % {"deployment": deployment.served_name})
     refusal = quota.refusal()
     if refusal:
         raise QuotaExceeded("quota", refusal)
@@ -679,8 +696,8 @@ def agent_params(conversation: Conversation, reply: Message, messages: dict[int,
     tools = list(conversation.tools)
     documents = list(conversation.documents.all()) if "document_search" in tools else []
     if "document_search" in tools and not documents:
-        raise RefusedInput("tools", "document search needs a document: attach one to the conversation, or turn the "
-                                    "tool off")
+        raise RefusedInput("tools", gettext("document search needs a document: attach one to the conversation, or "
+                                            "turn the tool off"))
     sampling = clean_settings({}, conversation.settings)
     return {
         "deployment_id": reply.deployment_id, "messages": history(conversation, reply.parent, messages), "tools": tools,
@@ -875,15 +892,15 @@ def end_event(message: Message, *, hide_models: bool) -> dict:
 def _rateable(user, message: Message, field: str) -> None:
     require_owner(user, message.conversation)
     if message.role != MessageRole.ASSISTANT:
-        raise RefusedInput(field, "only answers can be rated")
+        raise RefusedInput(field, gettext("only answers can be rated"))
     if not message.is_finished:
-        raise RefusedInput(field, "wait until the answer is finished")
+        raise RefusedInput(field, gettext("wait until the answer is finished"))
 
 
 def give_feedback(user, message: Message, *, rating: int) -> Feedback | None:
     """Thumbs up (+1), down (-1), or take it back (0)."""
     if isinstance(rating, bool) or rating not in (1, -1, 0):
-        raise RefusedInput("rating", "must be 1 (thumbs up), -1 (thumbs down) or 0 (none)")
+        raise RefusedInput("rating", gettext("must be 1 (thumbs up), -1 (thumbs down) or 0 (none)"))
     _rateable(user, message, "message_id")
     if rating == 0:
         Feedback.objects.filter(user=user, message=message).delete()
@@ -898,11 +915,12 @@ def prefer(user, better: Message, worse: Message) -> Preference:
     _rateable(user, better, "better_id")
     _rateable(user, worse, "worse_id")
     if better.pk == worse.pk:
-        raise RefusedInput("worse_id", "must be another answer than better_id")
+        raise RefusedInput("worse_id", gettext("must be another answer than better_id"))
     columns = better.column is not None and worse.column is not None and better.column != worse.column
     same_prompt = better.parent_id == worse.parent_id or (columns and better.parent.content == worse.parent.content)
     if better.conversation_id != worse.conversation_id or better.parent_id is None or not same_prompt:
-        raise RefusedInput("worse_id", "must answer the same message as better_id (a regeneration or another column)")
+        raise RefusedInput("worse_id", gettext("must answer the same message as better_id (a regeneration or "
+                                               "another column)"))
     with transaction.atomic():
         Preference.objects.filter(user=user, better=worse, worse=better).delete()
         preference, _ = Preference.objects.get_or_create(user=user, better=better, worse=worse)
@@ -914,10 +932,10 @@ def prefer(user, better: Message, worse: Message) -> Preference:
 def side_by_side(user, *, deployments, content: str, system_prompt: str = "", settings: dict | None = None) -> Comparison:
     """One message to 2–4 deployments at once, one column each (streamed on commit)."""
     if not isinstance(deployments, (list, tuple)) or not 2 <= len(deployments) <= 4:
-        raise RefusedInput("deployments", "choose two to four deployments")
+        raise RefusedInput("deployments", gettext("choose two to four deployments"))
     chosen = [_answering(_deployment(user, d), "deployments") for d in deployments]
     if len({d.pk for d in chosen}) != len(chosen):
-        raise RefusedInput("deployments", "lists the same deployment twice")
+        raise RefusedInput("deployments", gettext("lists the same deployment twice"))
     content = text("content", content, MAX_MESSAGE_CHARS, required=True)
     with transaction.atomic():
         conversation = Conversation.objects.create(

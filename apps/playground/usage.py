@@ -9,6 +9,7 @@ import redis
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from apps.serving import access, gateway
 from apps.serving.models import ApiKey
@@ -74,8 +75,8 @@ class Quota:
         """Why the quota refuses another answer today ("" while it does not)."""
         quota = self.key.token_quota_per_day
         if quota and self.used >= quota:  # read only for a key with a quota (an agent turn's check)
-            return (f"you used your {quota:,} playground tokens for today (UTC); the quota renews at midnight UTC "
-                    "(staff can raise it on the key in the admin)")
+            return gettext("you used your %(quota)s playground tokens for today (UTC); the quota renews at midnight "
+                           "UTC (staff can raise it on the key in the admin)") % {"quota": format(quota, ",")}
         return ""
 
     def admit(self, deployment):

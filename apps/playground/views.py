@@ -62,7 +62,8 @@ def _message(user, message_id: int) -> Message:
 
 
 def _forbidden(exc) -> HttpResponse:
-    return HttpResponse(str(exc) or "only the conversation's owner can change it", status=403, content_type="text/plain")
+    return HttpResponse(str(exc) or gettext("only the conversation's owner can change it"), status=403,
+                        content_type="text/plain; charset=utf-8")
 
 
 def _int(value) -> int | None:
@@ -318,13 +319,13 @@ def rate(request, message_id: int):
     message = _message(request.user, message_id)
     rating = {"1": 1, "-1": -1, "0": 0}.get(request.POST.get("rating", ""))
     if rating is None:
-        return HttpResponse("rating: must be 1, -1 or 0", status=422, content_type="text/plain")
+        return HttpResponse("rating: " + gettext("must be 1, -1 or 0"), status=422, content_type="text/plain; charset=utf-8")
     try:
         services.give_feedback(request.user, message, rating=rating)
     except PermissionDenied as exc:
         return _forbidden(exc)
     except services.RefusedInput as exc:
-        return HttpResponse(f"{exc.field}: {exc.reason}", status=422, content_type="text/plain")
+        return HttpResponse(f"{exc.field}: {exc.reason}", status=422, content_type="text/plain; charset=utf-8")
     if request.htmx:
         return _feedback_fragment(request, message)
     return redirect(conversation_url(message.conversation) + f"?leaf={message.pk}")
@@ -348,14 +349,15 @@ def prefer(request, message_id: int):
     """"This one is better": the message beats each of its rivals (or the one named by `worse`)."""
     better = _message(request.user, message_id)
     if better.role != MessageRole.ASSISTANT or better.parent_id is None:
-        return HttpResponse("message_id: only an answer can be preferred", status=422, content_type="text/plain")
+        return HttpResponse("message_id: " + gettext("only an answer can be preferred"), status=422,
+                            content_type="text/plain; charset=utf-8")
     others = rivals(better)
     worse_id = _int(request.POST.get("worse"))
     if worse_id is not None:
         others = [s for s in others if s.pk == worse_id]
     if not others:
-        return HttpResponse("worse: there is no other answer to this message to compare with", status=422,
-                            content_type="text/plain")
+        return HttpResponse("worse: " + gettext("there is no other answer to this message to compare with"), status=422,
+                            content_type="text/plain; charset=utf-8")
     try:
         with transaction.atomic():
             for worse in others:
@@ -363,7 +365,7 @@ def prefer(request, message_id: int):
     except PermissionDenied as exc:
         return _forbidden(exc)
     except services.RefusedInput as exc:
-        return HttpResponse(f"{exc.field}: {exc.reason}", status=422, content_type="text/plain")
+        return HttpResponse(f"{exc.field}: {exc.reason}", status=422, content_type="text/plain; charset=utf-8")
     if request.htmx:
         return _feedback_fragment(request, better)
     return redirect(conversation_url(better.conversation) + ("" if better.column is not None else f"?leaf={better.pk}"))

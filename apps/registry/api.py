@@ -4,6 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from django.utils.translation import gettext
 from ninja import File, Form, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
@@ -144,7 +145,7 @@ def import_folders(request):
 def import_model(request, payload: ImportIn):
     model = _model(request, payload.model_id) if payload.model_id else None
     if payload.source == "archive":
-        raise HttpError(422, "source: upload archives to /api/models/import/archive")
+        raise HttpError(422, "source: " + gettext("upload archives to /api/models/import/archive"))
     base = _version(request, payload.base_version_id) if payload.base_version_id else None
     return Status(201, _act(lambda: services.start_import(
         request.auth, source=payload.source, model=model, model_name=payload.model_name, description=payload.description,
@@ -171,7 +172,8 @@ def move_alias(request, model_id: int, name: str, payload: AliasIn):
     model = _model(request, model_id)
     version = model.versions.filter(pk=payload.version_id).first()
     if version is None:
-        raise HttpError(422, f"version_id: {payload.version_id} is not a version of {model.name}")
+        raise HttpError(422, "version_id: " + gettext("%(version_id)s is not a version of %(model)s")
+                                                      % {"version_id": payload.version_id, "model": model.name})
     return _act(lambda: services.move_alias(request.auth, model, name, version))
 
 

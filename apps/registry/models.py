@@ -140,3 +140,15 @@ class VersionRequest(models.Model):
     # The first-run starter: once registered, the version gets the alias STARTER_ALIAS and a
     # deployment of this name follows it (in the same transaction, so never a version without it).
     deploy_as = models.CharField(max_length=60, blank=True)
+
+
+class FirstRunRecord(models.Model):
+    """What the first run did once in this data dir's database ("starter": the starter model was
+    queued). No foreign key on purpose: deleting the model, its versions, aliases, deployment or
+    the import job leaves the record, so the next start does not make them again."""
+
+    name = models.CharField(max_length=40, unique=True)
+    done_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name

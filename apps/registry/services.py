@@ -16,6 +16,7 @@ from apps.jobs import services as jobs
 from apps.jobs.models import Job
 from apps.registry.models import (
     AliasMove,
+    FirstRunRecord,
     ModelAlias,
     ModelVersion,
     RegisteredModel,
@@ -54,11 +55,13 @@ def resolve_import_choice(value: str) -> Path:
     index, _, name = (value or "").partition("/")
     roots = settings.MODEL_IMPORT_DIRS
     if not index.isdigit() or int(index) >= len(roots) or not name or "/" in name or name in (".", ".."):
-        raise RegistryError("folder", f"{value!r} is not one of the offered import folders")
+        raise RegistryError("folder", gettext("%(folder)s is not one of the offered import folders")
+                                              % {"folder": repr(value)})
     root = roots[int(index)]
     folder = (root / name).resolve()
     if folder.parent != root or not folder.is_dir():
-        raise RegistryError("folder", f"{name!r} is not a folder in {root}")
+        raise RegistryError("folder", gettext("%(name)s is not a folder in %(root)s")
+                                              % {"name": repr(name), "root": root})
     return folder
 
 
@@ -72,9 +75,10 @@ def _target_model(user, model: RegisteredModel | None, model_name: str, descript
         return model
     name = (model_name or "").strip()
     if not name:
-        raise RegistryError("model_name", "name the new model (or choose an existing one)")
+        raise RegistryError("model_name", gettext("name the new model (or choose an existing one)"))
     if RegisteredModel.objects.filter(owner=user, name=name).exists():
-        raise RegistryError("model_name", f"you already have a model named {name!r}; choose it instead")
+        raise RegistryError("model_name", gettext("you already have a model named %(name)s; choose it instead")
+                                                  % {"name": repr(name)})
     return RegisteredModel.objects.create(owner=user, name=name, description=description)
 
 
@@ -100,7 +104,7 @@ def retry_registry_job(job: Job, user) -> Job:
     request = VersionRequest.objects.get(job=job)
     params = {k: v for k, v in job.params.items() if k != "output_dir"}
     if request.upload and not (settings.UPLOAD_DIR / request.upload).exists():
-        raise RegistryError("archive", "the uploaded archive is gone (imported already?); upload it again")
+        raise RegistryError("archive", gettext("the uploaded archive is gone (imported already?); upload it again"))
     fields = {f: getattr(request, f) for f in ("model", "kind", "parent", "adapter", "source", "upload")}
     uses = [(use.version, use.role) for use in job.model_uses.select_related("version")]
     return _registry_job(user, job.kind, params, {**fields, "title": job.title}, uses=uses, queue=job.queue, retry_of=job)
@@ -122,7 +126,8 @@ def start_import(user, *, source: str, model: RegisteredModel | None = None, mod
 
 def _start_import(user, *, source, model, model_name, description, folder, upload, hub_id, base_version) -> Job:
     if base_version is not None and base_version.kind == VersionKind.ADAPTER:
-        raise RegistryError("base_version", f"{base_version} is an adapter; an adapter's base must be a full model")
+        raise RegistryError("base_version", gettext("%(base_version)s is an adapter; an adapter's base must be a "
+                                                    "full model") % {"base_version": base_version})
     with transaction.atomic():
         target = _target_model(user, model, model_name, description)
         params = {"source": source}
@@ -131,7 +136,7 @@ def _start_import(user, *, source, model, model_name, description, folder, uploa
             detail = Path(params["path"]).name
         elif source == "archive":
             if not upload or "/" in upload:
-                raise RegistryError("archive", "upload an archive")
+                raise RegistryError("archive", gettext("upload an archive"))
             params["path"] = str(settings.UPLOAD_DIR / upload)
             detail = upload
         elif source == "hub":
@@ -140,7 +145,7 @@ def _start_import(user, *, source, model, model_name, description, folder, uploa
         elif source == "starter":
             detail = "SmolLM2-135M-Instruct"
         else:
-            raise RegistryError("source", f"unknown import source {source!r}")
+            raise RegistryError("source", gettext("unknown import source %(source)s") % {"source": repr(source)})
         return _registry_job(user, "model_import", params, {
             "model": target, "kind": VersionKind.BASE, "source": f"import:{source}", "upload": upload if source == "archive" else "",
             "parent": base_version, "title": f"Import {detail} into {target.name}",
@@ -150,7 +155,8 @@ def _start_import(user, *, source, model, model_name, description, folder, uploa
 def start_merge(user, adapter: ModelVersion) -> Job:
     _require_manager(user, adapter.model)
     if adapter.kind != VersionKind.ADAPTER or adapter.parent is None:
-        raise RegistryError("version", f"{adapter} is not an adapter with a base version; only adapters can be merged")
+        raise RegistryError("version", gettext("%(adapter)s is not an adapter with a base version; only adapters "
+                                               "can be merged") % {"adapter": adapter})
     return _registry_job(user, "model_merge", {"base_dir": str(adapter.parent.path), "adapter_dir": str(adapter.path)}, {
         "model": adapter.model, "kind": VersionKind.MERGED, "parent": adapter.parent, "adapter": adapter,
         "source": "model_merge", "title": f"Merge {adapter} into {adapter.parent}",
@@ -160,7 +166,8 @@ def start_merge(user, adapter: ModelVersion) -> Job:
 def start_quantize(user, version: ModelVersion, method: str, eval_text: str = "") -> Job:
     _require_manager(user, version.model)
     if version.kind in (VersionKind.ADAPTER, VersionKind.QUANTIZED):
-        raise RegistryError("version", f"{version} is {version.kind}; quantize a base or merged version")
+        raise RegistryError("version", gettext("%(version)s is %(kind)s; quantize a base or merged version")
+                                               % {"version": version, "kind": version.kind})
     return _registry_job(user, "model_quantize", {"source_dir": str(version.path), "method": method, "eval_text": eval_text}, {
         "model": version.model, "kind": VersionKind.QUANTIZED, "parent": version, "source": "model_quantize",
         "title": f"Quantize {version} ({method})",
@@ -208,18 +215,15 @@ STARTER_ALIAS = "starter"
 STARTER_MODEL_NAME = "SmolLM2-135M-Instruct"
 
 
-def starter_requested() -> bool:
-    """Whether this data dir's database ever queued the starter (deleting the model or its
-    deployment afterwards is respected: it is not made again)."""
-    return VersionRequest.objects.exclude(deploy_as="").exists()
-
-
 def queue_starter(owner) -> Job | None:
     """Import the packaged starter model as `owner` (the system user) and, once registered, deploy
-    it under the alias `starter`: one job, queued once per data dir; start-up never waits for it."""
-    if starter_requested():
-        return None
+    it under the alias `starter`: one job, queued once per data dir (a FirstRunRecord, which no
+    deletion cascades to: deleting the model, its versions, deployment or import job is respected);
+    start-up never waits for it."""
     with transaction.atomic():
+        _, first = FirstRunRecord.objects.get_or_create(name=STARTER_ALIAS)
+        if not first:
+            return None
         model = RegisteredModel.objects.filter(owner=owner, name=STARTER_MODEL_NAME).first()
         job = start_import(owner, source="starter", model=model, model_name="" if model else STARTER_MODEL_NAME,
                            description="The packaged starter model: SmolLM2-135M-Instruct (Apache-2.0), "
@@ -242,10 +246,12 @@ def _deploy_starter(owner, model: RegisteredModel, version: ModelVersion, name: 
 def move_alias(user, model: RegisteredModel, name: str, version: ModelVersion) -> ModelAlias:
     _require_manager(user, model)
     if version.model_id != model.pk:
-        raise RegistryError("version", f"{version} is not a version of {model}")
+        raise RegistryError("version", gettext("%(version)s is not a version of %(model)s")
+                                               % {"version": version, "model": model})
     name = (name or "").strip().lower()
     if not name.replace("-", "").replace("_", "").isalnum() or len(name) > 40:
-        raise RegistryError("alias", f"{name!r}: use letters, digits, - and _ (at most 40)")
+        raise RegistryError("alias", gettext("%(name)s: use letters, digits, - and _ (at most 40)")
+                                             % {"name": repr(name)})
     with transaction.atomic():
         alias = ModelAlias.objects.select_for_update().filter(model=model, name=name).first()
         previous = alias.version if alias else None
@@ -285,7 +291,8 @@ def delete_version(user, version: ModelVersion) -> None:
         try:
             version.delete()
         except IntegrityError as exc:  # a use appeared between the check and the delete
-            raise RegistryError("version", f"{version} is in use: {exc}") from None
+            raise RegistryError("version", gettext("%(version)s is in use: %(exc)s")
+                                                   % {"version": version, "exc": exc}) from None
         # Files go only once the row is gone for good.
         transaction.on_commit(lambda: shutil.rmtree(path, ignore_errors=True))
 

@@ -6,7 +6,7 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from apps.accounts.visibility import can_manage, get_visible_or_404, teammate_ids
+from apps.accounts.visibility import can_manage, get_visible_or_404, teammate_ids, visible_to
 from apps.jobs.models import Job
 from apps.leaderboards import views as evaluations  # the model card's scores and its "Evaluate" button
 from apps.registry import services
@@ -14,6 +14,7 @@ from apps.registry.downloads import version_archive_response
 from apps.registry.forms import AliasForm, ImportForm, QuantizeForm, visible_models
 from apps.registry.lineage import lineage_figure
 from apps.registry.models import AliasMove, ModelVersion, RegisteredModel, VersionKind
+from apps.serving.models import Deployment
 from apps.studio.streaming import StreamingFileResponse  # streams under daphne (no whole-file list)
 
 SIZE_BUCKETS = {"small": (0, 100_000_000), "medium": (100_000_000, 1_000_000_000), "large": (1_000_000_000, 10**15)}
@@ -75,12 +76,21 @@ def model_detail(request, model_id: int):
     })
 
 
+def serving_deployments(user, version: ModelVersion, aliases: list[str]):
+    """The deployments `user` may see that serve `version`: pinned to it, or following one of its
+    `aliases` (the alias names that point to it now)."""
+    serving = Deployment.objects.filter(Q(version=version) | Q(version__isnull=True, model=version.model_id, alias__in=aliases))
+    return visible_to(serving.select_related("owner", "model", "version"), user)
+
+
 def version_detail(request, version_id: int):
     version = _visible_version(request.user, version_id)
+    aliases = list(version.aliases.all())
     return render(request, "registry/version_detail.html", {
         "version": version, "model": version.model, "can_manage": can_manage(request.user, version.model),
         "lineage": lineage_figure(version, request.user), "quantize_form": QuantizeForm(),
-        "blockers": services.usage_blockers(version), "aliases": version.aliases.all(),
+        "blockers": services.usage_blockers(version), "aliases": aliases,
+        "deployments": serving_deployments(request.user, version, [a.name for a in aliases]),
         "evaluations": evaluations.version_scores(request.user, [version]), "evaluate_version": version,
     })
 
@@ -153,7 +163,7 @@ def alias_move(request, model_id: int):
         version = model.versions.filter(pk=form.cleaned_data["version"]).first()
         try:
             if version is None:
-                raise services.RegistryError("version", "choose a version of this model")
+                raise services.RegistryError("version", gettext("choose a version of this model"))
             services.move_alias(request.user, model, form.cleaned_data["name"], version)
             messages.success(request, gettext('Alias %(name)s → %(version)s.') % {"name": form.cleaned_data['name'], "version": version})
         except services.PermissionDenied as exc:

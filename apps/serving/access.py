@@ -9,6 +9,7 @@ from datetime import time as dtime
 from django.db import IntegrityError, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from apps.accounts.models import LAST_USED_PRECISION, hash_token
 from apps.accounts.visibility import visible_to
@@ -21,6 +22,7 @@ from apps.serving.models import (
     UsageDay,
 )
 from apps.serving.openai_format import ApiError, parse_request
+from apps.studio.labels import choice_word
 
 
 
@@ -55,13 +57,14 @@ def bearer(request) -> str:
 
 def authenticate(raw: str) -> tuple[ApiKey, object]:
     if not raw:
-        raise ApiError(401, "no API key: send `Authorization: Bearer sk-puyu-…` (create keys on the API keys page)",
+        raise ApiError(401, gettext("no API key: send `Authorization: Bearer sk-puyu-…` (create keys on the API "
+                                    "keys page)"),
                        code="invalid_api_key")
     key = ApiKey.objects.select_related("user").filter(key_hash=hash_token(raw)).first() if raw.startswith(KEY_PREFIX) else None
     if key is None or not key.user.is_active:
-        raise ApiError(401, "invalid API key", code="invalid_api_key")
+        raise ApiError(401, gettext("invalid API key"), code="invalid_api_key")
     if key.revoked_at is not None:
-        raise ApiError(401, "this API key was revoked", code="invalid_api_key")
+        raise ApiError(401, gettext("this API key was revoked"), code="invalid_api_key")
     touch(key)
     return key, key.user
 
@@ -124,7 +127,8 @@ def admit(raw_key: str, body: dict, kind: str, default_max_tokens: int) -> tuple
     spec = parse_request(body, kind, default_max_tokens)
     deployment = resolve_model(user, body["model"])
     if deployment is None:
-        raise ApiError(404, f"the model {body['model']!r} does not exist or this key may not use it", code="model_not_found",
+        raise ApiError(404, gettext("the model %(model)s does not exist or this key may not use it")
+                                    % {"model": repr(body['model'])}, code="model_not_found",
                        param="model")
     return (spec, *admit_key(key, deployment, user))
 
@@ -137,7 +141,7 @@ def admit_session(user, deployment_id: int, key_name: str = TRY_KEY_NAME) -> tup
     studio keeps (its secret is never shown), so that limits and usage work as for any key."""
     deployment = visible_deployments(user).filter(pk=deployment_id).first()
     if deployment is None:
-        raise ApiError(404, "no such deployment, or you may not see it", code="model_not_found")
+        raise ApiError(404, gettext("no such deployment, or you may not see it"), code="model_not_found")
     key = ApiKey.objects.filter(user=user, name=key_name, revoked_at__isnull=True).first()
     if key is None:
         key, _ = ApiKey.issue(user, key_name)
@@ -161,11 +165,13 @@ def admit_key(key: ApiKey, deployment: Deployment, viewer, *, used: int | None =
     tokens today from the database only to seed the day's counter; `used`, when the caller has
     read them already, also refuses a used-up quota here. ApiError 429 / 503."""
     if used is not None and key.token_quota_per_day and used >= key.token_quota_per_day:
-        raise ApiError(429, f"this key used its {key.token_quota_per_day} tokens for today (UTC)", type="insufficient_quota",
+        raise ApiError(429, gettext("this key used its %(quota)s tokens for today (UTC)")
+                                    % {"quota": key.token_quota_per_day}, type="insufficient_quota",
                        code="insufficient_quota", retry_after=seconds_to_midnight_utc())
     if deployment.state not in (DeploymentState.READY, DeploymentState.STARTING):
-        raise ApiError(503, f"the deployment {deployment.served_name} is {deployment.state}", type="server_error",
-                       code="deployment_unavailable", retry_after=30)
+        raise ApiError(503, gettext("the deployment %(deployment)s is %(state)s")
+                       % {"deployment": deployment.served_name, "state": choice_word(deployment, "state")},
+                       type="server_error", code="deployment_unavailable", retry_after=30)
     # Ids and states only: the replicas' jobs (large JSON columns) matter only to a waiting reason.
     replicas = list(Replica.objects.filter(deployment=deployment).exclude(state__in=("stopped", "failed"))
                     .values_list("replica_id", "state"))

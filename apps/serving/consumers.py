@@ -13,7 +13,10 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.utils import translation
+from django.utils.translation import gettext
 
+from apps.accounts.language import socket_language
 from apps.serving import access
 from apps.serving.openai_format import ApiError, finish_reason, parse_request
 from apps.serving.openai_views import open_exchange
@@ -51,12 +54,16 @@ class DeploymentChatConsumer(AsyncJsonWebsocketConsumer):
             if self.task is not None:
                 self.task.cancel()
             return
-        if self.task is not None and not self.task.done():
-            await self.send_json({"event": "error", "status": 409, "error": {
-                "message": "one request at a time on a socket: wait for its end or send {\"action\": \"cancel\"}",
-                "type": "invalid_request_error", "param": None, "code": "busy"}})
-            return
-        self.task = asyncio.create_task(self._answer(content))
+        # Errors read in the page's language (the socket's cookie or Accept-Language); the answer's
+        # task starts with the language active, as a copy of this context.
+        with translation.override(socket_language(self.scope)):
+            if self.task is not None and not self.task.done():
+                await self.send_json({"event": "error", "status": 409, "error": {
+                    "message": gettext("one request at a time on a socket: wait for its end or send "
+                                       "{\"action\": \"cancel\"}"),
+                    "type": "invalid_request_error", "param": None, "code": "busy"}})
+                return
+            self.task = asyncio.create_task(self._answer(content))
 
     async def _answer(self, content: dict) -> None:
         exchange = None

@@ -12,6 +12,7 @@ import weakref
 import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.utils.translation import gettext
 
 from apps.serving.access import Caller, Target, tokens_used_today
 from apps.serving.openai_format import ApiError
@@ -50,8 +51,9 @@ return false
 
 def _quota_refusal(caller: Caller, used: int, amount: int) -> ApiError:
     left = max(0, caller.token_quota_per_day - used)
-    return ApiError(429, f"this key has {left} of its {caller.token_quota_per_day} tokens for today (UTC) left, "
-                         f"and this request may use up to {amount} (lower max_tokens, or wait until midnight UTC)",
+    return ApiError(429, gettext("this key has %(left)s of its %(quota)s tokens for today (UTC) left, and this "
+                                 "request may use up to %(amount)s (lower max_tokens, or wait until midnight UTC)")
+                    % {"left": left, "quota": caller.token_quota_per_day, "amount": amount},
                     type="insufficient_quota", code="insufficient_quota", retry_after=caller.seconds_to_midnight)
 
 
@@ -128,17 +130,21 @@ async def admit_and_enqueue(caller: Caller, target: Target, request: dict, reser
     if verdict == "ok":
         return value
     if verdict == "rate_limit":
-        raise ApiError(429, f"rate limit: this key may send {caller.rate_limit_per_minute} requests per minute",
+        raise ApiError(429, gettext("rate limit: this key may send %(rate)s requests per minute")
+                                    % {"rate": caller.rate_limit_per_minute},
                        type="requests", code="rate_limit_exceeded", retry_after=int(60 - now % 60) + 1)
     if verdict == "quota":
         raise _quota_refusal(caller, int(value), reserve)
     if verdict == "no_replica":
         if target.waiting_reason:  # placement, not loading: retrying shortly would not help
-            raise ApiError(503, f"no replica of {target.served_name} is running: {target.waiting_reason}",
+            raise ApiError(503, gettext("no replica of %(target)s is running: %(waiting_reason)s")
+                                        % {"target": target.served_name, "waiting_reason": target.waiting_reason},
                            type="server_error", code="no_ready_replica", retry_after=30)
-        raise ApiError(503, f"no replica of {target.served_name} is ready yet (deployment {target.state}); retry shortly",
+        raise ApiError(503, gettext("no replica of %(target)s is ready yet (deployment %(state)s); retry shortly")
+                                    % {"target": target.served_name, "state": target.state},
                        type="server_error", code="no_ready_replica", retry_after=5)
-    raise ApiError(429, f"{target.served_name} is at capacity ({value} requests waiting or running); retry shortly",
+    raise ApiError(429, gettext("%(target)s is at capacity (%(count)s requests waiting or running); retry shortly")
+                                % {"target": target.served_name, "count": value},
                    type="requests", code="queue_full", retry_after=1)
 
 

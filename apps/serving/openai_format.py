@@ -9,6 +9,7 @@ import json
 import time
 
 from django.http import JsonResponse
+from django.utils.translation import gettext
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 # Accepted and ignored: they change nothing a single-choice, text-only server returns.
@@ -45,9 +46,10 @@ def parse_body(raw: bytes) -> dict:
     try:
         body = json.loads(raw or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
+        raise ApiError(400, gettext("the request body is not valid JSON (%(exc)s)") % {"exc": exc},
+                       code="invalid_json") from None
     if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+        raise ApiError(400, gettext("the request body must be a JSON object"), code="invalid_json")
     return body
 
 
@@ -57,9 +59,11 @@ def _number(body: dict, name: str, default, low, high, *, integer=False):
         return default
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
-        raise invalid(name, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
+        raise invalid(name, (gettext("must be an integer, got %(value)s") if integer else
+                             gettext("must be a number, got %(value)s")) % {"value": repr(value)})
     if not low <= value <= high:
-        raise invalid(name, f"must be between {low} and {high}, got {value}")
+        raise invalid(name, gettext("must be between %(low)s and %(high)s, got %(value)s")
+                                    % {"low": low, "high": high, "value": value})
     return int(value) if integer else float(value)
 
 
@@ -70,28 +74,31 @@ def _text_content(content, where: str) -> str | None:
         parts = []
         for index, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise invalid(f"{where}[{index}]", "only text parts ({\"type\": \"text\", \"text\": …}) are supported")
+                raise invalid(f"{where}[{index}]", gettext("only text parts ({\"type\": \"text\", \"text\": …}) are "
+                                                           "supported"))
             parts.append(part["text"])
         return "".join(parts)
-    raise invalid(where, "must be a string, a list of text parts, or null")
+    raise invalid(where, gettext("must be a string, a list of text parts, or null"))
 
 
 def _messages(value) -> list[dict]:
     if not isinstance(value, list) or not value:
-        raise invalid("messages", "must be a non-empty list of {role, content} objects")
+        raise invalid("messages", gettext("must be a non-empty list of {role, content} objects"))
     messages = []
     for index, message in enumerate(value):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
-            raise invalid(where, "must be an object with role and content")
+            raise invalid(where, gettext("must be an object with role and content"))
         role = message.get("role")
         if role not in ROLES:
-            raise invalid(f"{where}.role", f"must be one of {', '.join(ROLES)}, got {role!r}")
+            raise invalid(f"{where}.role", gettext("must be one of %(roles)s, got %(role)s")
+                                                   % {"roles": ', '.join(ROLES), "role": repr(role)})
         # "developer" is OpenAI's newer name for the system turn; chat templates know "system".
         clean = {**message, "role": "system" if role == "developer" else role,
                  "content": _text_content(message.get("content"), f"{where}.content")}
         if clean["content"] is None and not (role == "assistant" and message.get("tool_calls")):
-            raise invalid(f"{where}.content", "is required (only an assistant message with tool_calls may omit it)")
+            raise invalid(f"{where}.content", gettext("is required (only an assistant message with tool_calls may "
+                                                      "omit it)"))
         messages.append(clean)
     return messages
 
@@ -101,16 +108,18 @@ def _tools(body: dict):
     if tools is None:
         return None, None
     if not isinstance(tools, list):
-        raise invalid("tools", "must be a list of {type: function, function: {name, parameters}} objects")
+        raise invalid("tools", gettext("must be a list of {type: function, function: {name, parameters}} objects"))
     for index, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict) \
                 or not isinstance(function.get("name"), str):
-            raise invalid(f"tools[{index}]", "must be {\"type\": \"function\", \"function\": {\"name\": …, \"parameters\": …}}")
+            raise invalid(f"tools[{index}]", gettext("must be {\"type\": \"function\", \"function\": {\"name\": …, "
+                                                     "\"parameters\": …}}"))
     choice = body.get("tool_choice")
     if choice is not None and choice not in ("auto", "none", "required") and not (
             isinstance(choice, dict) and isinstance(choice.get("function"), dict)):
-        raise invalid("tool_choice", "must be auto, none, required or {\"type\": \"function\", \"function\": {\"name\": …}}")
+        raise invalid("tool_choice", gettext("must be auto, none, required or {\"type\": \"function\", "
+                                             "\"function\": {\"name\": …}}"))
     return tools or None, choice
 
 
@@ -120,21 +129,21 @@ def _stop(value) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or len(value) > 4 or not all(isinstance(s, str) and s for s in value):
-        raise invalid("stop", "must be a non-empty string or a list of at most 4 non-empty strings")
+        raise invalid("stop", gettext("must be a non-empty string or a list of at most 4 non-empty strings"))
     return value
 
 
 def _unsupported(body: dict) -> None:
     if body.get("n", 1) not in (1, None):
-        raise invalid("n", "only n=1 is supported")
+        raise invalid("n", gettext("only n=1 is supported"))
     if body.get("logprobs") not in (None, False, 0):
-        raise invalid("logprobs", "log probabilities are not supported")
+        raise invalid("logprobs", gettext("log probabilities are not supported"))
     for name in ("frequency_penalty", "presence_penalty"):
         if body.get(name) not in (None, 0, 0.0):
-            raise invalid(name, "is not supported; use repetition_penalty")
+            raise invalid(name, gettext("is not supported; use repetition_penalty"))
     fmt = body.get("response_format")
     if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        raise invalid("response_format", "only {\"type\": \"text\"} is supported")
+        raise invalid("response_format", gettext("only {\"type\": \"text\"} is supported"))
 
 
 def parse_request(body: dict, kind: str, default_max_tokens: int) -> dict:
@@ -142,16 +151,16 @@ def parse_request(body: dict, kind: str, default_max_tokens: int) -> dict:
     allowed = CHAT_FIELDS if kind == "chat" else COMPLETION_FIELDS
     unknown = sorted(set(body) - allowed - IGNORED_FIELDS)
     if unknown:
-        raise invalid(unknown[0], "unknown parameter")
+        raise invalid(unknown[0], gettext("unknown parameter"))
     if not isinstance(body.get("model"), str) or not body["model"]:
-        raise invalid("model", "is required: the deployment id shown by GET /v1/models")
+        raise invalid("model", gettext("is required: the deployment id shown by GET /v1/models"))
     _unsupported(body)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
-        raise invalid("stream", "must be true or false")
+        raise invalid("stream", gettext("must be true or false"))
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
-        raise invalid("stream_options", "must be an object like {\"include_usage\": true}")
+        raise invalid("stream_options", gettext("must be an object like {\"include_usage\": true}"))
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     request = {
         "kind": kind,
@@ -172,7 +181,7 @@ def parse_request(body: dict, kind: str, default_max_tokens: int) -> dict:
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
             prompt = prompt[0]
         if not isinstance(prompt, str):
-            raise invalid("prompt", "must be one string")
+            raise invalid("prompt", gettext("must be one string"))
         request["prompt"] = prompt
         request["tools"], request["tool_choice"] = None, None
     return request

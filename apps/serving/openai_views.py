@@ -17,6 +17,7 @@ import uuid
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import JsonResponse, StreamingHttpResponse
+from django.utils.translation import gettext
 from django.views.decorators.csrf import csrf_exempt
 
 from apps.serving import access, gateway
@@ -101,14 +102,16 @@ class Exchange:
         deployment = self.target.deployment_id
         if self.started:
             if self.replica and not await gateway.replica_alive(deployment, self.replica, self.consumer):
-                raise ApiError(502, "the replica answering this request stopped (it missed its heartbeats); retry the request",
+                raise ApiError(502, gettext("the replica answering this request stopped (it missed its heartbeats); "
+                                            "retry the request"),
                                type="server_error", code="replica_lost")
             return
         for replica_id in self.target.replica_ids:
             if await gateway.replica_alive(deployment, replica_id):
                 return
-        raise ApiError(503, f"no replica of {self.target.served_name} is running any more (stopped, or missed its "
-                            "heartbeats); the request was cancelled, retry shortly",
+        raise ApiError(503, gettext("no replica of %(target)s is running any more (stopped, or missed its "
+                                    "heartbeats); the request was cancelled, retry shortly")
+                                    % {"target": self.target.served_name},
                        type="server_error", code="no_live_replica", retry_after=5)
 
     async def abort(self, wait: bool = True) -> None:
@@ -146,12 +149,15 @@ class Exchange:
         except TimeoutError:
             await self.abort()
             if not self.started and deadline < self.deadline:
-                raise ApiError(504, f"no replica of {self.target.served_name} started the request within "
-                                    f"{settings.SERVING_QUEUE_TIMEOUT_SECONDS:g} s; it was cancelled, try again",
+                raise ApiError(504, gettext("no replica of %(target)s started the request within "
+                                            "%(seconds)s s; it was cancelled, try again")
+                                            % {"target": self.target.served_name,
+                                               "seconds": format(settings.SERVING_QUEUE_TIMEOUT_SECONDS, "g")},
                                type="server_error", code="queue_timeout") from None
-            raise ApiError(504, f"the request did not finish within the deployment's timeout of "
-                                f"{self.target.request_timeout_s:g} s; it was cancelled", type="server_error",
-                           code="timeout") from None
+            raise ApiError(504, gettext("the request did not finish within the deployment's timeout of "
+                                        "%(seconds)s s; it was cancelled")
+                           % {"seconds": format(self.target.request_timeout_s, "g")},
+                           type="server_error", code="timeout") from None
         self._count(event)
         kind = event.get("type")
         if kind == "error":

@@ -15,6 +15,7 @@ import uuid
 import redis
 from django.conf import settings
 from django.db import transaction
+from django.utils.translation import gettext
 
 from apps.accounts.visibility import PermissionDenied, require_manager  # noqa: F401  (views catch services.PermissionDenied)
 from apps.jobs import lifecycle
@@ -64,7 +65,8 @@ def resolve_version(deployment: Deployment) -> ModelVersion | None:
 def _model_paths(version: ModelVersion) -> dict:
     if version.kind == VersionKind.ADAPTER:
         if version.parent is None:
-            raise ServingError("version", f"{version} is an adapter without a base model; merge or re-import it with its base")
+            raise ServingError("version", gettext("%(version)s is an adapter without a base model; merge or "
+                                                  "re-import it with its base") % {"version": version})
         return {"model_dir": str(version.parent.path), "adapter_dir": str(version.path)}
     return {"model_dir": str(version.path), "adapter_dir": ""}
 
@@ -89,12 +91,14 @@ def validate_engine_options(options, version: ModelVersion) -> dict:
         try:
             options = json.loads(options)
         except json.JSONDecodeError as exc:
-            raise ServingError("engine_options", f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+            raise ServingError("engine_options", gettext("not valid JSON (line %(line)s, column %(column)s: %(error)s)")
+                               % {"line": exc.lineno, "column": exc.colno, "error": exc.msg}) from None
     if not isinstance(options, dict):
-        raise ServingError("engine_options", "must be a JSON object of ReplicaSpec field: value")
+        raise ServingError("engine_options", gettext("must be a JSON object of ReplicaSpec field: value"))
     for field in RESERVED_FIELDS:
         if field in options:
-            raise ServingError(f"engine_options.{field}", "is set by the studio from the deployment and may not be given")
+            raise ServingError(f"engine_options.{field}", gettext("is set by the studio from the deployment and may "
+                                                                  "not be given"))
     probe = {**options, "deployment_id": 1, "replica_id": "check", **_model_paths(version), "served_name": "check", "version_label": "check"}
     try:
         validate_params("serve", probe)
@@ -107,13 +111,13 @@ def validate_engine_options(options, version: ModelVersion) -> dict:
 
 def _check_numbers(replicas: int, max_queue: int, request_timeout_s: float, max_restarts: int) -> None:
     if not isinstance(replicas, int) or not 1 <= replicas <= MAX_REPLICAS:
-        raise ServingError("replicas", f"must be a whole number from 1 to {MAX_REPLICAS}")
+        raise ServingError("replicas", gettext("must be a whole number from 1 to %(max)s") % {"max": MAX_REPLICAS})
     if not isinstance(max_queue, int) or not 1 <= max_queue <= 100_000:
-        raise ServingError("max_queue", "must be a whole number from 1 to 100000")
+        raise ServingError("max_queue", gettext("must be a whole number from 1 to 100000"))
     if not 1 <= float(request_timeout_s) <= 3600:
-        raise ServingError("request_timeout_s", "must be between 1 and 3600 seconds")
+        raise ServingError("request_timeout_s", gettext("must be between 1 and 3600 seconds"))
     if not isinstance(max_restarts, int) or not 0 <= max_restarts <= 100:
-        raise ServingError("max_restarts", "must be a whole number from 0 to 100")
+        raise ServingError("max_restarts", gettext("must be a whole number from 0 to 100"))
 
 
 def create_deployment(user, *, name: str, model: RegisteredModel, version: ModelVersion | None = None, alias: str = "",
@@ -124,20 +128,24 @@ def create_deployment(user, *, name: str, model: RegisteredModel, version: Model
     from apps.accounts.visibility import visible_to
 
     if not visible_to(RegisteredModel.objects.filter(pk=model.pk), user).exists():
-        raise ServingError("model", "no such model, or you may not see it")
+        raise ServingError("model", gettext("no such model, or you may not see it"))
     name = (name or "").strip().lower()
     if not name or len(name) > 60 or not name.replace("-", "").replace("_", "").isalnum() or not name.isascii():
-        raise ServingError("name", f"{name!r}: use letters, digits, - and _ (1 to 60); it becomes the API model id")
+        raise ServingError("name", gettext("%(name)s: use letters, digits, - and _ (1 to 60); it becomes the API "
+                                           "model id") % {"name": repr(name)})
     if Deployment.objects.filter(owner=user, name=name).exists():
-        raise ServingError("name", f"you already have a deployment named {name!r}")
+        raise ServingError("name", gettext("you already have a deployment named %(name)s") % {"name": repr(name)})
     if bool(version) == bool(alias):
-        raise ServingError("version", "choose either a version or an alias to follow (not both)")
+        raise ServingError("version", gettext("choose either a version or an alias to follow (not both)"))
     if version is not None and version.model_id != model.pk:
-        raise ServingError("version", f"{version} is not a version of {model}")
+        raise ServingError("version", gettext("%(version)s is not a version of %(model)s")
+                                              % {"version": version, "model": model})
     if alias and not ModelAlias.objects.filter(model=model, name=alias).exists():
-        raise ServingError("alias", f"{model} has no alias {alias!r}")
+        raise ServingError("alias", gettext("%(model)s has no alias %(alias)s")
+                                            % {"model": model, "alias": repr(alias)})
     if queue not in settings.JOB_QUEUES:
-        raise ServingError("queue", f"unknown queue {queue!r} (known: {', '.join(settings.JOB_QUEUES)})")
+        raise ServingError("queue", gettext("unknown queue %(queue)s (known: %(known)s)")
+                                            % {"queue": repr(queue), "known": ', '.join(settings.JOB_QUEUES)})
     _check_numbers(replicas, max_queue, request_timeout_s, max_restarts)
     deployment = Deployment(owner=user, name=name, model=model, version=version, alias=alias or "", replicas=replicas,
                             queue=queue, max_queue=max_queue, request_timeout_s=float(request_timeout_s),
@@ -178,7 +186,8 @@ def start(user, deployment: Deployment) -> Deployment:
 def delete(user, deployment: Deployment) -> None:
     _require_manager(user, deployment)
     if deployment.replica_set.exclude(job__status__in=FINISHED_STATUSES).exists():
-        raise ServingError("deployment", "it still has running replicas: stop it and wait until it is stopped")
+        raise ServingError("deployment", gettext("it still has running replicas: stop it and wait until it is "
+                                                 "stopped"))
     deployment.delete()
 
 

@@ -91,7 +91,7 @@ def deployment_action(request, deployment_id: int, action: str):
             try:
                 replicas = int(request.POST.get("replicas", ""))
             except ValueError:
-                raise services.ServingError("replicas", "must be a whole number") from None
+                raise services.ServingError("replicas", gettext("must be a whole number")) from None
             services.scale(request.user, deployment, replicas)
             messages.success(request, gettext("%(name)s scaled to %(n)s replica(s).") % {"name": deployment.served_name, "n": replicas})
         elif action == "delete":

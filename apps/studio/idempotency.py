@@ -24,6 +24,7 @@ from functools import wraps
 from django.db import IntegrityError, transaction
 from django.http import HttpResponse, HttpResponseRedirect, JsonResponse
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from apps.studio.models import IdempotencyRecord
 
@@ -135,17 +136,19 @@ def api_claim(view_func):
         if request.method != "POST" or key is None:
             return view_func(request, *args, **kwargs)
         if not KEY_PATTERN.fullmatch(key):
-            return _api_error(422, f"the {HEADER} header must be 1 to 255 visible ASCII characters")
+            return _api_error(422, gettext("the %(header)s header must be 1 to 255 visible ASCII characters")
+                              % {"header": HEADER})
         outcome, record = claim(request.auth, "api:" + key, _api_fingerprint(request))
         if outcome == MISMATCH:
-            return _api_error(422, f"this {HEADER} was already used for a different request (method, path or body); "
-                                   "send a new key for a new request")
+            return _api_error(422, gettext("this %(header)s was already used for a different request (method, path or "
+                                           "body); send a new key for a new request") % {"header": HEADER})
         if outcome == BUSY:
-            return _api_error(409, f"a request with this {HEADER} is still being processed; retry in a few seconds")
+            return _api_error(409, gettext("a request with this %(header)s is still being processed; retry in a few "
+                                           "seconds") % {"header": HEADER})
         if outcome == REPLAY:
             return replayed(record, lambda: _api_error(
-                409, f"this {HEADER} already completed (status {record.status_code}); its response held a secret "
-                     "shown only once and is not replayed"))
+                409, gettext("this %(header)s already completed (status %(status)s); its response held a secret shown "
+                             "only once and is not replayed") % {"header": HEADER, "status": record.status_code}))
         request._idempotency = (record, replay)
         return view_func(request, *args, **kwargs)
 
@@ -222,7 +225,8 @@ class OnceFormMiddleware:
         if token is None:
             return None
         if not FORM_TOKEN_PATTERN.fullmatch(token):
-            return HttpResponse(f"The form's {FORM_FIELD} token is malformed; reload the page and submit again.",
+            return HttpResponse(gettext("The form's %(field)s token is malformed; reload the page and submit again.")
+                                % {"field": FORM_FIELD},
                                 status=400, content_type="text/plain; charset=utf-8")
         outcome, record = claim(request.user, "form:" + token, fingerprint("POST", request.path_info))
         if outcome == RUN:
@@ -230,7 +234,8 @@ class OnceFormMiddleware:
             return None
         if outcome == REPLAY:
             return replayed(record, lambda: HttpResponse(
-                "This form was already submitted.", status=409, content_type="text/plain; charset=utf-8"))
-        message = ("This form is still being processed; reload the page in a moment to see the result."
-                   if outcome == BUSY else "This form token belongs to another form; reload the page and submit again.")
+                gettext("This form was already submitted."), status=409, content_type="text/plain; charset=utf-8"))
+        message = (gettext("This form is still being processed; reload the page in a moment to see the result.")
+                   if outcome == BUSY else
+                   gettext("This form token belongs to another form; reload the page and submit again."))
         return HttpResponse(message, status=409, content_type="text/plain; charset=utf-8")

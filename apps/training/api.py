@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from django.http import HttpResponse
+from django.utils.translation import gettext
 from ninja import Router, Schema, Status
 from ninja.errors import HttpError
 
@@ -121,7 +122,7 @@ def _refusal(exc: services.TrainingError, report: dict | None = None):
 
 def _request(request, payload: TrainingIn) -> services.TrainingRequest:
     if payload.base_version_id and payload.base_alias_id:
-        raise services.TrainingError("base", "give base_version_id or base_alias_id, not both")
+        raise services.TrainingError("base", gettext("give base_version_id or base_alias_id, not both"))
     base = f"v:{payload.base_version_id}" if payload.base_version_id else f"a:{payload.base_alias_id}" if payload.base_alias_id else None
     fields, preset_name = dict(payload.fields), ""
     if payload.preset:

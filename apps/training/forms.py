@@ -3,6 +3,8 @@ hyperparameters are fields, the rest an "advanced" YAML mapping. The core spec c
 again (pre-flight), and its errors are attached to the field they name."""
 from __future__ import annotations
 
+import dataclasses
+
 from django import forms
 from django.conf import settings
 from django.utils.translation import gettext, gettext_lazy, pgettext_lazy
@@ -28,6 +30,34 @@ FIELD_LABELS = {
     "lora_dropout": gettext_lazy("Lora dropout"), "save_every": gettext_lazy("Save every"),
     "eval_every": gettext_lazy("Eval every"), "seed": gettext_lazy("Seed"),
 }
+# What each main hyperparameter does, with its unit; the default and range are added from the spec.
+FIELD_HELP = {
+    "learning_rate": gettext_lazy("How far each optimizer step moves the weights (a factor, no unit). LoRA often "
+                                  "uses 1e-4 to 1e-3, full fine-tuning 1e-5 to 5e-5."),
+    "batch_size": gettext_lazy("Sequences per step on each device: more is faster per sample and needs more memory."),
+    "grad_accum": gettext_lazy("Steps whose gradients add up before one optimizer update (steps): the effective "
+                               "batch is batch size × grad accum, without the memory of a bigger batch."),
+    "max_steps": gettext_lazy("Optimizer updates to run (steps); 0 trains for the epochs instead."),
+    "epochs": gettext_lazy("Passes over the training data (epochs; a fraction is allowed); used only when max steps is 0."),
+    "max_length": gettext_lazy("Longest training sequence (tokens): longer samples are truncated; memory grows with it."),
+    "lora_r": gettext_lazy("Rank of the LoRA adapters (dimensions): higher learns more and needs more memory. "
+                           "LoRA and QLoRA only."),
+    "lora_alpha": gettext_lazy("Scale of the LoRA update, which is multiplied by alpha / r (no unit); often twice r. "
+                               "LoRA and QLoRA only."),
+    "lora_dropout": gettext_lazy("Share of the adapters' inputs dropped at random while training (a probability), "
+                                 "against overfitting. LoRA and QLoRA only."),
+    "save_every": gettext_lazy("A checkpoint every this many optimizer steps (steps), and one at the end."),
+    "eval_every": gettext_lazy("The loss on the eval data every this many optimizer steps (steps)."),
+    "seed": gettext_lazy("Random seed (a whole number) for shuffling, the eval split and new weights: the same "
+                         "seed repeats a run."),
+}
+# The range TrainSpec.validate allows for each field (workers/core/training/spec.py; a test in
+# tests/training/test_form_ranges.py keeps the two together).
+FIELD_RANGES = {
+    "learning_rate": (1e-9, 1.0), "batch_size": (1, 4096), "grad_accum": (1, 4096), "max_steps": (0, 10_000_000),
+    "epochs": (0.0, 1000.0), "max_length": (16, 131_072), "lora_r": (1, 1024), "lora_alpha": (1, 4096),
+    "lora_dropout": (0.0, 0.9), "save_every": (1, 10_000_000), "eval_every": (1, 10_000_000), "seed": (0, 2**31 - 1),
+}
 METHOD_CHOICES = {"pretrain": gettext_lazy("pretrain — pretraining from scratch"),
                   "cpt": gettext_lazy("cpt — continued pretraining"), "sft": gettext_lazy("sft — supervised fine-tuning"),
                   "dpo": gettext_lazy("dpo — DPO"), "orpo": gettext_lazy("orpo — ORPO")}
@@ -47,7 +77,7 @@ def parse_advanced(text: str) -> dict:
     except catalog.InvalidParams as exc:
         raise TrainingError(exc.field, exc.reason) from None
     if not isinstance(data, dict):
-        raise TrainingError("advanced", "line 1: expected a mapping of field: value")
+        raise TrainingError("advanced", "line 1: " + gettext("expected a mapping of field: value"))
     where = {key.value: f"line {key.start_mark.line + 1}" for key, _ in presets.scalar_keys(root, "advanced")}
     return presets.check_fields(data, where)
 
@@ -66,15 +96,31 @@ def dataset_choices(user) -> list[tuple[str, str]]:
 
 
 def spec_defaults() -> dict:
-    """The core's TrainSpec defaults, shown as placeholders (a blank field keeps the default). The
-    catalog validates a minimal spec with placeholder paths to fill them in."""
+    """The core's TrainSpec defaults, shown as placeholders and in the help (a blank field keeps the
+    default): the dataclass's own field defaults, read without building (and validating) a spec."""
     from workers.tasks import catalog
 
-    stub = {"base_model_dir": "/base", "train_files": ["/data.jsonl"], "output_dir": "/out", "checkpoint_dir": "/ckpt"}
-    try:
-        return catalog.validate_params("train", stub)
-    except catalog.InvalidParams:
-        return {}
+    spec_class = catalog.CORE_JOBS["train"].spec_class
+    return {f.name: f.default for f in dataclasses.fields(spec_class) if f.default is not dataclasses.MISSING}
+
+
+def shown(value) -> str:
+    """A number as the help shows it: 0.0002, 1e-9, 1000, 131,072."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    return f"{value:g}".replace("e-0", "e-").replace("e+0", "e+")
+
+
+def hyperparameter_field(name: str, default) -> forms.Field:
+    """A main hyperparameter as an optional field: inline help (what, unit, default, range), the
+    default as placeholder and the spec's range as the input's min and max."""
+    low, high = FIELD_RANGES[name]
+    field_class = MAIN_FIELDS[name]
+    attrs = {"min": shown(low).replace(",", ""), "max": shown(high).replace(",", ""),
+             "placeholder": gettext("default %(value)s") % {"value": shown(default)}}
+    help_text = gettext("%(help)s Default %(default)s; from %(low)s to %(high)s.") % {
+        "help": FIELD_HELP[name], "default": shown(default), "low": shown(low), "high": shown(high)}
+    return field_class(label=FIELD_LABELS[name], required=False, help_text=help_text, widget=field_class.widget(attrs=attrs))
 
 
 def queue_help() -> str:
@@ -121,9 +167,8 @@ class TrainingForm(forms.Form):
         self.fields["eval_versions"].choices = options
         self.fields["queue"].help_text = queue_help()
         defaults = spec_defaults()
-        for name, field_class in MAIN_FIELDS.items():
-            placeholder = {"placeholder": gettext("default %(value)s") % {"value": defaults[name]}} if name in defaults else {}
-            self.fields[name] = field_class(label=FIELD_LABELS[name], required=False, widget=field_class.widget(attrs=placeholder))
+        for name in MAIN_FIELDS:
+            self.fields[name] = hyperparameter_field(name, defaults[name])
         # Keep the advanced textarea last, after the main hyperparameters.
         self.order_fields([*[f for f in self.fields if f not in ("advanced", "dry_run")], "advanced", "dry_run"])
 
@@ -132,7 +177,8 @@ class TrainingForm(forms.Form):
         advanced = parse_advanced(self.cleaned_data.get("advanced", ""))
         both = sorted(set(fields) & set(advanced))
         if both:
-            raise TrainingError("advanced", f"{both[0]} is set both as a field and in the YAML; keep one")
+            raise TrainingError("advanced", gettext("%(field)s is set both as a field and in the YAML; keep one")
+                                                    % {"field": both[0]})
         return {**fields, **advanced}
 
     def to_request(self) -> TrainingRequest:

@@ -4,6 +4,7 @@ an imported file's errors name the line and the field."""
 from __future__ import annotations
 
 from django.db import IntegrityError, transaction
+from django.utils.translation import gettext
 
 from apps.accounts.visibility import require_manager, visible_to
 from apps.training.models import TrainingPreset  # noqa: F401  (api reads presets.TrainingPreset)
@@ -36,12 +37,12 @@ def preset_fields(user, key: str) -> tuple[str, dict]:
         name = key[len(BUILTIN_PREFIX):]
         fields = builtin_presets().get(name)
         if fields is None:
-            raise TrainingError("preset", f"no built-in preset named {name!r}")
+            raise TrainingError("preset", gettext("no built-in preset named %(name)s") % {"name": repr(name)})
         return name, {k: v for k, v in fields.items() if k != "description"}
     from apps.accounts.visibility import get_visible_or_404
 
     if not key.isdigit():
-        raise TrainingError("preset", f"{key!r} is not a preset")
+        raise TrainingError("preset", gettext("%(key)s is not a preset") % {"key": repr(key)})
     preset = get_visible_or_404(TrainingPreset.objects.all(), user, pk=int(key))
     return preset.name, dict(preset.fields)
 
@@ -51,7 +52,7 @@ def check_fields(fields, where=None) -> dict:
     a field → "line N" map, the YAML line). Ranges between fields are checked again by the
     pre-flight, where the whole spec is known."""
     if not isinstance(fields, dict):
-        raise TrainingError("fields", "must be a mapping of field: value")
+        raise TrainingError("fields", gettext("must be a mapping of field: value"))
     where = where or {}
 
     def at(name):
@@ -59,7 +60,8 @@ def check_fields(fields, where=None) -> dict:
 
     for name, value in fields.items():
         if name in PATH_FIELDS:
-            raise TrainingError(name, f"{at(name)}paths are filled in from the chosen versions; a preset may not set {name}")
+            raise TrainingError(name, at(name) + gettext("paths are filled in from the chosen versions; a preset may "
+                                                         "not set %(name)s") % {"name": name})
         try:
             catalog.validate_params("train", {name: value})
         except catalog.InvalidParams as exc:
@@ -71,11 +73,11 @@ def check_fields(fields, where=None) -> dict:
 def save(user, *, name: str, fields: dict, description: str = "", preset: TrainingPreset | None = None) -> TrainingPreset:
     name = (name or "").strip()
     if not name:
-        raise TrainingError("name", "name the preset")
+        raise TrainingError("name", gettext("name the preset"))
     if len(name) > MAX_NAME:
-        raise TrainingError("name", f"at most {MAX_NAME} characters")
+        raise TrainingError("name", gettext("at most %(max)s characters") % {"max": MAX_NAME})
     if len(description or "") > MAX_DESCRIPTION:
-        raise TrainingError("description", f"at most {MAX_DESCRIPTION} characters")
+        raise TrainingError("description", gettext("at most %(max)s characters") % {"max": MAX_DESCRIPTION})
     fields = check_fields(fields)
     try:
         with transaction.atomic():
@@ -86,7 +88,8 @@ def save(user, *, name: str, fields: dict, description: str = "", preset: Traini
                 return preset
             return TrainingPreset.objects.create(owner=user, name=name, description=description, fields=fields)
     except IntegrityError:
-        raise TrainingError("name", f"you already have a preset named {name!r}") from None
+        raise TrainingError("name", gettext("you already have a preset named %(name)s")
+                            % {"name": repr(name)}) from None
 
 
 def clone(user, key: str, new_name: str = "") -> TrainingPreset:
@@ -114,23 +117,23 @@ def parse_yaml(text: str) -> dict:
     except catalog.InvalidParams as exc:
         raise TrainingError(exc.field, exc.reason) from None
     if root is None or not isinstance(root, yaml.MappingNode) or not isinstance(data, dict):
-        raise TrainingError("yaml", "line 1: expected a mapping with name, description and fields")
+        raise TrainingError("yaml", "line 1: " + gettext("expected a mapping with name, description and fields"))
     top = {key.value: value for key, value in scalar_keys(root, "yaml")}
     unknown = [key for key, _ in root.value if key.value not in ("name", "description", "fields")]
     if unknown:
-        raise TrainingError(str(unknown[0].value)[:100], f"line {unknown[0].start_mark.line + 1}: unknown key "
-                                                         "(allowed: name, description, fields)")
+        raise TrainingError(str(unknown[0].value)[:100], f"line {unknown[0].start_mark.line + 1}: "
+                            + gettext("unknown key (allowed: name, description, fields)"))
     if "fields" not in top or not isinstance(top["fields"], yaml.MappingNode):
         line = top["fields"].start_mark.line + 1 if "fields" in top else 1
-        raise TrainingError("fields", f"line {line}: `fields` must be a mapping of field: value")
+        raise TrainingError("fields", f"line {line}: " + gettext("`fields` must be a mapping of field: value"))
     where = {key.value: f"line {key.start_mark.line + 1}" for key, _ in scalar_keys(top["fields"], "fields")}
     name = data.get("name")
     if not isinstance(name, str) or not name.strip():
         line = top["name"].start_mark.line + 1 if "name" in top else 1
-        raise TrainingError("name", f"line {line}: `name` must be a non-empty string")
+        raise TrainingError("name", f"line {line}: " + gettext("`name` must be a non-empty string"))
     description = data.get("description") or ""
     if not isinstance(description, str):
-        raise TrainingError("description", f"line {top['description'].start_mark.line + 1}: must be a string")
+        raise TrainingError("description", f"line {top['description'].start_mark.line + 1}: " + gettext("must be a string"))
     return {"name": name.strip(), "description": description, "fields": check_fields(data["fields"], where)}
 
 
@@ -141,7 +144,7 @@ def scalar_keys(mapping, field: str) -> list:
 
     for key, _ in mapping.value:
         if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
-            raise TrainingError(field, f"line {key.start_mark.line + 1}: keys must be plain names")
+            raise TrainingError(field, f"line {key.start_mark.line + 1}: " + gettext("keys must be plain names"))
     return mapping.value
 
 

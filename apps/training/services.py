@@ -13,6 +13,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from apps.accounts.visibility import PermissionDenied, can_manage, get_visible_or_404, require_manager  # noqa: F401
 from apps.datasets.models import DatasetVersion, DatasetVersionUse
@@ -55,14 +56,16 @@ def resolve_base(user, ref: str | int | None) -> ModelVersion | None:
     text = str(ref)
     kind, _, ident = text.partition(":") if ":" in text else ("v", "", text)
     if not ident.isdigit() or kind not in ("v", "a"):
-        raise TrainingError("base", f"{text!r} is neither a model version nor an alias")
+        raise TrainingError("base", gettext("%(text)s is neither a model version nor an alias")
+                                            % {"text": repr(text)})
     if kind == "a":
         alias = get_visible_or_404(ModelAlias.objects.select_related("version__model"), user, "model__owner", pk=int(ident))
         version = alias.version
     else:
         version = get_visible_or_404(ModelVersion.objects.select_related("model"), user, "model__owner", pk=int(ident))
     if version.kind == VersionKind.ADAPTER:
-        raise TrainingError("base", f"{version} is an adapter; train on a base or merged version (merge it first)")
+        raise TrainingError("base", gettext("%(version)s is an adapter; train on a base or merged version (merge it "
+                                            "first)") % {"version": version})
     return version
 
 
@@ -87,7 +90,7 @@ def _target_model(user, base: ModelVersion | None, model_id: int | None, model_n
         return existing or (RegisteredModel.objects.create(owner=user, name=name) if create else None)
     if base is not None and can_manage(user, base.model):
         return base.model
-    raise TrainingError("model_name", "name the model the trained version joins")
+    raise TrainingError("model_name", gettext("name the model the trained version joins"))
 
 
 # ---- the target device ---------------------------------------------------------------------
@@ -152,21 +155,27 @@ def _check_request(req: TrainingRequest) -> None:
     if req.method == "pretrain":
         req.finetune = "full"  # pretraining trains every weight (the core ignores the choice too)
     if req.method not in METHODS:
-        raise TrainingError("method", f"{req.method!r} is not one of {', '.join(METHODS)}")
+        raise TrainingError("method", gettext("%(method)s is not one of %(methods)s")
+                                              % {"method": repr(req.method), "methods": ', '.join(METHODS)})
     if req.finetune not in FINETUNES:
-        raise TrainingError("finetune", f"{req.finetune!r} is not one of {', '.join(FINETUNES)}")
+        raise TrainingError("finetune", gettext("%(finetune)s is not one of %(finetunes)s")
+                                                % {"finetune": repr(req.finetune), "finetunes": ', '.join(FINETUNES)})
     if req.queue not in settings.JOB_QUEUES:
-        raise TrainingError("queue", f"unknown queue {req.queue!r} (known: {', '.join(settings.JOB_QUEUES)})")
+        raise TrainingError("queue", gettext("unknown queue %(queue)s (known: %(known)s)")
+                                             % {"queue": repr(req.queue),
+                                                "known": ', '.join(settings.JOB_QUEUES)})
     given_paths = sorted(set(req.fields) & set(PATH_FIELDS))
     if given_paths:
-        raise TrainingError(given_paths[0], "is filled in from the chosen model and dataset versions; do not set it")
+        raise TrainingError(given_paths[0], gettext("is filled in from the chosen model and dataset versions; do "
+                                                    "not set it"))
     # The core also takes a tokenizer folder for pretraining; a request may only ask for one
     # trained on the data, never name a folder (it could be another user's version).
     if req.fields.get("tokenizer", "train") != "train":
-        raise TrainingError("tokenizer", "only 'train' (a tokenizer trained on the data) may be chosen; a folder is never accepted")
+        raise TrainingError("tokenizer", gettext("only 'train' (a tokenizer trained on the data) may be chosen; a "
+                                                 "folder is never accepted"))
     for name in ("method", "finetune"):
         if name in req.fields and req.fields[name] != getattr(req, name):
-            raise TrainingError(name, f"set it with the {name} choice, not in the fields")
+            raise TrainingError(name, gettext("set it with the %(name)s choice, not in the fields") % {"name": name})
 
 
 def checkpoint_root() -> Path:
@@ -179,13 +188,15 @@ def resolve(user, req: TrainingRequest) -> Resolved:
     _check_request(req)
     base = resolve_base(user, req.base)
     if base is None and req.method != "pretrain":
-        raise TrainingError("base", f"{req.method} needs a base model version (only pretraining starts from scratch)")
+        raise TrainingError("base", gettext("%(method)s needs a base model version (only pretraining starts from "
+                                            "scratch)") % {"method": req.method})
     train = resolve_datasets(user, req.train_versions)
     if not train:
-        raise TrainingError("train_versions", "choose at least one dataset version to train on")
+        raise TrainingError("train_versions", gettext("choose at least one dataset version to train on"))
     formats = {v.canonical for v in train}
     if len(formats) > 1:
-        raise TrainingError("train_versions", f"the chosen versions have different formats ({', '.join(sorted(formats))}); pick one format")
+        raise TrainingError("train_versions", gettext("the chosen versions have different formats (%(formats)s); "
+                                                      "pick one format") % {"formats": ', '.join(sorted(formats))})
     evals = resolve_datasets(user, req.eval_versions)
     uid = uuid.uuid4()
     params = {
@@ -308,10 +319,11 @@ def restart_from_checkpoint(user, job: Job, checkpoint_name: str) -> Job:
     checkpoint is chosen by name among the kept ones, never as a path from the request."""
     run = TrainingRun.objects.select_related("base_version", "target_model", "job").get(job=job)
     if not can_manage(user, job):
-        raise PermissionDenied("only the owner or staff can restart this run")
+        raise PermissionDenied(gettext("only the owner or staff can restart this run"))
     checkpoint = next((c for c in kept_checkpoints(run) if c["name"] == checkpoint_name), None)
     if checkpoint is None:
-        raise TrainingError("checkpoint", f"{checkpoint_name!r} is not a kept, complete checkpoint of {job}")
+        raise TrainingError("checkpoint", gettext("%(checkpoint_name)s is not a kept, complete checkpoint of %(job)s")
+                                                  % {"checkpoint_name": repr(checkpoint_name), "job": job})
     req, resolved = _request_of(run)
     resolved.params["resume_from"] = checkpoint["path"]
     req.dry_run = False

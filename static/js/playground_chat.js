@@ -36,10 +36,11 @@
     node.dataset.role = message.role;
     node.dataset.status = message.status;
     const head = P.el("div", "msg-head");
-    head.appendChild(P.el("span", "who", message.role === "user" ? config.owner : (message.deployment || "assistant")));
+    head.appendChild(P.el("span", "who", message.role === "user" ? config.owner : (message.deployment || gettext("assistant"))));
     if (message.status === "streaming") head.appendChild(P.el("span", "status running msg-state", gettext("writing…")));
     node.appendChild(head);
     const body = P.el("div", message.role === "user" ? "msg-body plain" : "msg-body");
+    body.setAttribute("translate", "no");  // chat content and model output: never machine-translated
     node.appendChild(body);
     P.setText(body, message.content || "");
     if (message.role === "user") body.classList.remove("streaming-text");
@@ -180,7 +181,7 @@
     area.rows = Math.min(12, Math.max(2, area.value.split("\n").length));
     const save = P.el("button", "primary save-edit", gettext("Save and send"));
     save.type = "button";
-    const cancel = P.el("button", "cancel-edit", "Cancel");
+    const cancel = P.el("button", "cancel-edit", gettext("Cancel"));
     cancel.type = "button";
     const buttons = P.el("div", "row");
     buttons.append(save, cancel);

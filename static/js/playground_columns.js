@@ -34,6 +34,7 @@
     node.dataset.status = message.status;
     node.dataset.column = message.column;
     const body = P.el("div", message.role === "user" ? "msg-body plain" : "msg-body");
+    body.setAttribute("translate", "no");  // chat content and model output: never machine-translated
     P.setText(body, message.content || "");
     if (message.role === "user") body.classList.remove("streaming-text");
     node.appendChild(body);

@@ -99,11 +99,18 @@
   }
 
   // One agent step (workers/core/agents/loop.py), as templates/playground/_trace.html shows it.
+  // What the model wrote and the tools read and returned: never machine-translated.
+  function output(className, text) {
+    const node = el("pre", className, text);
+    node.setAttribute("translate", "no");
+    return node;
+  }
+
   function stepElement(step) {
     const item = el("li", `step step-${step.type}` + (step.status === "error" ? " step-error" : ""));
     item.dataset.index = step.index;
     const head = el("div", "step-head");
-    const kind = el("b", "step-type", step.type === "tool" ? "tool " : step.type);
+    const kind = el("b", "step-type", step.type === "tool" ? gettext("tool") + " " : step.type === "model" ? gettext("model") : gettext("final"));
     if (step.type === "tool") kind.appendChild(el("code", "step-tool-name", step.tool));
     head.appendChild(kind);
     if (step.turn) head.appendChild(el("span", "muted", interpolate(gettext("turn %(turn)s"), {turn: step.turn}, true)));
@@ -113,20 +120,20 @@
     if (step.stopped) head.appendChild(el("span", "muted", interpolate(gettext("stopped: %(stopped)s"), {stopped: step.stopped}, true)));
     item.appendChild(head);
     if (step.type === "model") {
-      if (step.output) item.appendChild(el("pre", "step-output", step.output));
+      if (step.output) item.appendChild(output("step-output", step.output));
       for (const call of step.tool_calls || []) {
         const line = el("div", "step-call", gettext("calls") + " ");
         line.appendChild(el("code", null, call.name));
-        line.appendChild(el("pre", "step-arguments", pretty(call.arguments)));
+        line.appendChild(output("step-arguments", pretty(call.arguments)));
         item.appendChild(line);
       }
     } else if (step.type === "tool") {
       item.appendChild(el("div", "step-label", gettext("arguments")));
-      item.appendChild(el("pre", "step-arguments", pretty(step.arguments)));
+      item.appendChild(output("step-arguments", pretty(step.arguments)));
       item.appendChild(el("div", "step-label", gettext("observation")));
-      item.appendChild(el("pre", "step-observation", pretty(step.observation)));
+      item.appendChild(output("step-observation", pretty(step.observation)));
     } else if (step.answer) {
-      item.appendChild(el("pre", "step-output", step.answer));
+      item.appendChild(output("step-output", step.answer));
     }
     return item;
   }

@@ -1,7 +1,8 @@
 """The training pages in a real browser, against the real stack (daphne, a Celery worker, the
-test database) and the real pre-flight: a user fills the new-run form, checks it (the pre-flight
-panel with the memory bar and the rendered sample), starts it, follows the run page's live
-charts to the registered adapter, and compares two runs.
+test database) and the real pre-flight: a user fills the new-run form, checks it (a spinner and
+disabled buttons while it runs, then the pre-flight panel with the memory bar and the rendered
+sample), starts it, follows the run page's live charts to the registered adapter, and compares two
+runs.
 
 PUYU_SCREENSHOTS=1 writes static/screenshots/training-*.png."""
 from __future__ import annotations
@@ -42,8 +43,28 @@ def test_a_user_checks_starts_follows_and_compares_training_runs(stack, users, p
                         "lora_r": "4", "lora_alpha": "8"}.items():
         page.fill(f"#id_{name}", value)
     page.fill("#id_advanced", "sample_every: 3\nsample_prompts: ['Say the number 3 in words.']\nsample_max_tokens: 6\n")
+    # While the pre-flight runs (seconds: the tokenizer loads), the spinner shows, both buttons are
+    # disabled and the panel is marked busy. The request is held here until the page was looked at.
+    held = []
+    page.route("**/training/new/", lambda route: held.append(route) if route.request.method == "POST" else route.continue_())
     page.click("#check-button")
+    for _ in range(600):  # the route handler runs while Playwright waits
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the Check request never left the page"
+    expect(page.locator("#check-busy")).to_be_visible()
+    expect(page.locator("#check-busy")).to_contain_text("Checking")
+    expect(page.locator("#check-button")).to_be_disabled()
+    expect(page.locator("#submit-button")).to_be_disabled()
+    expect(page.locator("#preflight")).to_have_attribute("aria-busy", "true")
+    held[0].continue_()
+    page.unroute("**/training/new/")
     expect(page.locator("#preflight-verdict")).to_have_text("Ready to train", timeout=60_000)
+    expect(page.locator("#check-busy")).to_be_hidden()
+    expect(page.locator("#check-button")).to_be_enabled()
+    expect(page.locator("#submit-button")).to_be_enabled()
+    expect(page.locator("#preflight")).not_to_have_attribute("aria-busy", "true")
     expect(page.locator("#memory-bar .mem")).to_have_count(5)  # weights, gradients, optimizer, activations, runtime
     expect(page.locator("#preflight-sample .loss").first).to_be_visible()
     screenshot(page, "training-new.png")

@@ -10,7 +10,7 @@ from django.core.management import call_command
 from apps.accounts.system import system_user
 from apps.jobs.models import Job, JobStatus
 from apps.registry import services
-from apps.registry.models import ModelAlias, ModelVersion
+from apps.registry.models import FirstRunRecord, ModelAlias, ModelVersion, RegisteredModel
 from apps.serving.models import Deployment
 from tests.registry.test_registry import run
 from workers.core.modelstore import gguf
@@ -61,6 +61,35 @@ def test_the_starter_is_imported_deployed_for_everyone_once_and_its_deletion_res
     assert "set up before" in command() and not Deployment.objects.exists()
 
 
+def test_deleting_the_starters_deployment_alias_version_model_and_import_job_is_respected(fake_conversion):
+    assert "Queued" in command()
+    job = Job.objects.get(kind="model_import")
+    assert run(job).status == JobStatus.SUCCEEDED
+    version = ModelVersion.objects.get(source_job=job)
+    model = version.model
+    Deployment.objects.filter(name="starter").delete()
+    ModelAlias.objects.filter(model=model).delete()
+    version.delete()
+    model.delete()
+    job.delete()
+    imports = Job.objects.filter(kind="model_import")
+    assert not RegisteredModel.objects.exists() and not imports.exists()
+    assert "set up before" in command()
+    assert not imports.exists() and not RegisteredModel.objects.exists() and not Deployment.objects.exists()
+
+
+def test_a_data_dir_whose_starter_was_queued_before_the_record_existed_is_not_given_another(fake_conversion):
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("apps.registry.migrations.0004_first_run_record")
+    assert "Queued" in command()
+    FirstRunRecord.objects.all().delete()  # as a database from before the record had it
+    migration.record_a_starter_made_before(apps, None)
+    assert "set up before" in command() and Job.objects.count() == 1
+
+
 def test_puyu_starter_off_skips_it(monkeypatch, fake_conversion):
     monkeypatch.setenv("PUYU_STARTER", "off")
     assert "PUYU_STARTER=off" in command()
@@ -77,7 +106,7 @@ def test_the_conversion_happens_once_per_machine_and_a_new_data_dir_copies_it(fa
     assert not (tmp_path / "dir2" / "v1.partial").exists()
 
 
-def test_a_new_chat_opens_on_the_starter_deployment_for_any_user(users):
+def test_a_new_chat_opens_on_the_starter_deployment_for_any_user(users, client):
     from apps.playground.forms import ConversationForm
     from apps.registry.models import RegisteredModel
 
@@ -85,6 +114,8 @@ def test_a_new_chat_opens_on_the_starter_deployment_for_any_user(users):
     model = RegisteredModel.objects.create(owner=system, name="SmolLM2-135M-Instruct")
     mine = Deployment.objects.create(owner=users["owner"], name="mine", model=model, alias="x", state="ready")
     starter = Deployment.objects.create(owner=system, name="starter", model=model, alias="starter", state="ready")
-    assert ConversationForm(users["outsider"]).fields["deployment"].initial == str(starter.pk)
+    assert ConversationForm(users["outsider"])["deployment"].value() == str(starter.pk)
     chosen = ConversationForm(users["owner"], initial={"deployment": str(mine.pk)})
-    assert chosen.fields["deployment"].initial != str(starter.pk)  # the page asked for another one
+    assert chosen["deployment"].value() == str(mine.pk)  # the page asked for another one
+    client.force_login(users["outsider"])  # the page as drawn (its form passes deployment="" when none is asked for)
+    assert f'<option value="{starter.pk}" selected>' in client.get("/playground/").content.decode()

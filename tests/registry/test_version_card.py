@@ -50,3 +50,40 @@ def test_an_adapter_shows_its_base_architecture_and_context_instead_of_a_dash(cl
                                           (True, True), ("n/a", "n/a")])
 def test_metrics_are_written_as_counts_or_four_significant_digits(value, shown):
     assert metric(value) == shown
+
+
+@pytest.mark.django_db
+def test_the_card_lists_the_deployments_of_its_version_that_the_viewer_may_see(client, users):
+    from apps.accounts.system import system_user
+    from apps.registry.models import ModelAlias
+    from apps.serving.models import Deployment
+
+    system = system_user()
+    built_in = _version(system, 1)  # every signed-in user sees a built-in version
+    other = _version(system, 2)
+    ModelAlias.objects.create(model=built_in.model, name="prod", version=built_in, updated_by=system)
+    pinned = Deployment.objects.create(owner=users["owner"], name="pinned", model=built_in.model, version=built_in)
+    following = Deployment.objects.create(owner=users["owner"], name="following", model=built_in.model, alias="prod")
+    theirs = Deployment.objects.create(owner=users["outsider"], name="theirs", model=built_in.model, version=built_in)
+    elsewhere = Deployment.objects.create(owner=users["owner"], name="elsewhere", model=built_in.model, version=other)
+    seen = {}
+    for name in ("owner", "teammate", "outsider"):
+        login_client(client, users[name])
+        page = client.get(f"/models/versions/{built_in.pk}/").content.decode()
+        section = page[page.index('id="version-deployments"'):]
+        section = section[:section.index("</section>")]
+        seen[name] = {d.name for d in (pinned, following, theirs, elsewhere) if f'href="/deployments/{d.pk}/"' in section}
+    assert seen["owner"] == seen["teammate"] == {"pinned", "following"}
+    assert seen["outsider"] == {"theirs"}
+
+
+@pytest.mark.django_db
+def test_a_version_nobody_deployed_says_so_and_links_to_deploy_it(client, users):
+    from apps.serving.models import Deployment
+
+    version = _version(users["owner"], 1)
+    Deployment.objects.create(owner=users["outsider"], name="hidden", model=version.model, version=version)
+    login_client(client, users["teammate"])
+    page = client.get(f"/models/versions/{version.pk}/").content.decode()
+    empty = page[page.index('id="version-deployments-empty"'):]
+    assert "Not deployed yet" in empty and f'href="/deployments/new/?serves=v{version.pk}"' in empty[:400]

@@ -119,3 +119,13 @@ def test_a_key_used_again_within_the_minute_is_not_written_again(users):
     key.refresh_from_db()
     access.touch(key)
     assert ApiKey.objects.get(pk=key.pk).last_used > recent
+
+
+def test_the_scale_and_try_it_inputs_each_say_what_they_set_with_unit_range_and_default(client, users, deployment):
+    from tests.site.test_form_help import help_line
+
+    client.force_login(users["owner"])
+    page = client.get(f"/deployments/{deployment.pk}/").content.decode()
+    assert f"from 1 to {services.MAX_REPLICAS} (now 1, default 1)" in help_line(page, "replicas")
+    assert "in tokens; from 1 to 4096, default 64" in help_line(page, "max_tokens")
+    assert "from 0 to 2, default 0.7" in help_line(page, "temperature")

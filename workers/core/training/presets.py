@@ -18,6 +18,16 @@ BUILTIN_PRESETS: dict[str, dict] = {
         "batch_size": 8, "grad_accum": 1, "max_length": 1024, "max_steps": 200, "packing": True,
         "save_every": 50, "eval_every": 50,
     },
+    # The Quick start's LoRA of the starter model on the calculator dialogues, in a few minutes on 2 CPU
+    # cores: a dialogue with its tools block is 295-360 SmolLM2 tokens, so 384 holds each whole (one a
+    # sequence); bench/tool_use.py measured ~56 s a step at batch 4 x 1,024 tokens, so 15 steps at
+    # 4 x 384 are ~5 min; a high rate because the run is short (1e-3 is the bench's).
+    "quickstart-lora": {
+        "method": "sft", "finetune": "lora", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
+        "lora_targets": ["all-linear"], "learning_rate": 1e-3, "lr_schedule": "cosine", "warmup_ratio": 0.1,
+        "batch_size": 4, "grad_accum": 1, "max_length": 384, "max_steps": 15, "packing": True,
+        "eval_fraction": 0.02, "save_every": 15, "eval_every": 15,
+    },
     "sft-full-small": {
         "method": "sft", "finetune": "full", "learning_rate": 2e-5, "lr_schedule": "cosine", "warmup_ratio": 0.03,
         "weight_decay": 0.01, "batch_size": 8, "grad_accum": 1, "max_length": 1024, "max_steps": 200,
