@@ -8,6 +8,7 @@
   const POLL_MS = 2000;
   const MAX_POINTS = 600;
   const EMPTY_WINDOW_MS = 10 * 60 * 1000;  // the x axis of a chart with no point yet: the last 10 minutes
+  const MIN_WINDOW_MS = 2 * 60 * 1000;  // the narrowest x axis once points come (see fitAxis)
   // Requests: running (decoding in a replica), waiting (claimed by a replica, waiting for a
   // slot) and queued (in the deployment's stream, claimed by no replica yet) are disjoint.
   // KV cache: percent, on an axis that fits the values: one request on a CPU replica holds well
@@ -31,6 +32,22 @@
             "xaxis.autorange": false,
             annotations: [{text: element.dataset.empty, xref: "paper", yref: "paper", x: 0.5, y: 0.5, showarrow: false,
                            font: {size: 15, color: "#888"}}]};
+  }
+
+  // Until a chart's points span MIN_WINDOW_MS, show that much: with one or two points plotly's
+  // autorange zooms to milliseconds ("18:37:55.3816" ticks) on a chart that just started.
+  const first = {};  // chart id → time of its first point (ms)
+
+  function fitAxis(id, latest) {
+    const end = new Date(latest).getTime();
+    if (first[id] === undefined) first[id] = end;
+    if (end - first[id] < MIN_WINDOW_MS) {
+      Plotly.relayout(id, {"xaxis.range": [new Date(end - MIN_WINDOW_MS).toISOString(), new Date(end).toISOString()],
+                           "xaxis.autorange": false});
+    } else if (first[id] !== null) {
+      first[id] = null;  // spans the window: let plotly fit it from now on
+      Plotly.relayout(id, {"xaxis.autorange": true});
+    }
   }
 
   function initCharts(history) {
@@ -57,6 +74,11 @@
         layout.xaxis.range = blank["xaxis.range"]; layout.xaxis.autorange = false; layout.annotations = blank.annotations;
       }
       Plotly.newPlot(id, traces, layout, {displaylogo: false, responsive: true});
+      if (!empty[id]) {
+        const times = traces.flatMap((trace) => trace.x.map((t) => new Date(t).getTime()));
+        first[id] = Math.min(...times);
+        fitAxis(id, Math.max(...times));
+      }
     }
   }
 
@@ -112,10 +134,11 @@
       });
       if (!indices.length) continue;
       Plotly.extendTraces(id, {x: xs, y: ys}, indices, MAX_POINTS);
-      if (empty[id]) {  // the first point: drop the empty-state text and fit the axis to the data
+      if (empty[id]) {  // the first point: drop the empty-state text
         empty[id] = false;
-        Plotly.relayout(id, {annotations: [], "xaxis.autorange": true});
+        Plotly.relayout(id, {annotations: []});
       }
+      if (first[id] !== null) fitAxis(id, snapshot.t);
     }
     const badge = document.getElementById("deployment-state");
     badge.textContent = snapshot.state_display || snapshot.state;
