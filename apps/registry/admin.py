@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from apps.registry.models import AliasMove, ModelAlias, ModelVersion, RegisteredModel
+from apps.registry.models import AliasMove, FirstRunRecord, ModelAlias, ModelVersion, RegisteredModel
 
 
 @admin.register(RegisteredModel)
@@ -24,3 +24,10 @@ class ModelAliasAdmin(admin.ModelAdmin):
 @admin.register(AliasMove)
 class AliasMoveAdmin(admin.ModelAdmin):
     list_display = ("alias", "from_version", "to_version", "moved_by", "moved_at")
+
+
+@admin.register(FirstRunRecord)
+class FirstRunRecordAdmin(admin.ModelAdmin):
+    """Delete the "starter" record to have the next start import and deploy the starter again."""
+
+    list_display = ("name", "done_at")

@@ -76,6 +76,8 @@ def test_deleting_the_starters_deployment_alias_version_model_and_import_job_is_
     assert not RegisteredModel.objects.exists() and not imports.exists()
     assert "set up before" in command()
     assert not imports.exists() and not RegisteredModel.objects.exists() and not Deployment.objects.exists()
+    FirstRunRecord.objects.filter(name="starter").delete()  # what the README says to do in the admin to get it back
+    assert "Queued" in command() and imports.count() == 1
 
 
 def test_a_data_dir_whose_starter_was_queued_before_the_record_existed_is_not_given_another(fake_conversion):
