@@ -105,7 +105,7 @@ def main() -> int:
             seconds[mode].append(took)
             losses[mode].append(loss)
     median = {m: statistics.median(v) for m, v in seconds.items()}
-    segments = sum(len(packed_attention._segments(row)) for row in data["position_ids"])
+    segments = sum(len(packed_attention.segments(row)) for row in data["position_ids"])
     summary = {"bench": "packed_attention", "device": torch.cuda.get_device_name() if cuda else "cpu",
                "torch": torch.__version__, "shape": shape, "rows": args.rows, "length": length,
                "samples": segments, "steps": steps,

@@ -51,13 +51,6 @@ FIELD_HELP = {
     "seed": gettext_lazy("Random seed (a whole number) for shuffling, the eval split and new weights: the same "
                          "seed repeats a run."),
 }
-# The range TrainSpec.validate allows for each field (workers/core/training/spec.py; a test in
-# tests/training/test_form_ranges.py keeps the two together).
-FIELD_RANGES = {
-    "learning_rate": (1e-9, 1.0), "batch_size": (1, 4096), "grad_accum": (1, 4096), "max_steps": (0, 10_000_000),
-    "epochs": (0.0, 1000.0), "max_length": (16, 131_072), "lora_r": (1, 1024), "lora_alpha": (1, 4096),
-    "lora_dropout": (0.0, 0.9), "save_every": (1, 10_000_000), "eval_every": (1, 10_000_000), "seed": (0, 2**31 - 1),
-}
 METHOD_CHOICES = {"pretrain": gettext_lazy("pretrain — pretraining from scratch"),
                   "cpt": gettext_lazy("cpt — continued pretraining"), "sft": gettext_lazy("sft — supervised fine-tuning"),
                   "dpo": gettext_lazy("dpo — DPO"), "orpo": gettext_lazy("orpo — ORPO")}
@@ -104,6 +97,13 @@ def spec_defaults() -> dict:
     return {f.name: f.default for f in dataclasses.fields(spec_class) if f.default is not dataclasses.MISSING}
 
 
+def spec_ranges() -> dict:
+    """{field: (lowest, highest)} as TrainSpec.validate checks them (workers/core/training/spec.py RANGES)."""
+    from workers.tasks import catalog
+
+    return catalog.CORE_JOBS["train"].spec_class.RANGES
+
+
 def shown(value) -> str:
     """A number as the help shows it: 0.0002, 1e-9, 1000, 131,072."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -114,7 +114,7 @@ def shown(value) -> str:
 def hyperparameter_field(name: str, default) -> forms.Field:
     """A main hyperparameter as an optional field: inline help (what, unit, default, range), the
     default as placeholder and the spec's range as the input's min and max."""
-    low, high = FIELD_RANGES[name]
+    low, high = spec_ranges()[name]
     field_class = MAIN_FIELDS[name]
     attrs = {"min": shown(low).replace(",", ""), "max": shown(high).replace(",", ""),
              "placeholder": gettext("default %(value)s") % {"value": shown(default)}}

@@ -33,12 +33,12 @@ def test_the_form_defaults_are_the_spec_defaults_without_building_a_spec():
 
 
 def test_every_main_hyperparameter_has_a_stated_range():
-    assert set(forms.FIELD_RANGES) == set(forms.MAIN_FIELDS) == set(forms.FIELD_HELP)
+    assert set(forms.MAIN_FIELDS) == set(forms.FIELD_HELP) and set(forms.MAIN_FIELDS) <= set(forms.spec_ranges())
 
 
-@pytest.mark.parametrize("field", sorted(forms.FIELD_RANGES))
+@pytest.mark.parametrize("field", sorted(forms.MAIN_FIELDS))
 def test_the_range_the_form_states_is_the_one_the_spec_enforces(field):
-    low, high = forms.FIELD_RANGES[field]
+    low, high = forms.spec_ranges()[field]
     validate(**{field: low})
     validate(**{field: high})
     for outside in (beyond(low, -1), beyond(high, +1)):

@@ -73,8 +73,7 @@ class DatabaseReporter:
 
     # -- Reporter protocol --------------------------------------------------------------------
     def progress(self, fraction: float, message: str = "") -> None:
-        fraction = min(max(float(fraction), 0.0), 1.0)
-        if fraction < 1.0 and time.monotonic() - self._last_progress_write < PROGRESS_MIN_INTERVAL:
+        if float(fraction) < 1.0 and time.monotonic() - self._last_progress_write < PROGRESS_MIN_INTERVAL:
             return
         update = self._progress_update(fraction, message)
         if self._held(**update):
@@ -88,7 +87,7 @@ class DatabaseReporter:
         steps come faster than one write each; workers/core/reporting.log_batch). A progress
         update that rides along is written whatever its throttle says: it costs no extra write."""
         messages = [scrub_text(message) for message in messages]  # tracebacks name server folders
-        update = self._progress_update(min(max(float(progress[0]), 0.0), 1.0), progress[1]) if progress else {}
+        update = self._progress_update(*progress) if progress else {}
         with transaction.atomic():
             if not self._held(**update):
                 return
@@ -110,6 +109,7 @@ class DatabaseReporter:
         self._file.flush()
 
     def _progress_update(self, fraction: float, message: str) -> dict:
+        fraction = min(max(float(fraction), 0.0), 1.0)
         now = time.monotonic()
         self._last_progress_write = now
         return {"progress": fraction, "eta_seconds": self._eta(fraction, now), "progress_message": message[:200]}

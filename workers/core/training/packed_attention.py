@@ -22,7 +22,7 @@ from __future__ import annotations
 ATTENTION = "puyu_packed_sdpa"
 
 
-def _segments(position_ids) -> list[tuple[int, int]]:
+def segments(position_ids) -> list[tuple[int, int]]:
     """(start, end) of each sequence in one row: a new one starts where the position does not go on by 1."""
     import torch
 
@@ -39,7 +39,7 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
 
     position_ids = kwargs.get("position_ids")
     rows = [] if position_ids is None or position_ids.dim() != 2 or query.shape[2] != position_ids.shape[1] \
-        or key.shape[2] != query.shape[2] else [_segments(row) for row in position_ids]
+        or key.shape[2] != query.shape[2] else [segments(row) for row in position_ids]
     if not any(len(row) > 1 for row in rows):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
@@ -48,8 +48,8 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
         torch.cat([F.scaled_dot_product_attention(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e],
                                                   dropout_p=dropout, is_causal=True,
                                                   scale=scaling, enable_gqa=gqa)
-                   for s, e in segments], dim=2)
-        for b, segments in enumerate(rows)])
+                   for s, e in row_segments], dim=2)
+        for b, row_segments in enumerate(rows)])
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -67,7 +67,7 @@ def use(model) -> bool:
     config = getattr(model, "config", None)
     if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
         return False
-    if any(parameter.device.type != "cpu" for parameter in model.parameters()):
+    if next(model.parameters()).device.type != "cpu":
         return False
     register()
     config._attn_implementation = ATTENTION

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from workers.core import paths
 from workers.core.specs import SpecError, require_range, short
@@ -39,8 +40,38 @@ METHOD_FORMATS = {
 }
 
 
+# Each number field's allowed range, checked in validate() and shown by the studio's training form.
+RANGES = {
+    "eval_fraction": (0.0, 0.5),
+    "max_length": (16, 131_072),
+    "batch_size": (1, 4096),
+    "grad_accum": (1, 4096),
+    "learning_rate": (1e-9, 1.0),
+    "warmup_ratio": (0.0, 0.5),
+    "max_steps": (0, 10_000_000),
+    "epochs": (0.0, 1000.0),
+    "weight_decay": (0.0, 1.0),
+    "max_grad_norm": (0.0, 1e6),
+    "lora_r": (1, 1024),
+    "lora_alpha": (1, 4096),
+    "lora_dropout": (0.0, 0.9),
+    "dpo_beta": (1e-4, 100.0),
+    "seed": (0, 2**31 - 1),
+    "save_every": (1, 10_000_000),
+    "keep_checkpoints": (1, 100),
+    "eval_every": (1, 10_000_000),
+    "log_every": (1, 10_000),
+    "sample_every": (0, 10_000_000),
+    "sample_max_tokens": (1, 4096),
+    "dry_run_steps": (0, 1000),
+    "torch_threads": (0, 1024),
+}
+
+
 @dataclass
 class TrainSpec:
+    RANGES: ClassVar[dict] = RANGES  # what the studio's training form shows (apps never import workers.core)
+
     method: str = "sft"  # pretrain | cpt | sft | dpo
     finetune: str = "lora"  # full | lora | qlora   (pretrain is always full)
     base_model_dir: str = ""  # HF folder (a registry version); "" only for pretrain
@@ -115,44 +146,23 @@ class TrainSpec:
             raise SpecError("train_files", "needs at least one dataset file")
         paths.readable_list("train_files", self.train_files, paths.DATASETS)
         paths.readable_list("eval_files", self.eval_files, paths.DATASETS)
-        require_range("eval_fraction", self.eval_fraction, 0.0, 0.5)
-        require_range("max_length", self.max_length, 16, 131_072)
-        require_range("batch_size", self.batch_size, 1, 4096)
-        require_range("grad_accum", self.grad_accum, 1, 4096)
-        require_range("learning_rate", self.learning_rate, 1e-9, 1.0)
-        require_range("warmup_ratio", self.warmup_ratio, 0.0, 0.5)
-        require_range("max_steps", self.max_steps, 0, 10_000_000)
-        require_range("epochs", self.epochs, 0.0, 1000.0)
+        for name, (low, high) in RANGES.items():
+            require_range(name, getattr(self, name), low, high)
         if self.max_steps == 0 and self.epochs <= 0:
             raise SpecError("epochs", "must be above 0 when max_steps is 0")
-        require_range("weight_decay", self.weight_decay, 0.0, 1.0)
-        require_range("max_grad_norm", self.max_grad_norm, 0.0, 1e6)
         if self.gradient_checkpointing is None:
             self.gradient_checkpointing = self.finetune in ("lora", "qlora") and self.method != "pretrain"
         elif not isinstance(self.gradient_checkpointing, bool):
             raise SpecError("gradient_checkpointing", f"must be true, false or null (where it pays), "
                                                       f"got {short(self.gradient_checkpointing)}")
-        require_range("lora_r", self.lora_r, 1, 1024)
-        require_range("lora_alpha", self.lora_alpha, 1, 4096)
-        require_range("lora_dropout", self.lora_dropout, 0.0, 0.9)
         if not self.lora_targets or not all(isinstance(t, str) and t.replace("_", "").replace("-", "").isalnum()
                                             for t in self.lora_targets):
             raise SpecError("lora_targets", "must be a list of module names such as q_proj, or ['all-linear']")
-        require_range("dpo_beta", self.dpo_beta, 1e-4, 100.0)
-        require_range("seed", self.seed, 0, 2**31 - 1)
-        require_range("save_every", self.save_every, 1, 10_000_000)
-        require_range("keep_checkpoints", self.keep_checkpoints, 1, 100)
-        require_range("eval_every", self.eval_every, 1, 10_000_000)
-        require_range("log_every", self.log_every, 1, 10_000)
-        require_range("sample_every", self.sample_every, 0, 10_000_000)
         if self.sample_every and not self.sample_prompts:
             raise SpecError("sample_prompts", "sample_every is set: give at least one prompt")
         if not all(isinstance(p, str) and p for p in self.sample_prompts):
             raise SpecError("sample_prompts", "must be a list of non-empty strings")
-        require_range("sample_max_tokens", self.sample_max_tokens, 1, 4096)
         require_range("num_processes", self.num_processes, 1, max_processes())
-        require_range("dry_run_steps", self.dry_run_steps, 0, 1000)
-        require_range("torch_threads", self.torch_threads, 0, 1024)
         if not self.dry_run_steps or self.output_dir:
             paths.writable("output_dir", self.output_dir, paths.MODELS)
         paths.writable("checkpoint_dir", self.checkpoint_dir, paths.CHECKPOINTS)
