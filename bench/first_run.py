@@ -130,6 +130,44 @@ class Platform:
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
 
+def log_in(page, url: str, username: str, password: str) -> None:
+    """The log-in form, filled and sent as a user does (opened unless the page shows it already)."""
+    if "/accounts/login/" not in page.url:
+        page.goto(url + "/accounts/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("main form button[type=submit]")
+    page.wait_for_url(lambda address: "/accounts/login/" not in address)
+
+
+def offered_starter(page, url: str) -> dict | None:
+    """The Playground's new-chat choice of the starter deployment ({value, label, selected}), or
+    None while the Playground does not offer it."""
+    page.goto(url + "/playground/")
+    return page.evaluate("""() => {
+        const select = document.getElementById('id_deployment');
+        const option = select && [...select.options].find(o => /starter/.test(o.textContent));
+        return option ? {value: option.value, label: option.textContent.trim(), selected: option.selected} : null;
+    }""")
+
+
+def start_chat(page, deployment: str, max_tokens: int) -> int:
+    """On the Playground's page: a new greedy chat with `deployment`; returns the conversation's id
+    once its page is open (and its websocket opening)."""
+    page.select_option("#id_deployment", deployment)
+    page.fill("#new-chat-form #id_temperature", "0")
+    page.fill("#new-chat-form #id_max_tokens", str(max_tokens))
+    page.click("#new-chat-submit")
+    page.wait_for_url(lambda u: "/playground/c/" in u)
+    return int(page.url.rstrip("/").rsplit("/", 1)[1])
+
+
+def send(page, text: str) -> None:
+    """Type a message into the chat's composer and press Enter, as a user does."""
+    page.fill("#composer-input", text)
+    page.press("#composer-input", "Enter")
+
+
 def first_token(page, platform: Platform) -> dict:
     """Start the platform and drive the browser to the first token; the phases in seconds from
     the start."""
@@ -152,33 +190,19 @@ def first_token(page, platform: Platform) -> dict:
 
     wait_for(login_page, CASE_TIMEOUT_S, message="the log-in page")
     mark("web_up")
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", PASSWORD)
-    page.click("main form button[type=submit]")
-    page.wait_for_url(lambda address: "/accounts/login/" not in address)
+    log_in(page, url, "admin", PASSWORD)
     mark("logged_in")
 
     def starter_offered():
-        page.goto(url + "/playground/")
-        value = page.evaluate("""() => {
-            const select = document.getElementById('id_deployment');
-            if (!select) return '';
-            const option = [...select.options].find(o => /starter/.test(o.textContent));
-            return option ? option.value : '';
-        }""")
-        if not value:
+        starter = offered_starter(page, url)
+        if not starter:
             time.sleep(0.5)
-        return value
+        return starter
 
     deployment = wait_for(starter_offered, CASE_TIMEOUT_S, message="the Playground to offer the starter deployment")
     mark("starter_offered")
-    page.select_option("#id_deployment", deployment)
-    page.fill("#new-chat-form #id_temperature", "0")
-    page.fill("#new-chat-form #id_max_tokens", "16")
-    page.click("#new-chat-submit")
-    page.wait_for_url(lambda u: "/playground/c/" in u)
-    page.fill("#composer-input", PROMPT)
-    page.press("#composer-input", "Enter")
+    start_chat(page, deployment["value"], 16)
+    send(page, PROMPT)
     mark("sent")
     wait_for(lambda: page.evaluate(
         "(Array.from(document.querySelectorAll('#thread article.msg.assistant .msg-body')).pop()?.textContent.trim().length || 0)"),

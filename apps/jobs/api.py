@@ -41,8 +41,11 @@ class JobOut(Schema):
     status: JobStatus
     queue: str
     params: dict[str, Any]
-    attempts: int
-    max_attempts: int
+    attempts: int = Field(description="every start of the job, including those a warm shutdown handed back; "
+                                      "the attempt number that fences a worker's writes")
+    released_attempts: int = Field(description="starts handed back at a warm shutdown (checkpointed, not failed)")
+    counted_attempts: int = Field(description="attempts - released_attempts: the attempts max_attempts caps")
+    max_attempts: int = Field(description="the cap the job was created with (PUYU_JOB_MAX_ATTEMPTS)")
     progress: float
     eta_seconds: float | None
     progress_message: str

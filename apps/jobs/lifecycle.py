@@ -4,12 +4,14 @@ workers given the same message, the reaper, a user's cancel) can never both win.
     QUEUED ──claim──▶ RUNNING ──finish──▶ SUCCEEDED | FAILED | CANCELLED
       ▲                  │
       ├──reap (lease expired, attempts left)      reap (no attempts left) ──▶ FAILED "worker lost"
-      └──release (warm shutdown: checkpointed, not a failed attempt)
+      └──release (warm shutdown: checkpointed, not a failed attempt: released_attempts + 1)
     QUEUED ──cancel──▶ CANCELLED        RUNNING ──cancel──▶ flag, the worker stops ──▶ CANCELLED
     RUNNING ──reap_hung (past its kind's time limit, or no progress for N s)──▶ FAILED
 
 A lease is (lease_owner, attempts): a worker process that runs the same job again later holds a
-new attempt, so a write of the earlier attempt can never pass for the later one.
+new attempt, so a write of the earlier attempt can never pass for the later one. `attempts` only
+grows (it is that fencing token); the cap `max_attempts` applies to `attempts - released_attempts`,
+the attempts a warm shutdown did not hand back.
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ def status_payload(job: Job) -> dict:
     return {
         "status": job.status,
         "attempts": job.attempts,
+        "counted_attempts": job.counted_attempts,
+        "released_attempts": job.released_attempts,
         "progress": job.progress,
         "eta_seconds": job.eta_seconds,
         "message": job.progress_message,
@@ -45,6 +49,14 @@ def status_payload(job: Job) -> dict:
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
     }
+
+
+def attempt_text(job: Job, worker: str = "") -> str:
+    """"attempt 2 of 3 on w1": the current attempt as the cap counts it, and the hand-backs beside it."""
+    text = f"attempt {job.counted_attempts} of {job.max_attempts}" + (f" on {worker}" if worker else "")
+    if job.released_attempts:
+        text += f" (run {job.attempts}: {job.released_attempts} handed back at a worker shutdown)"
+    return text
 
 
 def _announce(job_id: int) -> Job | None:
@@ -59,7 +71,8 @@ def claim(job_id: int, worker: str) -> Job | None:
     cancelled, it is finished, or it has used all its attempts."""
     now = timezone.now()
     claimed = Job.objects.filter(
-        pk=job_id, status=JobStatus.QUEUED, cancel_requested=False, attempts__lt=F("max_attempts")
+        pk=job_id, status=JobStatus.QUEUED, cancel_requested=False,
+        attempts__lt=F("max_attempts") + F("released_attempts"),  # counted attempts < the cap
     ).update(
         status=JobStatus.RUNNING,
         attempts=F("attempts") + 1,
@@ -105,12 +118,15 @@ def finish(job_id: int, worker: str, status: str, *, result: dict | None = None,
 
 def release(job_id: int, worker: str, attempt: int | None, reason: str) -> bool:
     """Warm shutdown: the attempt checkpointed and stopped; give the job back to the queue at once.
-    Not a failed attempt: the attempt cap grows by one, so a job suspended by many restarts of its
-    worker is never failed for it (a crash still uses up an attempt). The caller dispatches it."""
+    Not a failed attempt: it is counted in `released_attempts`, which the cap leaves out, so a job
+    suspended by many restarts of its worker is never failed for it (a crash still uses up an
+    attempt), and `max_attempts` stays the cap the job was created with. `attempts` is kept: the
+    next claim is a new attempt number, so this one's lease can never be taken for it. The
+    caller dispatches it."""
     with transaction.atomic():
         done = _held(job_id, worker, attempt).update(
             status=JobStatus.QUEUED, lease_owner="", lease_expires_at=None, dispatched_at=None, eta_seconds=None,
-            max_attempts=F("max_attempts") + 1, progress_message=f"re-queued: {reason}"[:200],
+            released_attempts=F("released_attempts") + 1, progress_message=f"re-queued: {reason}"[:200],
         )
         if done:
             append_log_line(job_id, "warning", f"re-queued: {reason}")
@@ -148,20 +164,21 @@ def reap_stale(now=None) -> ReapReport:
     now = now or timezone.now()
     report = ReapReport([], [], [])
     stale = Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now)
-    for job in stale.only("pk", "attempts", "max_attempts", "cancel_requested", "lease_owner"):
-        base = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, lease_owner=job.lease_owner, lease_expires_at__lt=now)
+    for job in stale.only("pk", "attempts", "released_attempts", "max_attempts", "cancel_requested", "lease_owner"):
+        base = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, lease_owner=job.lease_owner, attempts=job.attempts,
+                                  lease_expires_at__lt=now)
         with transaction.atomic():
             if job.cancel_requested:
                 changed = base.update(status=JobStatus.CANCELLED, finished_at=now, lease_expires_at=None)
                 bucket = report.cancelled
-            elif job.attempts >= job.max_attempts:
-                reason = f"{WORKER_LOST}: the worker stopped responding on each of {job.attempts} attempts"
+            elif job.counted_attempts >= job.max_attempts:
+                reason = f"{WORKER_LOST}: the worker stopped responding on each of {job.counted_attempts} attempts"
                 changed = base.update(status=JobStatus.FAILED, finished_at=now, error=reason, lease_expires_at=None)
                 bucket = report.failed
             else:
                 changed = base.update(
                     status=JobStatus.QUEUED, lease_owner="", lease_expires_at=None, dispatched_at=None,
-                    progress_message=f"re-queued: {WORKER_LOST} (attempt {job.attempts} of {job.max_attempts})",
+                    progress_message=f"re-queued: {WORKER_LOST} ({attempt_text(job)})"[:200],
                 )
                 bucket = report.requeued
             if changed:

@@ -35,7 +35,12 @@ class Job(models.Model):
     resources = models.JSONField(default=dict, blank=True, help_text="requested resources, e.g. {'gpus': 1}")
     retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
 
+    # `attempts` counts every claim and is the lease's fencing token (it never goes back);
+    # `released_attempts` counts the claims a warm shutdown handed back (checkpointed, not failed).
+    # The cap `max_attempts` applies to the difference, `counted_attempts`: a worker that restarts
+    # many times never fails the job, and the cap the job was created with is the cap shown.
     attempts = models.PositiveSmallIntegerField(default=0)
+    released_attempts = models.PositiveSmallIntegerField(default=0)
     max_attempts = models.PositiveSmallIntegerField(default=3)
     lease_owner = models.CharField(max_length=200, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
@@ -61,9 +66,16 @@ class Job(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["status", "lease_expires_at"]), models.Index(fields=["owner", "-created_at"])]
+        constraints = [models.CheckConstraint(condition=models.Q(released_attempts__lte=models.F("attempts")),
+                                              name="job_released_attempts_within_attempts")]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} #{self.pk}"
+
+    @property
+    def counted_attempts(self) -> int:
+        """The attempts that count against `max_attempts`: those not handed back at a warm shutdown."""
+        return self.attempts - self.released_attempts
 
     @property
     def is_finished(self) -> bool:

@@ -27,7 +27,10 @@
     const el = $("job-status");
     el.textContent = STATUS_LABELS[data.status] || data.status;
     el.className = "status " + data.status.toLowerCase();
-    $("job-attempts").textContent = data.attempts;
+    // The attempts the cap counts; a warm shutdown's hand-backs are shown beside them, not counted.
+    $("job-attempts").textContent = data.counted_attempts;
+    $("job-released").hidden = !data.released_attempts;
+    $("job-released-count").textContent = data.released_attempts;
     const finished = FINISHED.includes(data.status);
     $("job-cancel-requested").hidden = !data.cancel_requested || finished;
     const cancel = $("cancel-form"), retry = $("retry-form");

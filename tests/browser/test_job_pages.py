@@ -271,7 +271,8 @@ def running_job(make_user):
 
 
 def status_event(job, **changes) -> dict:
-    return {"status": job.status, "attempts": job.attempts, "progress": job.progress, "eta_seconds": None,
+    return {"status": job.status, "attempts": job.attempts, "counted_attempts": job.counted_attempts,
+            "released_attempts": job.released_attempts, "progress": job.progress, "eta_seconds": None,
             "message": "", "error": "", "cancel_requested": False, **changes}
 
 
@@ -313,3 +314,15 @@ def test_the_job_page_lists_each_fact_beside_its_label(page, client, running_job
         label_box, value_box = label.bounding_box(), value.bounding_box()
         assert abs(label_box["y"] - value_box["y"]) < 4, f"{label.inner_text()!r} is not beside its value"
         assert value_box["x"] > label_box["x"] + label_box["width"], f"{label.inner_text()!r}: value not right of it"
+
+
+def test_the_job_page_follows_the_attempts_the_cap_counts_and_shows_hand_backs_apart(page, client, running_job):
+    """After warm shutdowns the page says "2 of 3" with the hand-backs beside it, never "4 of 5"."""
+    push = open_job_page(page, client, running_job)
+    expect(page.locator("#job-attempts")).to_have_text("1")
+    expect(page.locator("#job-released")).to_be_hidden()
+    push("status", status_event(running_job, attempts=4, counted_attempts=2, released_attempts=2))
+    expect(page.locator("#job-released-count")).to_have_text("2")
+    expect(page.locator("#job-released")).to_be_visible()
+    expect(page.locator("#job-attempts")).to_have_text("2")
+    expect(page.locator("#job-attempts + .muted")).to_have_text("of 3")

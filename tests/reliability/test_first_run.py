@@ -2,26 +2,25 @@
 launcher (`python -m puyu_site.launcher`, bench/first_run.py's Platform: its own data dir, its own
 SQLite file, embedded Redis and port) migrates, creates the admin (password in
 <data dir>/admin_password.txt), imports the packaged SmolLM2 as the system user and deploys it
-under the alias `starter`. Once that deployment is ready, over HTTP and the playground's
-websocket (as the pages do): the dashboard lists the first-run jobs finished, /models/ the starter
-model owned by the system user, the deployment is ready on its alias, a new playground chat opens
-on it and SmolLM2 streams its answer through the whole stack (daphne → Redis → the serve worker's
-replica); an ordinary user the admin adds chats with it too, under their own key's usage, and may
-not stop it. Then the launcher is stopped and started again on the same data dir: the starter is
-not imported again (one import job, the same version) and the playground is chat-ready again.
+under the alias `starter`. Once that deployment is ready, over HTTP: the dashboard lists the
+first-run jobs finished, /models/ the starter model owned by the system user, the deployment is
+ready on its alias. The chats run in chromium (Playwright, bench/first_run.py's steps): the
+Playground's new chat opens on the starter, the message is typed and sent by the chat page over
+its own websocket, and SmolLM2 streams its answer through the whole stack (daphne → Redis → the
+serve worker's replica → daphne → the page); the test reads the frames chromium received on that
+websocket and the answer the page shows. An ordinary user the admin adds chats with it too, under
+their own key's usage, and may not stop it. Then the launcher is stopped and started again on the
+same data dir: the starter is not imported again (one import job, the same version) and the
+playground is chat-ready again.
 
 The GGUF conversion is cached in PUYU_STARTER_CACHE: the folder that variable names when it is set
 (a warm machine), else one temporary folder per test session (so a cold CI run converts once).
 """
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import re
-import socket
-import struct
 import sys
 import time
 from pathlib import Path
@@ -30,8 +29,10 @@ import pytest
 import requests
 
 from apps.playground.usage import PLAYGROUND_KEY_NAME
-from bench.first_run import Platform
+from bench.first_run import Platform, offered_starter, send, start_chat
+from bench.first_run import log_in as log_in_browser
 from puyu_site.redis_server import free_port
+from tests.browser.conftest import DEFAULT_TIMEOUT_MS, VIEWPORT, browser  # noqa: F401  (the Playwright fixture)
 from tests.stack import wait_for
 
 LAUNCHER = ["-m", "puyu_site.launcher"]  # what `make run` starts
@@ -50,6 +51,8 @@ NEWCOMER, NEWCOMER_PASSWORD = "newcomer", "first-run-newcomer-password-8271"
 FIRST_RUN_TIMEOUT_S = 420.0
 RESTART_TIMEOUT_S = 180.0
 ANSWER_TIMEOUT_S = 120.0  # an answer of at most 32 tokens; ~8 tokens/s on a busy machine
+MAX_TOKENS = 32
+CHAT_SOCKET = "/ws/playground/conversations/{}/"
 
 
 @pytest.fixture(scope="session")
@@ -127,141 +130,75 @@ def finished_job(http: requests.Session, url: str, kind: str) -> dict:
     return wait_for(done, FIRST_RUN_TIMEOUT_S, 1.0, f"the first run's {kind} job to finish")
 
 
-def new_chat_form(http: requests.Session, url: str) -> str:
-    page = http.get(url + "/playground/", timeout=30).text
-    form = re.search(r'<form[^>]*id="new-chat-form".*?</form>', page, re.S)
-    return form.group(0) if form else ""
+class Tab:
+    """One user's chromium tab, logged in through the log-in form, and the JSON messages of the
+    Playground websockets it opens, as (socket path, message) in the order chromium sent or
+    received them (Playwright reports the frames; it delivers them while one of its calls runs)."""
+
+    def __init__(self, browser, url: str, username: str, password: str) -> None:  # noqa: F811
+        self.context = browser.new_context(viewport=VIEWPORT)
+        self.context.set_default_timeout(DEFAULT_TIMEOUT_MS)
+        self.page = self.context.new_page()
+        self.received: list[tuple[str, dict]] = []
+        self.sent: list[tuple[str, dict]] = []
+        self.page.on("websocket", self._follow)
+        log_in_browser(self.page, url, username, password)
+
+    def _follow(self, socket) -> None:
+        path = "/ws/" + socket.url.split("/ws/", 1)[-1]
+        socket.on("framereceived", lambda payload: self.received.append((path, json.loads(payload))))
+        socket.on("framesent", lambda payload: self.sent.append((path, json.loads(payload))))
+
+    def events(self, conversation: int) -> list[dict]:
+        return [message for path, message in self.received if path == CHAT_SOCKET.format(conversation)]
+
+    def wait(self, find, timeout: float, message: str):
+        """wait_for `find`, letting Playwright deliver the page's events between two looks."""
+        return wait_for(lambda: self.page.wait_for_timeout(50) or find(), timeout, 0, message)
+
+    def close(self) -> None:
+        self.context.close()
 
 
-def starter_option(form: str) -> tuple[str, bool] | None:
-    """(the starter deployment's value, whether it is chosen) in the new-chat form's deployment
-    list, or None when the form does not offer it (yet)."""
-    select = re.search(r'<select name="deployment"[^>]*>(.*?)</select>', form, re.S)
-    for value, selected, label in re.findall(r'<option value="(\d*)"( selected)?>([^<]*)</option>',
-                                             select.group(1) if select else ""):
-        if label.startswith(STARTER + " "):
-            return value, bool(selected)
-    return None
-
-
-def open_chat(http: requests.Session, url: str) -> int:
-    """Start a chat from the Playground's form as it opens, the starter chosen (greedy, short answers)."""
-    form = new_chat_form(http, url)
-    option = starter_option(form)
-    assert option and option[1], f"the Playground's new chat does not open on the starter deployment:\n{form[:1500]}"
-    deployment = option[0]
-    response = post_form(http, url + "/playground/new/", {
-        "deployment": deployment, "title": "", "system_prompt": "", "temperature": "0", "top_p": "1",
-        "max_tokens": "32", "protocol": "auto"})
-    assert response.status_code == 302, f"new chat: {response.status_code} {response.text[-1500:]}"
-    conversation = int(re.fullmatch(r"/playground/c/(\d+)/", response.headers["Location"]).group(1))
-    page = http.get(f"{url}/playground/c/{conversation}/", timeout=30)
-    assert page.status_code == 200 and STARTER in page.text
+def open_chat(tab: Tab, url: str) -> int:
+    """Start a chat from the Playground's form as it opens, the starter chosen (greedy, short
+    answers); the conversation's page is open in the tab."""
+    starter = offered_starter(tab.page, url)
+    assert starter and starter["label"].startswith(STARTER + " ") and starter["selected"], \
+        f"the Playground's new chat does not open on the starter deployment: {starter}"
+    conversation = start_chat(tab.page, starter["value"], MAX_TOKENS)
+    assert tab.page.url.endswith(f"/playground/c/{conversation}/") and STARTER in tab.page.content()
     return conversation
 
 
-class Socket:
-    """The chat page's websocket, as a minimal RFC 6455 client (JSON text frames). Not autobahn's
-    asyncio client: in this process daphne's import has already chosen Twisted for txaio."""
-
-    GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-    def __init__(self, http: requests.Session, url: str, path: str, timeout: float) -> None:
-        host, port = url.split("//", 1)[1].split(":")
-        self.deadline = time.monotonic() + timeout
-        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
-        self.buffer = b""
-        key = base64.b64encode(os.urandom(16)).decode()
-        cookie = "; ".join(f"{name}={value}" for name, value in http.cookies.items())
-        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                           f"Origin: {url}\r\nCookie: {cookie}\r\n\r\n").encode())
-        while b"\r\n\r\n" not in self.buffer:
-            self._fill()
-        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-        accept = base64.b64encode(hashlib.sha1((key + self.GUID).encode()).digest()).decode()
-        assert head.startswith(b"HTTP/1.1 101") and accept in head.decode(), head.decode(errors="replace")
-
-    def _fill(self) -> None:
-        self.sock.settimeout(max(0.1, self.deadline - time.monotonic()))
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise AssertionError("the server closed the connection")
-        self.buffer += chunk
-
-    def _read(self, n: int) -> bytes:
-        while len(self.buffer) < n:
-            self._fill()
-        data, self.buffer = self.buffer[:n], self.buffer[n:]
-        return data
-
-    def _send(self, opcode: int, payload: bytes) -> None:
-        n, mask = len(payload), os.urandom(4)  # a client masks every frame
-        if n < 126:
-            length = bytes([0x80 | n])
-        elif n < 65536:
-            length = bytes([0x80 | 126]) + struct.pack("!H", n)
-        else:
-            length = bytes([0x80 | 127]) + struct.pack("!Q", n)
-        masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
-        self.sock.sendall(bytes([0x80 | opcode]) + length + mask + masked)
-
-    def send(self, message: dict) -> None:
-        self._send(0x1, json.dumps(message).encode())
-
-    def receive(self) -> dict:
-        message = b""
-        while True:
-            first, second = self._read(2)
-            opcode, n = first & 0x0F, second & 0x7F
-            if n == 126:
-                n = struct.unpack("!H", self._read(2))[0]
-            elif n == 127:
-                n = struct.unpack("!Q", self._read(8))[0]
-            payload = self._read(n)  # a server never masks
-            if opcode == 0x8:
-                code = struct.unpack("!H", payload[:2])[0] if payload else None
-                raise AssertionError(f"the server closed the socket with code {code}")
-            if opcode == 0x9:
-                self._send(0xA, payload)  # ping → pong
-            elif opcode in (0x0, 0x1):
-                message += payload
-                if first & 0x80:
-                    return json.loads(message)
-
-    def close(self) -> None:
-        try:
-            self._send(0x8, struct.pack("!H", 1000))
-        except OSError:
-            pass
-        self.sock.close()
+def ask(tab: Tab, conversation: int, content: str) -> tuple[list[str], dict, str]:
+    """Type `content` into the open chat page and send it as a user does, then follow the answer on
+    the page's websocket to its end: (the texts of its "delta" events, its "end" event, the
+    answer's text as the page shows it)."""
+    snapshot = tab.wait(lambda: next((e for e in tab.events(conversation) if e["event"] == "snapshot"), None),
+                        ANSWER_TIMEOUT_S, "the chat page's websocket snapshot")
+    assert snapshot["may_send"], snapshot
+    send(tab.page, content)
+    end = tab.wait(lambda: next((e for e in tab.events(conversation) if e["event"] in ("end", "error")), None),
+                   ANSWER_TIMEOUT_S, "the end of the answer on the chat page's websocket")  # only answers end
+    events = tab.events(conversation)
+    assert not [e for e in events if e["event"] == "error"], events
+    sent = [m for path, m in tab.sent if path == CHAT_SOCKET.format(conversation) and m["action"] == "send"]
+    assert [m["content"] for m in sent] == [content], sent  # the page sent it once, over that websocket
+    deltas = [e["text"] for e in events if e["event"] == "delta" and e["message_id"] == end["message_id"]]
+    answer = tab.page.locator(f"#message-{end['message_id']}")
+    tab.wait(lambda: answer.get_attribute("data-status") == end["status"], 30, "the page to show the answer's end")
+    return deltas, end, answer.locator(".msg-body").inner_text()
 
 
-def ask(http: requests.Session, url: str, conversation: int, content: str) -> tuple[list[str], dict]:
-    """Send `content` on the conversation's websocket as the chat page does and follow the answer
-    to its end: (the texts of its "delta" events, its "end" event)."""
-    ws = Socket(http, url, f"/ws/playground/conversations/{conversation}/", ANSWER_TIMEOUT_S)
-    try:
-        snapshot = ws.receive()
-        assert snapshot["event"] == "snapshot" and snapshot["may_send"], snapshot
-        ws.send({"action": "send", "content": content})
-        deltas: dict[int, list[str]] = {}  # message id → its streamed pieces, in order
-        while True:
-            event = ws.receive()
-            assert event["event"] != "error", event
-            if event["event"] == "delta":
-                deltas.setdefault(event["message_id"], []).append(event["text"])
-            elif event["event"] == "end":  # only answers end
-                return deltas.get(event["message_id"], []), event
-    finally:
-        ws.close()
-
-
-def assert_answers_paris(http: requests.Session, url: str, conversation: int) -> dict:
-    deltas, end = ask(http, url, conversation, QUESTION)
+def assert_answers_paris(tab: Tab, url: str) -> dict:
+    """A new chat on the starter, asked QUESTION in the browser: the answer streams, all of it,
+    says Paris, and the page shows it."""
+    deltas, end, shown = ask(tab, open_chat(tab, url), QUESTION)
     assert end["status"] == "done", end
     assert deltas and "".join(deltas) == end["content"], (deltas, end["content"])  # it streamed, all of it
     assert "Paris" in end["content"] and end["usage"]["completion_tokens"] > 0, end
+    assert "Paris" in shown, shown
     return end
 
 
@@ -279,15 +216,17 @@ def job_row(dashboard: str, job_id: int) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.browser
 @pytest.mark.integration
 @pytest.mark.timeout(900)
 def test_make_run_on_a_fresh_data_dir_deploys_the_starter_that_everyone_can_chat_with_and_a_restart_reuses_it(
-        tmp_path, starter_cache):
+        tmp_path, starter_cache, browser):  # noqa: F811
     data_dir = tmp_path / "var"
     platform = make_run(data_dir, starter_cache)
     timings = {}
     started = time.monotonic()
     platform.start()
+    tabs: list[Tab] = []
     try:
         url = base_url(platform)
         wait_for(lambda: answers(url), 180, 0.3, "the log-in page")
@@ -323,9 +262,10 @@ def test_make_run_on_a_fresh_data_dir_deploys_the_starter_that_everyone_can_chat
         assert (deployment["owner"], deployment["alias"], deployment["model_id"], deployment["replicas"],
                 deployment["queue"]) == (SYSTEM_USER, "starter", model["id"], 1, "serve")
 
-        # The admin's first chat: the Playground opens on the starter, which answers.
-        conversation = open_chat(admin, url)
-        end = assert_answers_paris(admin, url, conversation)
+        # The admin's first chat, in the browser: the Playground opens on the starter, which answers.
+        admin_tab = Tab(browser, url, "admin", password)
+        tabs.append(admin_tab)
+        end = assert_answers_paris(admin_tab, url)
         timings["first_answer_s"] = time.monotonic() - started
         assert end["model_version"] and MODEL_NAME in end["model_version"]
 
@@ -339,7 +279,9 @@ def test_make_run_on_a_fresh_data_dir_deploys_the_starter_that_everyone_can_chat
         page = newcomer.get(f"{url}/deployments/{deployment['id']}/", timeout=30).text
         assert 'id="deployment-state" class="status ready"' in page and "@starter" in page
         assert 'id="stop-button"' not in page
-        assert_answers_paris(newcomer, url, open_chat(newcomer, url))
+        newcomer_tab = Tab(browser, url, NEWCOMER, NEWCOMER_PASSWORD)
+        tabs.append(newcomer_tab)
+        assert_answers_paris(newcomer_tab, url)
         # Within their own quota: the answer's tokens count under the newcomer's playground key.
         usage_row = wait_for(lambda: usage_row_of(newcomer, url), 30, 0.5, "the chat in the newcomer's usage")
         _, key, _, requests_made, _, _, total = re.findall(r"<td>(.*?)</td>", usage_row, re.S)
@@ -355,7 +297,7 @@ def test_make_run_on_a_fresh_data_dir_deploys_the_starter_that_everyone_can_chat
         restarted = time.monotonic()
         platform.start()
         url = base_url(platform)
-        wait_for(lambda: answers(url) and starter_option(new_chat_form(admin, url)), RESTART_TIMEOUT_S, 0.3,
+        wait_for(lambda: answers(url) and offered_starter(admin_tab.page, url), RESTART_TIMEOUT_S, 0.3,
                  "the Playground to offer the starter again")
         timings["restart_offered_s"] = time.monotonic() - restarted
         output = launcher_output(platform)
@@ -366,11 +308,13 @@ def test_make_run_on_a_fresh_data_dir_deploys_the_starter_that_everyone_can_chat
             (version["id"], 1)]
         assert starter_deployment(admin, url)["id"] == deployment["id"]
         # The Playground offers only ready deployments: one it offers answers the first message sent.
-        assert_answers_paris(admin, url, open_chat(admin, url))
+        assert_answers_paris(admin_tab, url)
         timings["restart_answer_s"] = time.monotonic() - restarted
     except BaseException:
         print(platform.log_tail(), file=sys.stderr)
         raise
     finally:
+        for tab in tabs:
+            tab.close()
         platform.stop()
     print("first run timings: " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in timings.items()))

@@ -73,7 +73,8 @@ def test_a_training_job_survives_a_warm_shutdown_and_a_kill_with_the_losses_of_a
     handed = job.log_lines.filter(message__startswith="re-queued: worker shutting down").values_list("message", flat=True)
     suspended_at = int(handed.get().split("checkpointed at step ")[1].split(")")[0])
     assert suspended_at >= signalled_at
-    assert Job.objects.get(pk=job.pk).max_attempts == 4  # handed back: not a failed attempt
+    handed_back = Job.objects.get(pk=job.pk)  # not a failed attempt, and the cap is the one it was created with
+    assert (handed_back.released_attempts, handed_back.max_attempts) == (1, 3)
 
     # 2. kill -9 of the worker that resumed it, once it wrote a checkpoint of its own.
     wait_for(lambda: Job.objects.filter(pk=job.pk, attempts=2, status=JobStatus.RUNNING).exists(), 120, 0.1, "attempt 2")
@@ -90,7 +91,7 @@ def test_a_training_job_survives_a_warm_shutdown_and_a_kill_with_the_losses_of_a
     assert reference_job.status == JobStatus.SUCCEEDED, reference_job.error
     lines = list(job.log_lines.values_list("message", flat=True))
     assert sum(line.startswith("worker lost") for line in lines) == 1  # only the kill waited for the lease
-    assert (job.attempts, job.max_attempts) == (3, 4)
+    assert (job.attempts, job.released_attempts, job.counted_attempts, job.max_attempts) == (3, 1, 2, 3)
     resumed_at = int(Path(job.result["resumed_from"]).name.removeprefix("checkpoint-"))
     assert suspended_at < resumed_at <= killed_at < STEPS
     resumed, reference = losses(job), losses(reference_job)

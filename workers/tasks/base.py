@@ -135,7 +135,7 @@ class JobTask(Task):
         with transaction.atomic():  # the claim and its log line: one write (a chat turn waits on it)
             job = lifecycle.claim(int(job_id), worker)
             first_line = None if job is None else lifecycle.append_log_line(
-                job.pk, "info", f"attempt {job.attempts} of {job.max_attempts} on {worker}")
+                job.pk, "info", lifecycle.attempt_text(job, worker))
         if job is None:
             log.info("job %s: not claimable (finished, cancelled, or held by another worker)", job_id)
             return "skipped"
