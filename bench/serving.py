@@ -134,6 +134,20 @@ def run_engine(engine, requests, concurrent: bool):
     return sum(len(o) for o in outputs) / (time.perf_counter() - start), outputs
 
 
+def alone_engine(engine, warm, requests, concurrent: bool):
+    """run_engine on an engine started for it and closed after it. Every thread that ran parallel
+    torch work keeps an OpenMP pool while it lives, and libgomp throttles its workers once they
+    outnumber the cores (engine.run_in_passing_thread): so each phase (A, B, C) runs with the only
+    live pool, A on the engine's runner thread, B and C on a thread that ends with them, as a
+    serving process runs one engine. The warm request re-creates the runner's buffers untimed."""
+    engine.start()
+    try:
+        run_engine(engine, warm[:1], concurrent=False)
+        return run_engine(engine, requests, concurrent)
+    finally:
+        engine.close()
+
+
 def run_sequential(model, requests, pad_id):
     import torch
 
@@ -204,7 +218,7 @@ def engine_config(args, levels_requests, block_size: int, quantize: str):
         tokens = len(widest) * (max(len(ids) for ids, _ in widest) + max(n for _, n in widest))
         num_blocks = -(-tokens // block_size)
     return EngineConfig(device="cpu", quantize=quantize, max_batch_tokens=args.max_batch_tokens,
-                        block_size=block_size, max_concurrent=32, exclusive_lane="off", runner=args.runner,
+                        block_size=block_size, max_concurrent=32, exclusive_lane="off", runner=args.runner, cpu_linear=args.cpu_linear,
                         max_new_tokens_cap=512, kv_cache_bytes=kv_bytes, num_blocks=num_blocks)
 
 
@@ -212,18 +226,19 @@ def bench_model(name, folder, args):
     import torch
 
     from workers.core.inference.engine import Engine, quantize_dynamic_int8
+    from workers.core.inference.engine import run_in_passing_thread as alone
     from workers.core.modelstore.loading import load_causal_lm
 
     if args.threads:
         torch.set_num_threads(args.threads)
     # the baseline first: its load pays the one-time imports, so the engine start below is its own
-    baseline, tokenizer = load_causal_lm(folder)
+    baseline, tokenizer = alone(lambda: load_causal_lm(folder))
     weight_bytes = weight_bytes_fp32(baseline)
     if args.quantize == "int8-dynamic":
-        baseline = quantize_dynamic_int8(baseline, "cpu")
+        baseline = alone(lambda: quantize_dynamic_int8(baseline, "cpu"))
     levels = [1, 8, 32]
     requests = {level: workload(tokenizer, 4 if level == 1 else level, seed=level, quick=args.quick) for level in levels}
-    copy_gbps, read_gbps = read_bandwidth_gbps()
+    copy_gbps, read_gbps = alone(read_bandwidth_gbps)
     roofline = read_gbps * 1e9 / weight_bytes
     engine = Engine(engine_config(args, list(requests.values()), args.block_size, args.quantize), folder)
     t = time.perf_counter()
@@ -238,8 +253,9 @@ def bench_model(name, folder, args):
     warm = workload(tokenizer, 2, seed=99, quick=True)
     run_engine(engine, warm, concurrent=True)  # first calls pay for kernel / primitive set-up
     run_engine(engine, warm[:1], concurrent=False)
-    run_sequential(baseline, warm[:1], pad_id)
-    run_static(baseline, warm, pad_id)
+    engine.close()  # each phase below runs with the only live OpenMP pool (see alone_engine)
+    alone(lambda: run_sequential(baseline, warm[:1], pad_id))
+    alone(lambda: run_static(baseline, warm, pad_id))
     summary = {"weights_mb": round(weight_bytes / 1e6, 1), "copy_gbps": round(copy_gbps, 2)}
     fp32_solo_outputs = None
     for level in levels:
@@ -249,13 +265,13 @@ def bench_model(name, folder, args):
             order = ["A", "B", "C"] if r % 2 == 0 else ["C", "B", "A"]
             for which in order:
                 if which == "A":
-                    tps, engine_out = run_engine(engine, requests[level], concurrent=level > 1)
+                    tps, engine_out = alone_engine(engine, warm, requests[level], concurrent=level > 1)
                     a.append(tps)
                 elif which == "B":
-                    tps, gen_out = run_sequential(baseline, requests[level], pad_id)
+                    tps, gen_out = alone(lambda: run_sequential(baseline, requests[level], pad_id))
                     b.append(tps)
                 elif level > 1:
-                    c.append(run_static(baseline, requests[level], pad_id))
+                    c.append(alone(lambda: run_static(baseline, requests[level], pad_id)))
             same = same and all(x == y for x, y in zip(engine_out, gen_out))
         if level == 1:
             fp32_solo_outputs = engine_out
@@ -271,7 +287,6 @@ def bench_model(name, folder, args):
     summary["roofline"] = {"tok_s": round(roofline, 2), "fraction": round(solo / roofline, 3)}
     print(f"  batch 1 vs roofline: engine {solo:.1f} tok/s = {solo / roofline:.0%} of {roofline:.2f} tok/s "
           f"(generate {summary['1']['generate'] / roofline:.0%})", flush=True)
-    engine.close()
     if args.quantize == "none" and not args.no_int8:
         summary["int8"] = bench_int8(folder, args, requests, fp32_solo_outputs, solo, roofline)
     return summary
@@ -282,13 +297,10 @@ def bench_int8(folder, args, requests, fp32_outputs, fp32_tps, roofline) -> dict
     from workers.core.inference.engine import Engine
 
     engine = Engine(engine_config(args, list(requests.values()), args.block_size, "int8-dynamic"), folder)
-    engine.start()
-    run_engine(engine, requests[1][:1], concurrent=False)  # warm the quantized kernels
     speeds = []
     for _ in range(SOLO_ROUNDS):
-        tps, outputs = run_engine(engine, requests[1], concurrent=False)
+        tps, outputs = alone_engine(engine, requests[1], requests[1], concurrent=False)
         speeds.append(tps)
-    engine.close()
     tps = statistics.median(speeds)
     share, identical = agreement(fp32_outputs, outputs)
     print(f"  int8-dynamic, 1 request: engine {tps:7.1f} tok/s = {tps / fp32_tps:.2f}x fp32, {tps / roofline:.0%} of the "
@@ -320,6 +332,8 @@ def main():
                         help="run everything (engine and baselines) on the int8 model")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8-dynamic row")
     parser.add_argument("--runner", default="auto", choices=["auto", "plain", "manager"])
+    parser.add_argument("--cpu-linear", default="onednn", choices=["onednn", "aten"],
+                        help="the engine's CPU linears (aten: what generate runs, bit for bit)")
     parser.add_argument("--max-batch-tokens", type=int, default=0)
     parser.add_argument("--block-size", type=int, default=32)
     parser.add_argument("--kv-mib", type=int, default=0, help="KV budget (0: what the static batch of the largest level holds)")

@@ -95,6 +95,9 @@ class EngineConfig:
     # auto: plain on CPU (plain.py: solo requests decode as generate does, faster batches), the
     # manager on CUDA (CUDA graphs) and for models the plain runner cannot serve (sliding windows)
     runner: str = "auto"  # auto | plain | manager
+    # onednn: the plain runner's fp32 linears run oneDNN's inner product (onednn_linear.py: 1.1-2.5x
+    # ATen's at decode shapes on CPU); aten: torch's own, bit for bit what `generate` computes
+    cpu_linear: str = "onednn"  # onednn | aten
 
     def validate(self) -> None:
         from workers.core.specs import SpecError, short
@@ -117,6 +120,8 @@ class EngineConfig:
             raise SpecError("cuda_graphs", f"must be auto, on or off, got {short(self.cuda_graphs)}")
         if self.runner not in ("auto", "plain", "manager"):
             raise SpecError("runner", f"must be auto, plain or manager, got {short(self.runner)}")
+        if self.cpu_linear not in ("onednn", "aten"):
+            raise SpecError("cpu_linear", f"must be onednn or aten, got {short(self.cpu_linear)}")
         if self.quantize not in ("none", "int8-dynamic"):
             raise SpecError("quantize", f"must be none or int8-dynamic, got {short(self.quantize)}")
 
@@ -290,6 +295,10 @@ class Engine:
         self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else (tokenizer.pad_token_id or (self.eos_ids or [0])[0])
         self.use_manager = self._resolve_runner() == "manager"
+        if not self.use_manager and self.config.cpu_linear == "onednn":
+            from .onednn_linear import use_onednn_linears
+
+            use_onednn_linears(model)  # CPU fp32 plain nn.Linear only: int8 layers stay as they are
         if self.config.exclusive_lane == "copy" and self.use_manager:
             import copy
 
@@ -322,8 +331,9 @@ class Engine:
         """Start the loop thread and the manager; returns once the KV cache exists."""
         if self.thread is not None:
             return
+        self._closing = False  # a closed engine may start again (its weights stay loaded)
         if self.model is None:
-            self.load_weights()
+            run_in_passing_thread(self.load_weights)
         ready = threading.Event()
         failure: list[BaseException] = []
 
@@ -774,6 +784,32 @@ def _init_parameters(cls) -> set[str]:
     import inspect
 
     return set(inspect.signature(cls).parameters)
+
+
+def run_in_passing_thread(work):
+    """Run `work` (heavy torch code) on a thread that ends with it; its result, or its error.
+
+    Why: every thread that runs a parallel torch/oneDNN op keeps its own OpenMP pool until it
+    exits, and libgomp throttles its workers' spinning once its threads outnumber the cores: they
+    sleep between ops and wake late. On 2 cores a load on the caller's thread (which lives on: a
+    Celery worker thread, a test's main thread) left the runner's oneDNN linears ~1.4x slower, and
+    SmolLM2's batch-1 decode lost its whole oneDNN gain (measured: 60 linears 8.8 ms on the only
+    pool, 12.3 ms beside another)."""
+    result: list = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(work())
+        except BaseException as error:  # re-raised on the caller's thread
+            failure.append(error)
+
+    thread = threading.Thread(target=run, name="passing-torch-work")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 def quantize_dynamic_int8(model, device: str):

@@ -1,0 +1,118 @@
+"""The plain runner's oneDNN linears (workers/core/inference/onednn_linear.py) and the passing
+thread that keeps engine loads from leaving an OpenMP pool behind. Greedy parity of the engine
+with `generate` on these linears is in test_engine.py (its engines use the default, onednn)."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tests.core.inference.conftest import make_engine
+
+
+def _linear_kinds(model) -> dict[str, int]:
+    kinds: dict[str, int] = {}
+    for module in model.modules():
+        if "Linear" in type(module).__name__:
+            kinds[type(module).__name__] = kinds.get(type(module).__name__, 0) + 1
+    return kinds
+
+
+def test_the_switched_linears_compute_what_torch_linear_computes_and_keep_their_parameters():
+    import torch
+
+    from workers.core.inference.onednn_linear import use_onednn_linears
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.SiLU(), torch.nn.Linear(96, 32, bias=False))
+    first = model[0]
+    x = torch.randn(3, 5, 64)
+    with torch.inference_mode():
+        expected = model(x).clone()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert use_onednn_linears(model) == 2
+    assert all(isinstance(layer, torch.nn.Linear) for layer in (model[0], model[2]))
+    assert type(model[0]).__name__ == "OneDNNLinear"
+    with torch.inference_mode():
+        got = model(x)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert model[0] is first  # switched in place: references held elsewhere (peft, hooks) stay valid
+
+
+def test_a_switched_linear_still_trains_through_torchs_own_linear():
+    import torch
+
+    from workers.core.inference.onednn_linear import use_onednn_linears
+
+    layer = torch.nn.Linear(8, 4)
+    use_onednn_linears(layer)
+    layer(torch.randn(2, 8)).sum().backward()  # oneDNN's op has no autograd formula: aten takes over
+    assert layer.weight.grad is not None and layer.weight.grad.shape == (4, 8)
+
+
+def test_quantized_and_non_fp32_linears_are_left_alone():
+    import torch
+
+    from workers.core.inference.onednn_linear import use_onednn_linears
+
+    half = torch.nn.Linear(8, 8).to(torch.bfloat16)
+    quantized = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(8, 8)), {torch.nn.Linear})
+    assert use_onednn_linears(half) == 0 and type(half) is torch.nn.Linear
+    assert use_onednn_linears(quantized) == 0
+
+
+def test_the_engine_runs_onednn_linears_by_default_and_torchs_own_when_asked(serve_model_dir):
+    default, aten = make_engine(serve_model_dir), make_engine(serve_model_dir, cpu_linear="aten")
+    try:
+        assert set(_linear_kinds(default.model)) == {"OneDNNLinear"}
+        assert set(_linear_kinds(aten.model)) == {"Linear"}
+    finally:
+        default.close()
+        aten.close()
+
+
+def test_an_int8_engine_keeps_its_quantized_linears(serve_model_dir):
+    engine = make_engine(serve_model_dir, quantize="int8-dynamic")
+    try:
+        assert "OneDNNLinear" not in _linear_kinds(engine.model)
+    finally:
+        engine.close()
+
+
+def test_the_cpu_linear_setting_is_validated():
+    from workers.core.inference.engine import EngineConfig
+    from workers.core.specs import SpecError
+
+    with pytest.raises(SpecError, match="cpu_linear"):
+        EngineConfig(cpu_linear="mkl").validate()
+
+
+def test_work_in_a_passing_thread_returns_its_result_or_raises_its_error_on_the_caller():
+    from workers.core.inference.engine import run_in_passing_thread
+
+    names = []
+    assert run_in_passing_thread(lambda: names.append(threading.current_thread().name) or 42) == 42
+    assert names and names[0] != threading.current_thread().name
+    with pytest.raises(ValueError, match="bad folder"):
+        run_in_passing_thread(lambda: (_ for _ in ()).throw(ValueError("bad folder")))
+    assert not any(thread.name == "passing-torch-work" for thread in threading.enumerate())
+
+
+def test_an_engine_closed_and_started_again_serves_the_same_greedy_tokens(serve_model_dir):
+    from workers.core.inference.engine import EngineRequest
+    from workers.core.inference.sampling import SamplingParams
+
+    engine = make_engine(serve_model_dir)
+    try:
+        def tokens():
+            handle = engine.submit(EngineRequest(prompt="ROMEO:", sampling=SamplingParams(max_tokens=8, temperature=0.0)))
+            handle.result(timeout=60)
+            return handle.token_ids
+
+        first = tokens()
+        engine.close()
+        engine.start()  # weights stay loaded: the runner is built again
+        assert tokens() == first and len(first) == 8
+    finally:
+        engine.close()
