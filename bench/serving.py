@@ -48,6 +48,13 @@ Again 2026-12-04 on quiet cores (nothing else running; 6.5 minutes): llama30m 1.
 roofline. Quiet, `generate` ran faster (llama30m 53.5 vs 40.2 tok/s), which lowered the batched
 ratios, and the copy figure doubled (33.5-35.4 GB/s), which halved the roofline fractions: not met
 then are llama30m at 8 and 32 requests and smollm2's 60% of the roofline. Greedy identical: all levels.
+2026-12-04 evening, quiet cores, after the engine's linears moved to oneDNN (onednn_linear.py) and
+each phase got the process's only OpenMP pool (alone / alone_engine; `generate` sped up too:
+llama30m 66-68 tok/s): two runs, llama30m 1.30x / 4.24x / 5.80x and 1.31x / 4.22x / 6.29x, 59% and
+68% of the roofline; smollm2 1.29x / 4.52x / 7.95x and 1.29x / 4.56x / 7.90x, 62% and 60% of the
+roofline (copy 40.8 / 41.7 GB/s); int8-dynamic 1.91x (llama30m) and 2.15x (smollm2) fp32. Every
+target met in the second run; the first missed llama30m at 32 requests (5.80x). Greedy identical:
+all levels, both runs.
 """
 from __future__ import annotations
 
