@@ -66,6 +66,16 @@ message read once, SQLite connections kept per thread, no FOR UPDATE read on SQL
 turn's job took 21.4 ms with its two model calls (8 ms), against 41.3 ms before. Here, 12 runs of
 20-30 turns as those changes landed: agent overhead 49.8-63.3 ms, median 55.5 ms (target 50: not
 met; 50-53 ms early, 56-63 ms later in the day with the same code), plain overhead 18.0-25.6 ms.
+2026-12-04, evening (same machine; others' tests and benches ran between runs, load 1.1-2.3): the
+pub/sub channel layer again, now with each SUBSCRIBE confirmed before group_add returns
+(puyu_site/channel_layers.py). 9 runs of 25 turns: agent overhead 48.1, 50.9, 51.0, 53.4, 45.3,
+47.6, 48.1, 52.4, 51.8 ms, median 50.9 ms (was 55.5; target 50: still missed, met in 4 runs of 9);
+job finished -> browser end 6.1-9.1 ms (was 13-17); plain overhead 18.2, 22.4, 23.4, 19.7, 18.5,
+20.5, 17.9, 19.4, 23.7 ms (median 19.7), replica delta -> browser 2-5 ms. What remains per turn:
+send -> job created ~11.5 ms, created -> started ~7 ms (created -> Celery message received 2-4 ms,
+received -> claimed 2.5-6 ms, from the worker's log), the job's run 25-31 ms with its 8 ms of model
+calls. sys.setswitchinterval(0.5 ms) in every process was tried, 4 runs: no difference beyond the
+noise.
 """
 from __future__ import annotations
 

@@ -214,17 +214,21 @@ if PRODUCTION:
 
 CHANNEL_LAYERS = {
     "default": {
-        # Not the pub/sub layer (channels_redis.pubsub), though it is faster (bench/playground.py):
-        # redis-py writes SUBSCRIBE without waiting for Redis to read it, so a group send right
-        # after a group_add can miss the new member. Tried 2026-12-04: in a CI run the playground
-        # browser test's agent chat never showed the message it had sent.
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # Redis pub/sub: a group send is one PUBLISH, where the list layer (channels_redis.core)
+        # reads the group's members and writes to each one's queue; bench/playground.py measured
+        # an agent turn's end -> browser at 6-8 ms instead of 14. Not channels_redis's own pub/sub
+        # layer: its group_add returned before Redis had the subscription, so a group send right
+        # after it could miss the new member (possibly why a CI run's playground browser test never
+        # showed the agent chat's sent message, 2026-12-04); ours returns once Redis confirmed it
+        # (puyu_site/channel_layers.py). No `capacity`/`expiry` here: a member's messages wait in
+        # an unbounded in-process queue, so a long token stream loses nothing (the list layer's
+        # default capacity of 100 dropped them). A message published while a process reconnects
+        # to Redis is lost; the pages recover from the database (a gap in a reply's text asks
+        # for a snapshot, a finished job re-reads its own, every reconnect gets one).
+        "BACKEND": "puyu_site.channel_layers.ConfirmedPubSubChannelLayer",
         "CONFIG": {
             # redis-py 8 defaults to a 5 s socket timeout, which would close idle websockets.
             "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
-            # The default capacity (100) silently drops messages of long token streams.
-            "capacity": 1000,
-            "expiry": 60,
         },
     }
 }
