@@ -107,3 +107,13 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = (f"{item.nodeid} read outside the clone (PUYU_TESTS_FORBIDDEN_DIRS): "
                            + "; ".join(refused[:5]) + ". Use an excerpt in tests/fixtures/data instead.")
+
+
+def pytest_unconfigure(config):
+    """The session's throw-away data dir goes with the session: it holds ~1 GB of models and
+    datasets by the end of a full run, and left behind by every run it filled this machine's
+    disk (2026-12-04: a CI run failed on "No space left on device"). Every worker, server and
+    fixture that wrote there has stopped by now (fixture teardown runs before this hook)."""
+    import shutil
+
+    shutil.rmtree(_data_dir, ignore_errors=True)
