@@ -53,8 +53,11 @@ each phase got the process's only OpenMP pool (alone / alone_engine; `generate` 
 llama30m 66-68 tok/s): two runs, llama30m 1.30x / 4.24x / 5.80x and 1.31x / 4.22x / 6.29x, 59% and
 68% of the roofline; smollm2 1.29x / 4.52x / 7.95x and 1.29x / 4.56x / 7.90x, 62% and 60% of the
 roofline (copy 40.8 / 41.7 GB/s); int8-dynamic 1.91x (llama30m) and 2.15x (smollm2) fp32. Every
-target met in the second run; the first missed llama30m at 32 requests (5.80x). Greedy identical:
-all levels, both runs.
+target met in the second run; the first missed llama30m at 32 requests (5.80x). A third run:
+llama30m 1.33x / 4.15x / 5.86x, 60%; smollm2 1.30x / 4.31x / 6.81x, 22.8 tok/s = 38% of a roofline
+computed from a copy figure of 64.6 GB/s (the diagnostics copy reads either ~35-41 or ~63-65 GB/s on
+this VM, run to run). Medians of the three: llama30m at 32 requests 5.86x (target 6x: not met);
+smollm2's roofline 60% (met only when the copy figure reads low). Greedy identical: all levels, all runs.
 """
 from __future__ import annotations
 
