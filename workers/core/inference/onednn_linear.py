@@ -54,8 +54,8 @@ def onednn_linear_class():
 
 def use_onednn_linears(model) -> int:
     """Switch every plain fp32 CPU nn.Linear of `model` to oneDNN in place; returns how many.
-    Subclasses (quantized or peft layers) are left alone; peft's wrapped base layers, being plain
-    nn.Linear, are switched."""
+    Other layer types (torch's dynamic int8 linears, bf16/fp16 weights) are left alone; peft's LoRA
+    layers wrap plain nn.Linear modules (the base layer, lora_A/B), and those are switched."""
     import torch
 
     cls = onednn_linear_class()
