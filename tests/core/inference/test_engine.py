@@ -141,6 +141,49 @@ def test_requests_that_arrive_together_are_prefilled_in_one_packed_forward(recor
     assert calls[1] == ("SlotCache", 4, 1)  # then one decode step for all four
 
 
+def test_a_burst_of_requests_allocates_the_padded_cache_once_though_it_joins_the_batch_in_waves(recorded_engine, reference_model):
+    engine, calls = recorded_engine(max_batch_tokens=24)  # a small prefill budget: the prompts join over several steps
+    slots, sizes = engine.runner.slots, []
+    ensure = slots.ensure
+
+    def recording_ensure(*args, **kwargs):
+        ensure(*args, **kwargs)
+        sizes.append((slots.rows_allocated, slots.length_allocated))
+
+    slots.ensure = recording_ensure
+    ids = [reference_model[1](p)["input_ids"] for p in PROMPTS]
+    handles = [engine.submit(EngineRequest(prompt_ids=i, sampling=greedy(8))) for i in ids]
+    for prompt_ids, handle in zip(ids, handles):
+        assert handle.result(60)["type"] == "end"
+        assert handle.token_ids == reference_tokens(reference_model, prompt_ids, 8)
+    assert sum(1 for kind, _, tokens in calls if kind == "SequenceCache" and tokens > 1) >= 3  # prefilled in waves
+    # one allocation, made at the first join for the whole admitted batch and its longest prompt
+    assert len(set(sizes)) == 1
+    rows, length = sizes[0]
+    assert rows == len(PROMPTS) and length >= max(map(len, ids)) + 8
+
+
+def test_the_padded_cache_grows_ahead_within_the_batchs_reservation():
+    import torch
+
+    from workers.core.inference.plain import LENGTH_CHUNK, cache_classes
+
+    sequence_cache, slot_cache = cache_classes()
+    prefilled = sequence_cache(2, 8)
+    for layer in prefilled.layers:
+        layer.update(torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4))
+    slots = slot_cache(2)
+    slots.ensure(1, 100, max_rows=32, max_tokens=100_000, like=prefilled, expect_rows=3, expect_length=1000)
+    assert (slots.rows_allocated, slots.length_allocated) == (4, 200 + (-200) % LENGTH_CHUNK)  # 2x ahead
+    slots.put(0, prefilled)
+    slots.ensure(2, 150, max_rows=32, max_tokens=100_000, expect_length=1000)
+    assert (slots.rows_allocated, slots.length_allocated) == (4, 256)  # it had room: no growth
+    slots.ensure(2, 257, max_rows=32, max_tokens=100_000, expect_length=300)
+    assert slots.length_allocated == 320  # 2x would pass the longest reservation: up to it only
+    assert torch.equal(slots.layers[1].keys[0, :, :5], prefilled.layers[1].keys[0])  # kept across growths
+    assert slots.layers[1].values[1:].abs().sum() == 0  # new room is zeros (masked slots must not hold NaN)
+
+
 def test_a_single_request_decodes_on_the_plain_cache_path_exactly_as_generate(recorded_engine, reference_model):
     engine, calls = recorded_engine()
     ids = reference_model[1]("What light through yonder window breaks?")["input_ids"]

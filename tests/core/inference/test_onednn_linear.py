@@ -116,3 +116,40 @@ def test_an_engine_closed_and_started_again_serves_the_same_greedy_tokens(serve_
         assert tokens() == first and len(first) == 8
     finally:
         engine.close()
+
+
+
+def test_warming_builds_each_decode_shape_once_per_process_whatever_the_weights(monkeypatch):
+    import torch
+
+    from workers.core.inference import onednn_linear
+
+    # shapes no other test uses: the primitive cache and the warmed set are per process
+    model = torch.nn.Sequential(torch.nn.Linear(72, 40), torch.nn.Linear(40, 72, bias=False), torch.nn.Linear(72, 40))
+    twin = torch.nn.Sequential(torch.nn.Linear(72, 40))
+    assert onednn_linear.use_onednn_linears(model) == 3 and onednn_linear.use_onednn_linears(twin) == 1
+    cls = onednn_linear.onednn_linear_class()
+    calls = []
+    original = cls.forward
+    monkeypatch.setattr(cls, "forward", lambda self, x: calls.append((tuple(x.shape), self.out_features)) or original(self, x))
+    assert onednn_linear.warm_primitives(model, 3) == 6  # two distinct shapes x rows 1..3
+    assert sorted(calls) == sorted(((rows, 1, inputs), outputs) for rows in (1, 2, 3) for inputs, outputs in ((72, 40), (40, 72)))
+    assert onednn_linear.warm_primitives(twin, 3) == 0  # the same shape with other weights: already built
+    assert onednn_linear.warm_primitives(model, 4) == 2  # only the new row count
+
+
+def test_the_engine_warms_its_decode_shapes_up_to_max_concurrent(serve_model_dir):
+    from workers.core.inference import onednn_linear
+    from workers.core.inference.engine import EngineRequest
+    from workers.core.inference.sampling import SamplingParams
+
+    engine = make_engine(serve_model_dir, max_concurrent=5)
+    try:
+        request = EngineRequest(prompt="ROMEO:", sampling=SamplingParams(max_tokens=2, temperature=0.0))
+        assert engine.submit(request).result(60)["type"] == "end"  # served after the warm-up
+        config = engine.model.config
+        for rows in range(1, 6):
+            assert (config.hidden_size, config.intermediate_size, False, rows) in onednn_linear._warmed
+            assert (config.hidden_size, config.vocab_size, False, rows) in onednn_linear._warmed  # the head too
+    finally:
+        engine.close()

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import queue
 import threading
 import time
@@ -458,6 +459,7 @@ class Engine:
         self.manager = manager
 
     def _build_plain(self) -> None:
+        from .onednn_linear import warm_primitives
         from .plain import PlainRunner
 
         from workers.core.specs import SpecError
@@ -472,6 +474,7 @@ class Engine:
             max_prefill_tokens=self.config.max_batch_tokens or CPU_MAX_BATCH_TOKENS,
             on_tokens=lambda updates: self._post(self._advance_many, updates),
             on_failure=lambda handles, error: self._post(self._fail_many, handles, error),
+            warm_up=functools.partial(warm_primitives, self.model, self.config.max_concurrent),
         )
         runner.start()
         self.runner = runner
