@@ -149,7 +149,74 @@ def test_the_engine_warms_its_decode_shapes_up_to_max_concurrent(serve_model_dir
         assert engine.submit(request).result(60)["type"] == "end"  # served after the warm-up
         config = engine.model.config
         for rows in range(1, 6):
-            assert (config.hidden_size, config.intermediate_size, False, rows) in onednn_linear._warmed
+            assert (config.hidden_size, 2 * config.intermediate_size, False, rows) in onednn_linear._warmed  # gate|up
+            assert (config.intermediate_size, config.hidden_size, False, rows) in onednn_linear._warmed  # down
             assert (config.hidden_size, config.vocab_size, False, rows) in onednn_linear._warmed  # the head too
     finally:
         engine.close()
+
+
+def _tiny_llama(seed=0, **overrides):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    settings = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                    intermediate_size=96, vocab_size=120, max_position_embeddings=64)
+    settings.update(overrides)
+    return LlamaForCausalLM(LlamaConfig(**settings)).eval()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_projections_give_the_separate_layers_results_with_their_parameters_as_views(bias):
+    import torch
+
+    from workers.core.inference.onednn_linear import fuse_projections, use_onednn_linears
+
+    model = _tiny_llama(attention_bias=bias, mlp_bias=bias)
+    ids = torch.randint(0, 120, (3, 9), generator=torch.Generator().manual_seed(1))
+    use_onednn_linears(model)
+    with torch.inference_mode():
+        expected = model(input_ids=ids).logits.clone()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert fuse_projections(model) == 4  # q|k|v and gate|up in each of 2 layers
+    attention, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    assert type(attention.q_proj).__name__ == "FusedLead" and type(attention.v_proj).__name__ == "FusedFollower"
+    with torch.inference_mode():
+        got = model(input_ids=ids).logits
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    # the layers' weights are views of the group's one weight: no second copy of the weights
+    fused = mlp.gate_proj.fused_weight
+    assert mlp.up_proj.weight.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
+    assert fused.untyped_storage().nbytes() == fused.numel() * fused.element_size()
+    with torch.no_grad():  # an in-place update of a layer's weight (a merged adapter) reaches the group's product
+        attention.k_proj.weight.mul_(0)
+        hidden = torch.randn(2, 48)
+        attention.q_proj(hidden)
+        handed = attention.k_proj(hidden)
+    zeros = torch.zeros(2, attention.k_proj.out_features)
+    assert torch.allclose(handed, zeros + attention.k_proj.bias if bias else zeros)
+
+
+def test_a_follower_called_with_another_input_or_with_gradients_computes_its_own_product():
+    import torch
+
+    from workers.core.inference.onednn_linear import fuse_projections, use_onednn_linears
+
+    model = _tiny_llama()
+    use_onednn_linears(model)
+    fuse_projections(model)
+    mlp = model.model.layers[1].mlp
+    first, other = torch.randn(4, 48), torch.randn(4, 48)
+    with torch.inference_mode():
+        mlp.gate_proj(first)  # hands up_proj its slice for `first` ...
+        got = mlp.up_proj(other)  # ... which is not this input's
+        assert torch.allclose(got, torch.nn.functional.linear(other, mlp.up_proj.weight), atol=1e-5)
+        mlp.gate_proj(first)
+        assert torch.allclose(mlp.up_proj(first), torch.nn.functional.linear(first, mlp.up_proj.weight), atol=1e-5)
+        assert mlp.up_proj.handed is None  # a handed slice is used once and let go
+    loss = mlp(torch.randn(2, 48, requires_grad=True)).sum()  # training: every layer its own ATen product
+    loss.backward()
+    assert mlp.gate_proj.weight.grad is not None and mlp.up_proj.weight.grad is not None

@@ -297,9 +297,10 @@ class Engine:
         self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else (tokenizer.pad_token_id or (self.eos_ids or [0])[0])
         self.use_manager = self._resolve_runner() == "manager"
         if not self.use_manager and self.config.cpu_linear == "onednn":
-            from .onednn_linear import use_onednn_linears
+            from .onednn_linear import fuse_projections, use_onednn_linears
 
             use_onednn_linears(model)  # CPU fp32 plain nn.Linear only: int8 layers stay as they are
+            fuse_projections(model)  # one q|k|v and one gate|up product per layer
         if self.config.exclusive_lane == "copy" and self.use_manager:
             import copy
 
