@@ -51,7 +51,7 @@ class Job(models.Model):
     progress_at = models.DateTimeField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
     celery_task_id = models.CharField(max_length=80, blank=True)
-    dispatched_at = models.DateTimeField(null=True, blank=True, help_text="last successful publish to the broker")
+    dispatched_at = models.DateTimeField(null=True, blank=True, help_text="when its message was published to the broker (cleared when a publish fails)")
 
     progress = models.FloatField(default=0.0)
     eta_seconds = models.FloatField(null=True, blank=True)

@@ -62,8 +62,10 @@ def submit_job(owner, kind: str, params: dict | None = None, *, queue: str | Non
         job = Job.objects.create(
             owner=owner, kind=kind, params=clean, queue=queue, title=title[:200], resources=resources or {},
             max_attempts=settings.JOB_MAX_ATTEMPTS, retry_of=retry_of, celery_task_id=_new_task_id(),
+            dispatched_at=timezone.now(),
         )
-        # The message id is chosen with the row, so publishing after commit costs no extra query.
+        # The message id and its publish time are written with the row, so publishing after
+        # commit costs no query (see _publish).
         transaction.on_commit(lambda: _publish(job))
     return job
 
@@ -96,19 +98,24 @@ def dispatch(job_id: int) -> bool:
     if job is None:
         return False
     job.celery_task_id = _new_task_id()
-    Job.objects.filter(pk=job.pk).update(celery_task_id=job.celery_task_id)
+    Job.objects.filter(pk=job.pk).update(celery_task_id=job.celery_task_id, dispatched_at=timezone.now())
     return _publish(job)
 
 
 def _publish(job: Job) -> bool:
-    """Send the job's message. A failure (Redis down) leaves the job QUEUED with no
-    `dispatched_at`, and the beat task tries again."""
+    """Send the job's message; its row already holds the message id and `dispatched_at`. A failure
+    (Redis down) clears `dispatched_at`: the job waits QUEUED and the beat task tries again.
+    Why the time is written before the publish and not after it: the write after it was a second
+    SQLite write racing the worker's claim of the job it had just received (SQLite has one writer;
+    a claim that waits sleeps at least 1 ms), on every chat turn's path. A process that dies
+    between its commit and the publish leaves a stamped job with no message: the beat's
+    lost-message check (workers/tasks/maintenance.lost_messages) publishes it again."""
     try:
         celery_app.send_task(task_name(job.kind), args=[job.pk], queue=job.queue, task_id=job.celery_task_id)
     except Exception as exc:  # kombu raises several connection errors; all mean "try later"
         log.warning("job %s: could not reach the broker (%s); beat will dispatch it later", job.pk, exc)
+        Job.objects.filter(pk=job.pk, celery_task_id=job.celery_task_id).update(dispatched_at=None)
         return False
-    Job.objects.filter(pk=job.pk).update(dispatched_at=timezone.now())
     return True
 
 

@@ -160,6 +160,28 @@ def test_a_running_job_cannot_be_retried(job, owner):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_submitted_job_is_stamped_dispatched_with_its_row_and_its_publish_writes_nothing_after(owner):
+    from django.test.utils import CaptureQueriesContext
+
+    from puyu_site.celery import app as celery_app
+
+    published = []
+    with CaptureQueriesContext(connection) as queries:
+        original = celery_app.send_task
+        celery_app.send_task = lambda *args, **kwargs: published.append(len(queries.captured_queries))
+        try:
+            job = services.submit_job(owner, "probe", {"seconds": 0})
+        finally:
+            celery_app.send_task = original
+    assert len(published) == 1
+    after = [q["sql"] for q in queries.captured_queries[published[0]:]]
+    # a write after the publish would race the worker's claim for SQLite's one writer
+    assert not [sql for sql in after if sql.lstrip().upper().startswith(("UPDATE", "INSERT"))], after
+    stamped = Job.objects.get(pk=job.pk).dispatched_at
+    assert stamped is not None and timezone.now() - stamped < timedelta(seconds=30)
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_job_submitted_while_redis_is_down_waits_undispatched_and_goes_out_when_it_is_back(owner, redis_server):
     redis_server.stop()
     started = time.monotonic()
