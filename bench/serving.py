@@ -58,6 +58,15 @@ llama30m 1.33x / 4.15x / 5.86x, 60%; smollm2 1.30x / 4.31x / 6.81x, 22.8 tok/s =
 computed from a copy figure of 64.6 GB/s (the diagnostics copy reads either ~35-41 or ~63-65 GB/s on
 this VM, run to run). Medians of the three: llama30m at 32 requests 5.86x (target 6x: not met);
 smollm2's roofline 60% (met only when the copy figure reads low). Greedy identical: all levels, all runs.
+2026-12-05, quiet cores, after a packed prefill attends each prompt over its own slice
+(packed_attention.py), the padded cache is allocated once per burst, oneDNN's kernels for 1..32
+rows are built at runner start and each layer's q|k|v and gate|up run as one product
+(onednn_linear.fuse_projections): three runs, llama30m 1.46x / 4.46x / 6.99x, 1.41x / 4.05x / 6.28x
+and 1.41x / 4.15x / 6.52x (median at 32 requests 6.52x: met), 65-67% of the roofline; smollm2
+1.39x / 4.75x / 7.66x, 1.40x / 4.74x / 7.92x and 1.38x / 4.52x / 7.85x, batch 1 at 24.8 / 25.0 /
+24.6 tok/s = 50%, 35%, 44% of a roofline whose copy figure read 53, 78 and 60 GB/s (not met; 66% at
+the ~41 GB/s it reads on other runs). int8-dynamic 1.67x (llama30m) and 2.00x (smollm2) fp32.
+Greedy identical: all levels, all runs.
 """
 from __future__ import annotations
 

@@ -27,7 +27,8 @@ On CUDA the manager stays the default (CUDA graphs, flash kernels, block tables)
 
 Memory: the padded cache holds rows x the longest row. A request is admitted when
 (rows + 1) x the longest reservation (prompt + max new tokens) fits the KV budget, so a running
-request never runs out of room; the buffers grow in chunks and are freed when the batch empties.
+request never runs out of room; the buffers are allocated for the admitted batch at its first
+join, grow ahead (2x, within the longest reservation) and are freed when the batch empties.
 
 Only models whose layers all use full attention (no sliding window, no linear attention) run here:
 EngineConfig.runner "auto" picks the manager for the others (`supports_model`).
