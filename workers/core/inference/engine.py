@@ -713,7 +713,7 @@ class Engine:
 
     def _rebuild(self, why: str) -> None:
         """Fail the batch requests of a dead manager and build a new one (loop thread)."""
-        if self.runner is not None:  # a dead runner thread: everything it held is lost
+        if self.runner is not None:  # a dead runner (or compute thread): everything it held is lost
             self.runner = None
             for handle in [h for h in self.handles.values() if h.lane == "batch"]:
                 self._close_error(handle, EngineFailure(f"the generation engine failed ({why}) and was restarted; retry the request"))
@@ -796,7 +796,7 @@ def run_in_passing_thread(work):
     Why: every thread that runs a parallel torch/oneDNN op keeps its own OpenMP pool until it
     exits, and libgomp throttles its workers' spinning once its threads outnumber the cores: they
     sleep between ops and wake late. On 2 cores a load on the caller's thread (which lives on: a
-    Celery worker thread, a test's main thread) left the runner's oneDNN linears ~1.4x slower, and
+    Celery worker thread, a test's main thread) left the compute thread's oneDNN linears ~1.4x slower, and
     SmolLM2's batch-1 decode lost its whole oneDNN gain (measured: 60 linears 8.8 ms on the only
     pool, 12.3 ms beside another)."""
     result: list = []

@@ -1,5 +1,6 @@
 """The plain runner: the engine's own decode loop on plain KV caches (the CPU default; see
-EngineConfig.runner). One thread runs two paths, interleaved step by step:
+EngineConfig.runner). It runs one iteration at a time on the process's compute thread (shared
+by every CPU engine of the process: compute_thread.py), two paths interleaved step by step:
 
 - the solo path: a request that arrives while nothing else runs decodes as `generate` does (the
   model's forward on its own cache of batch 1, no padding, no mask, the same logits processors)
@@ -43,6 +44,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .compute_thread import ComputeThread
 from .packed_attention import SEGMENTS_KWARG
 from .packed_attention import install as install_packed_attention
 
@@ -272,10 +274,10 @@ def cache_classes():
 
 
 class PlainRunner:
-    """The generation thread. `on_tokens(updates)` gets [(handle, generated tokens, finished)]
+    """An engine's generation loop, one iteration per turn on the compute thread. `on_tokens(updates)` gets [(handle, generated tokens, finished)]
     once per phase of an iteration (prefill, solo step, batch step); `on_failure(handles, error)`
     gets the requests a failed forward took down (all in flight: their caches may be half
-    written). Both are called on the runner's thread."""
+    written). Both are called on the compute thread."""
 
     def __init__(self, model, *, eos_ids, capacity_tokens: int, max_concurrent: int, max_prefill_tokens: int,
                  on_tokens: Callable, on_failure: Callable, warm_up: Callable | None = None) -> None:
@@ -288,7 +290,7 @@ class PlainRunner:
         self.max_prefill_tokens = max_prefill_tokens
         self.on_tokens = on_tokens
         self.on_failure = on_failure
-        self.warm_up = warm_up  # run first on the runner's thread (kernel set-up a first burst would pay)
+        self.warm_up = warm_up  # run at the first turn (kernel set-up a first burst would pay)
         # transformers 5.x renamed the forward's past_key_values to cache (the old name warns)
         self.cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.sdpa = getattr(model.config, "_attn_implementation", None) == "sdpa"
@@ -304,27 +306,33 @@ class PlainRunner:
         self.slots = slot_cache(self.num_layers)
         self.failures = 0
         self.fatal_error: BaseException | None = None
-        self.thread: threading.Thread | None = None
+        self.compute: ComputeThread | None = None
+        self.stopped = threading.Event()
+        self.warm_up_error: Exception | None = None
 
     # ------------------------------------------------------------------ any thread
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self._run, name="engine-plain", daemon=True)
-        self.thread.start()
+        """Join the process's compute thread (compute_thread.py: one OpenMP pool per process)."""
+        self.compute = ComputeThread.attach(self)
 
     def submit(self, handle) -> None:
         self.inbox.put(("add", handle))
+        self.compute.notify()
 
     def cancel(self, request_id: str) -> None:
         self.inbox.put(("cancel", request_id))
+        self.compute.notify()
 
     def stop(self, timeout: float = 10.0) -> None:
         self.inbox.put(("stop", None))
-        if self.thread is not None:
-            self.thread.join(timeout)
+        if self.compute is not None:
+            self.compute.notify()
+            self.stopped.wait(timeout)
 
     def is_running(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
+        return (self.compute is not None and self.compute.is_alive() and self.fatal_error is None
+                and not self.stopped.is_set())
 
     def stats(self) -> tuple[int, int, float]:
         """(running, waiting, KV used as a fraction of the budget), read racily: a stat."""
@@ -332,48 +340,54 @@ class PlainRunner:
         used = sum(j.length for j in jobs)
         return len(jobs), len(self.pending) + self.inbox.qsize(), used / max(1, self.capacity_tokens)
 
-    # ------------------------------------------------------------------ the runner's thread
+    # ------------------------------------------------------------------ the compute thread
 
-    def _run(self) -> None:
-        import torch
+    def wants_turn(self) -> bool:
+        return self.warm_up is not None or not self.inbox.empty() or self._busy()
 
-        try:
-            with torch.inference_mode():
-                if self.warm_up is not None:
-                    self.warm_up()
-                while True:
-                    if not self._drain(block=not self._busy()):
-                        return
-                    try:
-                        self._iterate()
-                    except Exception as error:  # a failed forward: fail what was in flight, keep serving
-                        self._fail_in_flight(error)
-        except BaseException as error:  # the thread itself broke: the engine's watchdog sees it
-            self.fatal_error = error
-            raise
+    def take_turn(self) -> bool:
+        """One iteration on the compute thread (in inference mode there); False once stopped."""
+        if self.warm_up is not None:
+            warm_up, self.warm_up = self.warm_up, None
+            try:
+                warm_up()
+            except Exception as error:  # only a head start: the first forwards build what it could not
+                self.warm_up_error = error
+        was_idle = not self._busy()
+        if not self._drain():
+            self.stopped.set()
+            return False
+        if was_idle and self.pending:
+            # woken by a request: wait a moment for others sent with it (one client submitting
+            # a batch), so they start together on the batch path instead of one solo + the rest
+            time.sleep(BURST_WAIT_SECONDS)
+            if not self._drain():
+                self.stopped.set()
+                return False
+        if self._busy():
+            try:
+                self._iterate()
+            except Exception as error:  # a failed forward: fail what was in flight, keep serving
+                self._fail_in_flight(error)
+        return True
 
     def _busy(self) -> bool:
         return bool(self.pending or self.prefilling or self.rows or self.solo)
 
-    def _drain(self, block: bool) -> bool:
+    def _drain(self) -> bool:
         """Take what callers sent, in order (a cancel then a new request with the same id drops
         only the old one); False once asked to stop."""
-        woke_idle = block
         while True:
             try:
-                kind, value = self.inbox.get() if block else self.inbox.get_nowait()
+                kind, value = self.inbox.get_nowait()
             except queue.Empty:
                 return True
-            block = False
             if kind == "stop":
                 return False
             if kind == "add":
                 self.pending.append(Job(value, reserved=len(value.prompt_ids) + value.max_new_tokens))
             else:
                 self._drop(value)
-            if woke_idle:
-                woke_idle = False
-                time.sleep(BURST_WAIT_SECONDS)
 
     def _drop(self, request_id: str) -> None:
         """Forget a cancelled (or stopped) request wherever it is."""
