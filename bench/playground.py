@@ -77,10 +77,11 @@ received -> claimed 2.5-6 ms, from the worker's log), the job's run 25-31 ms wit
 calls. sys.setswitchinterval(0.5 ms) in every process was tried, 4 runs: no difference beyond the
 noise.
 2026-12-05 (same machine, quiet): the job's dispatched_at is written with its row instead of after
-the publish (that write raced the worker's claim for SQLite's one writer). 7 runs of 25 turns:
-agent overhead 48.8, 50.8, 52.5, 48.1, 52.5, 47.5, 47.0 ms, median 48.8 ms (met as a median; 4 of 7
-runs at or under 50); job created -> started 6.3-8.1 ms, job run 27.3-32.2 ms; plain overhead
-17.4-23.8 ms, median 19.7 ms. In process a turn's job takes 19.5 ms with its model calls.
+the publish (that write raced the worker's claim for SQLite's one writer). 12 runs of 25 turns:
+agent overhead 48.8, 50.8, 52.5, 48.1, 52.5, 47.5, 47.0, 45.9, 47.0, 51.1, 49.5, 48.4 ms, median
+48.6 ms (met; 8 of 12 runs at or under 50); job created -> started 6.3-8.1 ms, job run 26.0-32.2
+ms; plain overhead 17.4-23.8 ms, median 20.5 ms. In process a turn's job takes 19.5 ms with its
+model calls.
 """
 from __future__ import annotations
 

@@ -67,6 +67,11 @@ and 1.41x / 4.15x / 6.52x (median at 32 requests 6.52x: met), 65-67% of the roof
 24.6 tok/s = 50%, 35%, 44% of a roofline whose copy figure read 53, 78 and 60 GB/s (not met; 66% at
 the ~41 GB/s it reads on other runs). int8-dynamic 1.67x (llama30m) and 2.00x (smollm2) fp32.
 Greedy identical: all levels, all runs.
+A fourth run, after every engine of a process moved to one compute thread (compute_thread.py):
+llama30m 1.41x / 4.00x / 6.27x, smollm2 1.35x / 4.73x / 8.38x, 24.5 tok/s = 68% of the roofline
+(copy 38.5 GB/s): every target met in that run. Medians of the four: llama30m at 32 requests
+6.40x (met); smollm2's roofline 47% (not met: the engine holds 24.5-25.0 tok/s whatever the copy
+figure reads).
 """
 from __future__ import annotations
 
