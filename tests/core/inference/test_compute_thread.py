@@ -64,3 +64,18 @@ def test_an_engine_whose_runner_breaks_is_rebuilt_while_the_other_keeps_serving(
     finally:
         broken.close()
         healthy.close()
+
+
+def test_stopping_a_runner_that_broke_or_lost_its_thread_returns_at_once():
+    import queue
+    from types import SimpleNamespace
+
+    from workers.core.inference.plain import PlainRunner
+
+    for broken, alive in ((RuntimeError("broke"), True), (None, False)):
+        runner = PlainRunner.__new__(PlainRunner)  # only what stop() touches
+        runner.inbox, runner.stopped, runner.fatal_error = queue.SimpleQueue(), threading.Event(), broken
+        runner.compute = SimpleNamespace(notify=lambda: None, is_alive=lambda alive=alive: alive)
+        started = time.monotonic()
+        runner.stop(timeout=10)
+        assert time.monotonic() - started < 1  # neither ever takes another turn: no 10 s wait

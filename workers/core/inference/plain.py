@@ -325,10 +325,16 @@ class PlainRunner:
         self.compute.notify()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Ask the compute thread to drop this runner; wait (at most `timeout`) until it has, or
+        until the runner broke or the thread died (neither ever takes another turn)."""
         self.inbox.put(("stop", None))
-        if self.compute is not None:
-            self.compute.notify()
-            self.stopped.wait(timeout)
+        if self.compute is None:
+            return
+        self.compute.notify()
+        deadline = time.monotonic() + timeout
+        while not self.stopped.wait(0.05):
+            if self.fatal_error is not None or not self.compute.is_alive() or time.monotonic() > deadline:
+                return
 
     def is_running(self) -> bool:
         return (self.compute is not None and self.compute.is_alive() and self.fatal_error is None
