@@ -160,19 +160,15 @@ def test_a_running_job_cannot_be_retried(job, owner):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_submitted_job_is_stamped_dispatched_with_its_row_and_its_publish_writes_nothing_after(owner):
+def test_a_submitted_job_is_stamped_dispatched_with_its_row_and_its_publish_writes_nothing_after(owner, monkeypatch):
     from django.test.utils import CaptureQueriesContext
 
     from puyu_site.celery import app as celery_app
 
     published = []
     with CaptureQueriesContext(connection) as queries:
-        original = celery_app.send_task
-        celery_app.send_task = lambda *args, **kwargs: published.append(len(queries.captured_queries))
-        try:
-            job = services.submit_job(owner, "probe", {"seconds": 0})
-        finally:
-            celery_app.send_task = original
+        monkeypatch.setattr(celery_app, "send_task", lambda *args, **kwargs: published.append(len(queries.captured_queries)))
+        job = services.submit_job(owner, "probe", {"seconds": 0})
     assert len(published) == 1
     after = [q["sql"] for q in queries.captured_queries[published[0]:]]
     # a write after the publish would race the worker's claim for SQLite's one writer

@@ -475,7 +475,8 @@ class Engine:
             max_prefill_tokens=self.config.max_batch_tokens or CPU_MAX_BATCH_TOKENS,
             on_tokens=lambda updates: self._post(self._advance_many, updates),
             on_failure=lambda handles, error: self._post(self._fail_many, handles, error),
-            warm_up=functools.partial(warm_primitives, self.model, self.config.max_concurrent),
+            warm_up=functools.partial(warm_primitives, self.model, self.config.max_concurrent)
+            if self.config.cpu_linear == "onednn" else None,
         )
         runner.start()
         self.runner = runner

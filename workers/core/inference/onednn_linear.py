@@ -44,8 +44,12 @@ def onednn_linear_class():
     class OneDNNLinear(torch.nn.Linear):
         """nn.Linear whose forward runs oneDNN's inner product (inference: no autograd formula)."""
 
+        def needs_autograd(self, input) -> bool:  # noqa: A002
+            """oneDNN's op has no autograd formula: training goes through ATen's linear."""
+            return input.requires_grad or (self.weight.requires_grad and torch.is_grad_enabled())
+
         def forward(self, input):  # noqa: A002  (nn.Linear's own parameter name)
-            if input.requires_grad or (self.weight.requires_grad and torch.is_grad_enabled()):
+            if self.needs_autograd(input):
                 return super().forward(input)
             return op(input, self.weight, self.bias, "none", [], "")
 
@@ -83,7 +87,7 @@ def warm_primitives(model, max_rows: int) -> int:
     cls = onednn_linear_class()
     if cls is None:
         return 0
-    lead_class, _follower_class = fused_linear_classes()
+    lead_class = fused_linear_classes()[0]
     by_shape = {}
     for module in model.modules():
         if type(module) is cls:
@@ -121,7 +125,7 @@ def fused_linear_classes():
 
     class FusedLead(cls):
         def forward(self, input):  # noqa: A002
-            if input.requires_grad or (self.weight.requires_grad and torch.is_grad_enabled()):
+            if self.needs_autograd(input):
                 return super().forward(input)
             parts = op(input, self.fused_weight, self.fused_bias, "none", [], "").split(self.fused_sizes, dim=-1)
             for follower, part in zip(self.followers, parts[1:]):

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import logging
 import queue
 import threading
 import time
@@ -48,7 +49,9 @@ from .compute_thread import ComputeThread
 from .packed_attention import SEGMENTS_KWARG
 from .packed_attention import install as install_packed_attention
 
-LENGTH_CHUNK = 64  # the padded cache grows by this many tokens per row at a time
+log = logging.getLogger(__name__)
+
+LENGTH_CHUNK = 64  # the padded cache's length is a multiple of this many tokens
 # A request that wakes an idle runner waits this long for others sent with it (one client
 # submitting a batch): together they start on the batch path instead of one solo + the rest.
 BURST_WAIT_SECONDS = 0.002
@@ -274,10 +277,11 @@ def cache_classes():
 
 
 class PlainRunner:
-    """An engine's generation loop, one iteration per turn on the compute thread. `on_tokens(updates)` gets [(handle, generated tokens, finished)]
-    once per phase of an iteration (prefill, solo step, batch step); `on_failure(handles, error)`
-    gets the requests a failed forward took down (all in flight: their caches may be half
-    written). Both are called on the compute thread."""
+    """An engine's generation loop, one iteration per turn on the compute thread.
+    `on_tokens(updates)` gets [(handle, generated tokens, finished)] once per phase of an
+    iteration (prefill, solo step, batch step); `on_failure(handles, error)` gets the requests a
+    failed forward took down (all in flight: their caches may be half written). Both are called
+    on the compute thread."""
 
     def __init__(self, model, *, eos_ids, capacity_tokens: int, max_concurrent: int, max_prefill_tokens: int,
                  on_tokens: Callable, on_failure: Callable, warm_up: Callable | None = None) -> None:
@@ -308,7 +312,6 @@ class PlainRunner:
         self.fatal_error: BaseException | None = None
         self.compute: ComputeThread | None = None
         self.stopped = threading.Event()
-        self.warm_up_error: Exception | None = None
 
     # ------------------------------------------------------------------ any thread
 
@@ -357,8 +360,8 @@ class PlainRunner:
             warm_up, self.warm_up = self.warm_up, None
             try:
                 warm_up()
-            except Exception as error:  # only a head start: the first forwards build what it could not
-                self.warm_up_error = error
+            except Exception:  # only a head start: the first forwards build what it could not
+                log.warning("the engine's kernel warm-up failed; serving without it", exc_info=True)
         was_idle = not self._busy()
         if not self._drain():
             self.stopped.set()
