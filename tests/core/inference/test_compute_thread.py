@@ -55,7 +55,8 @@ def test_an_engine_whose_runner_breaks_is_rebuilt_while_the_other_keeps_serving(
         old_runner._drain = breaking_drain
         failed = broken.submit(EngineRequest(prompt_ids=ids, sampling=greedy(12)))
         assert failed.result(30)["type"] == "error"  # failed clearly by the watchdog's rebuild
-        wait_until(lambda: broken.runner is not old_runner and broken.runner.is_running(), what="the rebuilt runner")
+        wait_until(lambda: (runner := broken.runner) not in (None, old_runner) and runner.is_running(),
+                   what="the rebuilt runner")
         assert isinstance(old_runner.fatal_error, RuntimeError)
         for engine in (healthy, broken):  # the other engine never stopped; the rebuilt one serves again
             handle = engine.submit(EngineRequest(prompt_ids=ids, sampling=greedy(12)))

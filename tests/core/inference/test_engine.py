@@ -73,8 +73,8 @@ def assert_path(engine, handle, path):
 
 
 def record_forwards(engine):
-    """Wrap the engine model's forward to record (cache class, batch size, tokens per row) of
-    every call."""
+    """Wrap the engine model's forward, and the solo path's lean decode step (decode_step.py: one
+    token of one row), to record (cache class, batch size, tokens per row) of every call."""
     calls = []
     forward = engine.model.forward
 
@@ -84,6 +84,14 @@ def record_forwards(engine):
         return forward(*args, **kwargs)
 
     engine.model.forward = recording_forward
+    runner = getattr(engine, "runner", None)
+    step = getattr(runner, "decode_step", None)
+    if step is not None:
+        def recording_step(token, cache, position):
+            calls.append((type(cache).__name__, 1, 1))
+            return step(token, cache, position)
+
+        runner.decode_step = recording_step
     return calls
 
 

@@ -469,17 +469,19 @@ class Engine:
         if not num_blocks:  # no budget given on a GPU: the plain runner has no free-memory probe
             raise SpecError("kv_cache_bytes", "the plain runner needs a KV budget (kv_cache_bytes or num_blocks) on this device")
         self.capacity_tokens = num_blocks * self.config.block_size
+        onednn = self.config.cpu_linear == "onednn"
         runner = PlainRunner(
             self.model, eos_ids=self.eos_ids, capacity_tokens=self.capacity_tokens,
             max_concurrent=self.config.max_concurrent,
             max_prefill_tokens=self.config.max_batch_tokens or CPU_MAX_BATCH_TOKENS,
             on_tokens=lambda updates: self._post(self._advance_many, updates),
             on_failure=lambda handles, error: self._post(self._fail_many, handles, error),
-            warm_up=functools.partial(warm_primitives, self.model, self.config.max_concurrent)
-            if self.config.cpu_linear == "onednn" else None,
+            warm_up=functools.partial(warm_primitives, self.model, self.config.max_concurrent) if onednn else None,
+            lean_decode=onednn,  # decode_step.py: built on the fused oneDNN projections
         )
         runner.start()
         self.runner = runner
+        runner.wait_set_up(timeout=120)  # kernel warm-up, lean decode step (decode_step.py)
 
     # ------------------------------------------------------------------ submitting
 
