@@ -72,6 +72,14 @@ llama30m 1.41x / 4.00x / 6.27x, smollm2 1.35x / 4.73x / 8.38x, 24.5 tok/s = 68% 
 (copy 38.5 GB/s): every target met in that run. Medians of the four: llama30m at 32 requests
 6.40x (met); smollm2's roofline 47% (not met: the engine holds 24.5-25.0 tok/s whatever the copy
 figure reads).
+2026-12-05 (later), quiet cores, after a request decoding alone moved to the lean decode step
+(workers/core/inference/decode_step.py, verified bit for bit against the model's forward at
+runner start): three runs, llama30m 1.63x / 4.14x / 6.80x, 1.73x / 4.32x / 6.61x and 1.74x / 4.20x
+/ 6.59x; smollm2 1.61x / 4.61x / 8.32x, 1.65x / 4.65x / 8.08x and 1.67x / 4.75x / 7.92x, batch 1 at
+28.3 / 27.9 / 27.9 tok/s = 55%, 74% and 64% of the roofline (copy 55.3, 40.3 and 47.0 GB/s); a
+fourth run llama30m 1.78x / 4.20x / 6.89x, smollm2 1.67x / 4.55x / 7.52x, 28.7 tok/s = 96% (copy
+32.0 GB/s). Every target met in runs 2, 3 and 4 and as medians of the four (roofline 69%). At 28 tok/s the
+row holds 60% up to a copy figure of ~50 GB/s. Greedy identical: all levels, all runs.
 """
 from __future__ import annotations
 
