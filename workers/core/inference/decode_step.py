@@ -74,7 +74,9 @@ def _norm(module) -> Callable:
 class DecodeStep:
     """One token of one sequence through the model: `step(token, cache, position)` appends the
     token's keys and values to `cache` (plain.py's SequenceCache) and returns fp32 logits
-    [1, vocab]. Holds the weights it reads as plain tensors (no module lookups per token)."""
+    [1, vocab]. Holds the fused weights it reads as plain tensors (no module lookups per token):
+    in-place updates reach it, a weight replaced by another tensor would not (the engine replaces
+    none after start; a new runner builds a new step)."""
 
     def __init__(self, model) -> None:
         import torch
