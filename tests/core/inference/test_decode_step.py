@@ -39,6 +39,13 @@ def forward(model, ids, cache):
     return model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1).logits.float()
 
 
+def nudge(step):
+    """Make `step` differ from the model by one rounding: its final norm's output x (1 + 2^-20)."""
+    norm = step.final_norm
+    step.final_norm = lambda hidden: norm(hidden) * (1 + 2**-20)
+    return step
+
+
 @pytest.mark.parametrize("architecture, overrides", [
     ("LlamaForCausalLM", {"num_key_value_heads": 2}),  # grouped-query attention
     ("LlamaForCausalLM", {"num_key_value_heads": 4, "attention_bias": True, "mlp_bias": True}),
@@ -71,8 +78,8 @@ def test_the_lean_step_gives_the_forwards_logits_keys_and_values_bit_for_bit(arc
 def test_architectures_it_does_not_know_and_unfused_projections_keep_the_forward():
     from workers.core.inference import decode_step
 
-    qwen3 = tiny("Qwen3ForCausalLM", num_key_value_heads=2, head_dim=16)  # q/k norms: other maths
-    assert decode_step.build(qwen3)[0] is None and "Qwen3ForCausalLM" in decode_step.build(qwen3)[1]
+    step, why_not = decode_step.build(tiny("Qwen3ForCausalLM", num_key_value_heads=2, head_dim=16))  # q/k norms
+    assert step is None and "Qwen3ForCausalLM" in why_not
 
     import transformers
 
@@ -90,9 +97,7 @@ def test_a_step_that_differs_from_the_forward_in_the_last_bit_is_refused():
     from workers.core.inference import decode_step
 
     model = tiny("LlamaForCausalLM", num_key_value_heads=2)
-    step, _ = decode_step.build(model)
-    norm = step.final_norm
-    step.final_norm = lambda hidden: norm(hidden) * (1 + 2**-20)  # a rounding away from the model
+    step = nudge(decode_step.build(model)[0])
     with torch.inference_mode():
         why = decode_step.verify(step, lambda ids, cache: forward(model, ids, cache),
                                  lambda size: sequence_cache(model, size), model.config.vocab_size)
@@ -142,9 +147,7 @@ def test_an_engine_whose_lean_step_disagrees_serves_on_the_models_forward(serve_
 
     def off_by_a_bit(model):
         step, why = real_build(model)
-        norm = step.final_norm
-        step.final_norm = lambda hidden: norm(hidden) * (1 + 2**-20)
-        return step, why
+        return nudge(step), why
 
     monkeypatch.setattr(decode_step, "build", off_by_a_bit)
     engine = make_engine(serve_model_dir)

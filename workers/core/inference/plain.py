@@ -302,9 +302,8 @@ class PlainRunner:
         # turn, else the model's own forward
         self.lean_decode = lean_decode
         self.decode_step: Callable | None = None
-        self.setting_up = warm_up is not None or lean_decode
         self.set_up = threading.Event()  # set once the first turn has done the above
-        if not self.setting_up:
+        if warm_up is None and not lean_decode:
             self.set_up.set()
         # transformers 5.x renamed the forward's past_key_values to cache (the old name warns)
         self.cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -345,17 +344,18 @@ class PlainRunner:
         if self.compute is None:
             return
         self.compute.notify()
-        deadline = time.monotonic() + timeout
-        while not self.stopped.wait(0.05):
-            if self.fatal_error is not None or not self.compute.is_alive() or time.monotonic() > deadline:
-                return
+        self._wait_for(self.stopped, timeout)
 
     def wait_set_up(self, timeout: float) -> None:
         """Wait (at most `timeout`) for the first turn's set-up, so a request sent after start()
-        is served at full speed and no caller sees the set-up's forwards; returns early if the
-        runner broke or its thread died."""
+        is served at full speed and no caller sees the set-up's forwards."""
+        self._wait_for(self.set_up, timeout)
+
+    def _wait_for(self, event: threading.Event, timeout: float) -> None:
+        """Wait (at most `timeout`) for `event`, the compute thread's to set; return early once
+        the runner broke or the thread died (neither ever takes another turn)."""
         deadline = time.monotonic() + timeout
-        while not self.set_up.wait(0.01):
+        while not event.wait(0.01):
             if self.fatal_error is not None or not self.compute.is_alive() or time.monotonic() > deadline:
                 return
 
@@ -372,12 +372,11 @@ class PlainRunner:
     # ------------------------------------------------------------------ the compute thread
 
     def wants_turn(self) -> bool:
-        return self.setting_up or not self.inbox.empty() or self._busy()
+        return not self.set_up.is_set() or not self.inbox.empty() or self._busy()
 
     def take_turn(self) -> bool:
         """One iteration on the compute thread (in inference mode there); False once stopped."""
-        if self.setting_up:
-            self.setting_up = False
+        if not self.set_up.is_set():
             try:
                 self._set_up()
             finally:
